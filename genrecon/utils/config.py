@@ -1,0 +1,68 @@
+"""Config helpers shared by the entry points: validation, the printed tree, instantiation of named groups."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import hydra
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from genrecon.utils.logging import RankedLogger
+
+log = RankedLogger(__name__)
+
+TREE_ORDER = ("stage", "dataset", "preset", "trainer", "callbacks", "logger", "paths")
+
+
+def require_complete(cfg: DictConfig) -> None:
+    """Resolve everything once so a missing ``???`` value or a broken interpolation fails up front, with
+    OmegaConf's message naming the key, instead of deep inside training."""
+    OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+
+
+@rank_zero_only
+def print_config_tree(cfg: DictConfig, save_to: str | Path | None = None, order: Sequence[str] = TREE_ORDER) -> None:
+    """Print the composed config as a rich tree (rank zero) and save it as ``config_tree.log``."""
+    import rich
+    import rich.syntax
+    import rich.tree
+
+    tree = rich.tree.Tree("CONFIG", style="dim", guide_style="dim")
+    keys = [k for k in order if k in cfg] + [k for k in cfg if k not in order]
+    for key in keys:
+        branch = tree.add(str(key), style="bold")
+        node = cfg[key]
+        text = OmegaConf.to_yaml(node, resolve=True) if isinstance(node, DictConfig) else str(node)
+        branch.add(rich.syntax.Syntax(text, "yaml"))
+    rich.print(tree)
+    if save_to is not None:
+        path = Path(save_to)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w") as f:
+            rich.print(tree, file=f)
+
+
+def instantiate_group(group: DictConfig | None) -> list[Any]:
+    """Instantiate every entry of a mapping of configs that has a ``_target_`` (callbacks, loggers)."""
+    objects: list[Any] = []
+    if not group:
+        return objects
+    if not isinstance(group, DictConfig):
+        raise TypeError(f"expected a mapping of configs, got {type(group).__name__}")
+    for name, conf in group.items():
+        if isinstance(conf, DictConfig) and "_target_" in conf:
+            log.info(f"Instantiating {name} <{conf._target_}>")
+            objects.append(hydra.utils.instantiate(conf))
+    return objects
+
+
+def metric_value(metrics: dict[str, Any], name: str | None) -> float | None:
+    """The value a sweeper optimises; a missing metric is an error because a sweep would silently rank junk."""
+    if not name:
+        return None
+    if name not in metrics:
+        raise KeyError(f"optimized_metric '{name}' was not logged; logged metrics: {sorted(metrics)}")
+    return float(metrics[name])

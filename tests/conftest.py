@@ -1,0 +1,36 @@
+"""Shared fixtures: config composition through Hydra's compose API, repository paths."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from genrecon.utils.run_dir import register_resolvers
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = ROOT / "conf"
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+register_resolvers()
+
+
+def compose_config(config_name: str, overrides: list[str] | None = None) -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` with overrides, as the entry points would (hydra node included)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=overrides or [], return_hydra_config=True)
+    # ${hydra:...} interpolations (paths.output_dir) resolve only once HydraConfig is set, as in a real job.
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return ROOT

@@ -1,0 +1,139 @@
+"""Per-sample transforms and collation from decoded chunk samples to the batches the stages consume.
+
+Batch keys (all tensors; B = batch, N = views, S = view size, R = occupancy resolution, K = voxels in batch):
+
+| key | shape | from field |
+|---|---|---|
+| ``occupancy`` | ``[B, 1, R, R, R]`` float | ``occupancy`` |
+| ``ovoxel_coords`` | ``[K, 4]`` int32 (batch, x, y, z) | ``ovoxel`` |
+| ``ovoxel_shape`` | ``[K, 6]`` float (offset − 0.5, flags − 0.5) | ``ovoxel`` |
+| ``ovoxel_flags`` | ``[K, 3]`` float in {0, 1} | ``ovoxel`` |
+| ``ovoxel_offset`` | ``[K, 3]`` float in [0, 1] | ``ovoxel`` |
+| ``ovoxel_pbr`` | ``[K, 6]`` float in [0, 1] | ``ovoxel`` |
+| ``views`` | ``[B, N, 3, S, S]`` float in [0, 1], premultiplied | ``views`` |
+| ``w2c`` / ``intrinsics`` | ``[B, N, 4, 4]`` / ``[B, N, 3, 3]``; padded views are all zeros | ``views`` |
+| ``view_mask`` | ``[B, N]`` bool | ``views`` |
+| ``ss_latent`` | ``[B, 8, r, r, r]`` float | ``ss_latent`` |
+| ``shape_coords`` / ``shape_feats`` | ``[K, 4]`` int32 / ``[K, C]`` float | ``shape_latent`` |
+| ``tex_feats`` | ``[K, C]`` float on ``shape_coords`` | ``tex_latent`` |
+
+Plus ``keys`` (list of sample keys) and ``ovoxel_resolution`` (int) where present.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from genrecon.data.shards import ChunkSample
+
+FIELDS = ("occupancy", "ovoxel", "views", "ss_latent", "shape_latent", "tex_latent")
+
+
+@dataclass
+class ViewSampling:
+    """Per-sample view sampling as published: n ~ U{1..max_views}, without replacement, among the views whose
+    projected chunk box covers at least ``min_coverage`` of the image."""
+
+    max_views: int = 16
+    min_coverage: float = 0.4
+    fixed_count: int | None = None  # evaluation: always this many views (fewer if not available)
+
+    def choose(self, coverage: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        eligible = np.nonzero(coverage >= self.min_coverage)[0]
+        if eligible.size == 0:
+            return eligible
+        if self.fixed_count is not None:
+            n = min(self.fixed_count, eligible.size)
+        else:
+            n = int(rng.integers(1, min(self.max_views, eligible.size) + 1))
+        return np.sort(rng.choice(eligible, size=n, replace=False))
+
+
+def select_fields(sample: ChunkSample, fields: Sequence[str], views: ViewSampling, rng: np.random.Generator) -> dict:
+    """One sample's arrays for the requested ``fields`` (numpy, unbatched)."""
+    unknown = set(fields) - set(FIELDS)
+    if unknown:
+        raise ValueError(f"unknown batch fields {sorted(unknown)}; known: {FIELDS}")
+    out: dict[str, Any] = {"key": sample.key}
+    if "occupancy" in fields:
+        out["occupancy"] = sample.occupancy
+    if "ovoxel" in fields:
+        from genrecon.geometry.ovoxel import OVoxel
+
+        vox = OVoxel.unpack(sample.ovoxel, int(sample.meta["ovoxel_resolution"]))
+        out["ovoxel"] = vox
+    if "views" in fields:
+        idx = views.choose(sample.coverage, rng)
+        out["views"] = sample.views[idx]
+        out["w2c"] = sample.w2c[idx]
+        out["intrinsics"] = sample.intrinsics[idx]
+    for name in ("ss_latent", "shape_latent", "tex_latent"):
+        if name in fields:
+            if not sample.latents:
+                raise KeyError(f"sample {sample.key} has no latents: run the encode step of prepare.py first")
+            out[name] = sample.latents
+    return out
+
+
+def _pad_views(items: list[dict]) -> dict[str, torch.Tensor]:
+    n_max = max(1, max(len(it["views"]) for it in items))
+    b = len(items)
+    size = items[0]["views"].shape[1] if len(items[0]["views"]) else 1
+    views = torch.zeros(b, n_max, 3, size, size)
+    w2c = torch.zeros(b, n_max, 4, 4)
+    intr = torch.zeros(b, n_max, 3, 3)
+    mask = torch.zeros(b, n_max, dtype=torch.bool)
+    for i, it in enumerate(items):
+        n = len(it["views"])
+        if n == 0:
+            continue
+        rgba = torch.from_numpy(it["views"]).float() / 255.0  # [n, S, S, 4], already premultiplied
+        views[i, :n] = rgba[..., :3].permute(0, 3, 1, 2)
+        w2c[i, :n] = torch.from_numpy(it["w2c"])
+        intr[i, :n] = torch.from_numpy(it["intrinsics"])
+        mask[i, :n] = True
+    return {"views": views, "w2c": w2c, "intrinsics": intr, "view_mask": mask}
+
+
+def _sparse_batch(coords_list: list[np.ndarray], feats_list: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    coords = [
+        np.concatenate([np.full((len(c), 1), i, np.int32), c.astype(np.int32)], axis=1)
+        for i, c in enumerate(coords_list)
+    ]
+    return torch.from_numpy(np.concatenate(coords)), torch.from_numpy(np.concatenate(feats_list)).float()
+
+
+def collate(items: list[dict]) -> dict[str, Any]:
+    """Stack a list of :func:`select_fields` outputs into one batch (see the module docstring for keys)."""
+    batch: dict[str, Any] = {"keys": [it["key"] for it in items]}
+    first = items[0]
+    if "occupancy" in first:
+        occ = np.stack([it["occupancy"] for it in items])
+        batch["occupancy"] = torch.from_numpy(occ).float().unsqueeze(1)
+    if "ovoxel" in first:
+        voxels = [it["ovoxel"] for it in items]
+        coords, shape = _sparse_batch([v.coords for v in voxels], [v.shape_features() for v in voxels])
+        batch["ovoxel_coords"] = coords
+        batch["ovoxel_shape"] = shape
+        batch["ovoxel_flags"] = torch.from_numpy(np.concatenate([v.intersected for v in voxels])).float()
+        batch["ovoxel_offset"] = torch.from_numpy(np.concatenate([v.vertex_offset for v in voxels])).float()
+        if all(v.attributes is not None for v in voxels):
+            batch["ovoxel_pbr"] = torch.from_numpy(np.concatenate([v.attributes for v in voxels])).float()
+        batch["ovoxel_resolution"] = int(voxels[0].resolution)
+    if "views" in first:
+        batch.update(_pad_views(items))
+    if "ss_latent" in first:
+        batch["ss_latent"] = torch.from_numpy(np.stack([it["ss_latent"]["ss_latent"] for it in items])).float()
+    if "shape_latent" in first:
+        coords, feats = _sparse_batch(
+            [it["shape_latent"]["shape_coords"] for it in items], [it["shape_latent"]["shape_feats"] for it in items]
+        )
+        batch["shape_coords"], batch["shape_feats"] = coords, feats
+    if "tex_latent" in first:
+        batch["tex_feats"] = torch.from_numpy(np.concatenate([it["tex_latent"]["tex_feats"] for it in items])).float()
+    return batch

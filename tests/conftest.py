@@ -34,3 +34,13 @@ def compose_config(config_name: str, overrides: list[str] | None = None) -> Dict
 @pytest.fixture
 def repo_root() -> Path:
     return ROOT
+
+
+@pytest.fixture(autouse=True)
+def _fresh_run_name():
+    """Composing a config pins GENRECON_RUN_NAME in the environment (as in a real job); tests start clean."""
+    saved = os.environ.pop("GENRECON_RUN_NAME", None)
+    yield
+    os.environ.pop("GENRECON_RUN_NAME", None)
+    if saved is not None:
+        os.environ["GENRECON_RUN_NAME"] = saved

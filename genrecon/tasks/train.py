@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from genrecon.utils.config import instantiate_group, print_config_tree, require_complete
 from genrecon.utils.logging import RankedLogger
+from genrecon.utils.run_dir import pinned_wandb_id, resolve_ckpt_path
 from genrecon.utils.task import TaskContext, task_wrapper
 
 log = RankedLogger(__name__)
@@ -31,6 +32,8 @@ def train(cfg: DictConfig, ctx: TaskContext) -> dict[str, float]:
     module: L.LightningModule = hydra.utils.instantiate(cfg.stage.module)
 
     callbacks = instantiate_group(cfg.get("callbacks"))
+    if cfg.get("logger") and "wandb" in cfg.logger:
+        cfg.logger.wandb.id = pinned_wandb_id(cfg.paths.output_dir)
     ctx.loggers = instantiate_group(cfg.get("logger"))
     log.info(f"Instantiating trainer <{cfg.trainer._target_}>")
     trainer: L.Trainer = hydra.utils.instantiate(
@@ -39,7 +42,8 @@ def train(cfg: DictConfig, ctx: TaskContext) -> dict[str, float]:
     _log_hyperparameters(cfg, module, trainer)
 
     if cfg.get("train", True):
-        trainer.fit(model=module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.output_dir)
+        trainer.fit(model=module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = _as_floats(trainer.callback_metrics)
     if cfg.get("test", False):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""

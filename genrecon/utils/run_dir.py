@@ -78,3 +78,29 @@ def quiet_hydra_argv(argv: list[str], env: Mapping[str, str] | None = None) -> l
         if override.split("=", 1)[0] not in given
     ]
     return list(argv) + extra
+
+
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | None:
+    """``"auto"`` picks the newest of Lightning's SLURM requeue checkpoints (``hpc_ckpt_*.ckpt`` in the run
+    directory) and ``checkpoints/last*.ckpt``, so a requeued or restarted job resumes wherever it stopped,
+    whether the requeue signal arrived or the node died; ``None`` when there is none. Other values pass."""
+    if ckpt_path != "auto":
+        return ckpt_path
+    out = Path(output_dir)
+    candidates = list(out.glob("hpc_ckpt_*.ckpt")) + list((out / "checkpoints").glob("last*.ckpt"))
+    if not candidates:
+        return None
+    return str(max(candidates, key=lambda p: p.stat().st_mtime))
+
+
+def pinned_wandb_id(output_dir: str | Path) -> str:
+    """The wandb run id of this run directory, created once and kept next to the checkpoints, so a resumed
+    or requeued run continues the same wandb run (WandbLogger passes ``resume="allow"``)."""
+    path = Path(output_dir) / "wandb_id.txt"
+    if path.is_file():
+        return path.read_text().strip()
+    run_id = os.urandom(4).hex()
+    if global_rank() == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(run_id + "\n")
+    return run_id

@@ -1,0 +1,334 @@
+"""Dense and sparse flow transformers (TRELLIS.2 design) with GenRecon's projection conditioning.
+
+Both models predict the rectified-flow velocity. They share: a time embedding of 1000·t, one adaLN modulation
+for all blocks (plus a per-block bias), 3-D RoPE from integer voxel coordinates, cross-attention to one view's
+image tokens ``cond_2d`` [B, T, C_cond], and, when built with a projection and an aggregator, the projection
+pathway: ``h = h + proj_linears[i](cond_3d)`` before block i, every ``proj_linears[i]`` zero-initialised so an
+untrained pathway leaves the base model's output unchanged.
+
+Module names follow the published checkpoints (``t_embedder``, ``adaLN_modulation``, ``input_layer``,
+``blocks``, ``out_layer``, ``rope_phases``, ``aggregator``, ``proj_linears``), so weights load as they are.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from genrecon.models.aggregator import project_and_aggregate
+from genrecon.models.projection import coords_to_points, voxel_centers
+from genrecon.modules.attention import PackedLayout
+from genrecon.modules.rope import grid_coords, rope_phases
+from genrecon.modules.timestep import TimestepEmbedder
+from genrecon.modules.transformer import ModulatedTransformerCrossBlock, SparseModulatedTransformerCrossBlock
+
+# The published weights were trained on the sinusoidal embedding of 1000·t.
+TIME_SCALE = 1000.0
+
+
+class SparseLike(Protocol):
+    """Anything carrying packed sparse tokens: coords [K, 4] int (batch, x, y, z), feats [K, C]."""
+
+    coords: Tensor
+    feats: Tensor
+
+
+class _FlowTransformer(nn.Module):
+    """Shared parts of the dense and sparse models; subclasses say how tokens are laid out."""
+
+    block_cls: type[ModulatedTransformerCrossBlock] = ModulatedTransformerCrossBlock
+
+    def __init__(
+        self,
+        *,
+        resolution: int,
+        in_channels: int,
+        out_channels: int,
+        model_channels: int,
+        cond_channels: int,
+        num_blocks: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qk_rms_norm: bool = True,
+        qk_rms_norm_cross: bool = True,
+        rope_theta: float = 1e4,
+        use_checkpoint: bool = False,
+        attn_backend: str = "auto",
+        attn_device: torch.device | str | None = None,
+        projection: nn.Module | None = None,
+        aggregator: nn.Module | None = None,
+    ) -> None:
+        """projection / aggregator: GenRecon's conditioning pathway, given together or not at all.
+        attn_backend: see genrecon.modules.attention; "auto" is resolved for attn_device
+        (None = CUDA if available, else CPU)."""
+        super().__init__()
+        if (projection is None) != (aggregator is None):
+            raise ValueError(
+                "projection and aggregator enable the 3-D conditioning together: pass both or neither"
+            )
+        self.arch: dict[str, Any] = {
+            "resolution": resolution,
+            "in_channels": in_channels,
+            "out_channels": out_channels,
+            "model_channels": model_channels,
+            "cond_channels": cond_channels,
+            "num_blocks": num_blocks,
+            "num_heads": num_heads,
+            "mlp_ratio": mlp_ratio,
+            "qk_rms_norm": qk_rms_norm,
+            "qk_rms_norm_cross": qk_rms_norm_cross,
+            "rope_theta": rope_theta,
+        }
+        self.resolution = resolution
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.model_channels = model_channels
+        self.cond_channels = cond_channels
+        self.head_dim = model_channels // num_heads
+        self.rope_theta = rope_theta
+
+        self.t_embedder = TimestepEmbedder(model_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(model_channels, 6 * model_channels))
+        self.input_layer = nn.Linear(in_channels, model_channels)
+        self.blocks = nn.ModuleList(
+            self.block_cls(
+                model_channels,
+                cond_channels,
+                num_heads,
+                mlp_ratio,
+                qk_rms_norm=qk_rms_norm,
+                qk_rms_norm_cross=qk_rms_norm_cross,
+                attn_backend=attn_backend,
+                attn_device=attn_device,
+                use_checkpoint=use_checkpoint,
+            )
+            for _ in range(num_blocks)
+        )
+        self.out_layer = nn.Linear(model_channels, out_channels)
+        self._init_scaled()
+
+        # Added after the base init so it does not touch the injected aggregator's own initialisation.
+        self.projection = projection
+        self.aggregator = aggregator
+        if aggregator is not None:
+            self.proj_linears = nn.ModuleList(
+                nn.Linear(cond_channels, model_channels) for _ in range(num_blocks)
+            )
+            for linear in self.proj_linears:
+                nn.init.zeros_(linear.weight)
+                nn.init.zeros_(linear.bias)
+        else:
+            self.proj_linears = None
+
+    @property
+    def has_cond_3d(self) -> bool:
+        return self.proj_linears is not None
+
+    def _init_scaled(self) -> None:
+        """TRELLIS.2 "scaled" init: residual outputs shrink with depth; adaLN and output start at zero."""
+        width, depth = self.model_channels, len(self.blocks)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=math.sqrt(2.0 / (5.0 * width)))
+                nn.init.zeros_(module.bias)
+        for block in self.blocks:
+            for linear in (block.self_attn.to_out, block.cross_attn.to_out, block.mlp.mlp[2]):
+                nn.init.normal_(linear.weight, std=1.0 / math.sqrt(5.0 * depth * width))
+        # Unit-variance tokens after the input layer.
+        nn.init.normal_(self.input_layer.weight, std=1.0 / math.sqrt(self.in_channels))
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        # Zero modulation = identity adaLN with closed gates; zero output = zero velocity at step 0.
+        for linear in (self.adaLN_modulation[1], self.out_layer):
+            nn.init.zeros_(linear.weight)
+            nn.init.zeros_(linear.bias)
+
+    # --------------------------------------------------------------------------------------------------------
+    # Projection conditioning
+    # --------------------------------------------------------------------------------------------------------
+
+    def compute_cond_3d(
+        self,
+        points: Tensor,
+        batch_idx: Tensor,
+        tokens: Tensor,
+        w2c: Tensor,
+        K: Tensor,
+        view_mask: Tensor,
+        batch_voxels: int = 8192,
+    ) -> Tensor:
+        """Project points into all views and fuse the per-view tokens, ``batch_voxels`` points at a time.
+
+        points [P, 3] chunk frame, batch_idx [P] long, tokens [B, N, T, C_cond], w2c [B, N, 4, 4],
+        K [B, N, 3, 3] normalised intrinsics, view_mask [B, N] bool -> [P, C_cond].
+        The per-view gather [batch_voxels, N, C_cond] is the peak; when the aggregator trains, each batch is
+        checkpointed so only its output stays alive for backward.
+        """
+        if not self.has_cond_3d:
+            raise RuntimeError("this model was built without projection/aggregator")
+        if batch_voxels < 1:
+            raise ValueError(f"batch_voxels must be positive, got {batch_voxels}")
+        trains = any(p.requires_grad for p in self.aggregator.parameters())
+        return project_and_aggregate(
+            self.projection,
+            self.aggregator,
+            points,
+            batch_idx,
+            tokens,
+            w2c,
+            K,
+            view_mask,
+            batch_voxels=batch_voxels,
+            checkpoint=trains,
+        )
+
+    # --------------------------------------------------------------------------------------------------------
+    # Shared forward pieces
+    # --------------------------------------------------------------------------------------------------------
+
+    def _modulation(self, t: Tensor) -> Tensor:
+        """t [B] in [0, 1] -> shared adaLN modulation [B, 6C]."""
+        return self.adaLN_modulation(self.t_embedder(t * TIME_SCALE))
+
+    def _run_blocks(
+        self,
+        h: Tensor,
+        mod: Tensor,
+        cond_2d: Tensor,
+        cond_3d: Tensor | None,
+        phases: Tensor,
+        layout: PackedLayout | None,
+    ) -> Tensor:
+        if cond_3d is not None and self.proj_linears is None:
+            raise ValueError("cond_3d given, but this model was built without projection conditioning")
+        for i, block in enumerate(self.blocks):
+            if self.proj_linears is not None:
+                # cond_3d None = the unconditional branch, identical to zeros: only the bias remains.
+                linear = self.proj_linears[i]
+                h = h + (linear(cond_3d) if cond_3d is not None else linear.bias.to(h.dtype))
+            h = block(h, mod, cond_2d, phases, layout)
+        return h
+
+    def _output(self, h: Tensor) -> Tensor:
+        return self.out_layer(F.layer_norm(h, h.shape[-1:]))
+
+
+class DenseFlowTransformer(_FlowTransformer):
+    """Flow over a dense latent grid (sparse-structure stage): x [B, C_in, R, R, R] -> [B, C_out, R, R, R].
+
+    Tokens are the R³ voxels flattened x·R² + y·R + z (meshgrid "ij"), which is also the order of cond_3d.
+    """
+
+    block_cls = ModulatedTransformerCrossBlock
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        phases = rope_phases(grid_coords(self.resolution), self.head_dim, self.rope_theta)
+        self.register_buffer("rope_phases", phases)  # [R³, D/2] complex64, persistent as in TRELLIS.2
+
+    def _apply(self, fn, recurse: bool = True):
+        # Module.to(bfloat16) would cast the complex RoPE table to a real dtype and drop its imaginary part:
+        # the table follows the model's device only.
+        phases = self._buffers.pop("rope_phases")
+        try:
+            super()._apply(fn, recurse)
+        finally:
+            target = fn(torch.empty(0, device=phases.device)).device
+            if phases.is_meta and target.type != "meta":
+                # to_empty() after building on the meta device: the table has no data to move, recompute it.
+                phases = rope_phases(
+                    grid_coords(self.resolution, device=target), self.head_dim, self.rope_theta
+                )
+            self._buffers["rope_phases"] = phases.to(target)
+        return self
+
+    def cond_3d_from_views(
+        self, tokens: Tensor, w2c: Tensor, K: Tensor, view_mask: Tensor, batch_voxels: int = 8192
+    ) -> Tensor:
+        """3-D conditioning of every voxel centre: tokens [B, N, T, C_cond] ... -> [B, R³, C_cond]."""
+        batch, voxels = tokens.shape[0], self.resolution**3
+        points = voxel_centers(self.resolution).to(tokens.device).repeat(batch, 1)
+        batch_idx = torch.arange(batch, device=tokens.device).repeat_interleave(voxels)
+        cond = self.compute_cond_3d(points, batch_idx, tokens, w2c, K, view_mask, batch_voxels)
+        return cond.view(batch, voxels, self.cond_channels)
+
+    def forward(self, x: Tensor, t: Tensor, cond_2d: Tensor, cond_3d: Tensor | None = None) -> Tensor:
+        """x [B, C_in, R, R, R], t [B] in [0, 1], cond_2d [B, T, C_cond], cond_3d [B, R³, C_cond] or None
+        (None = zeros, the unconditional branch) -> velocity [B, C_out, R, R, R]."""
+        batch, _, *spatial = x.shape
+        if spatial != [self.resolution] * 3:
+            raise ValueError(f"expected a {self.resolution}³ grid, got spatial shape {tuple(spatial)}")
+        h = self.input_layer(x.flatten(2).transpose(1, 2))  # [B, R³, C]
+        h = self._run_blocks(h, self._modulation(t), cond_2d, cond_3d, self.rope_phases, None)
+        return self._output(h).transpose(1, 2).reshape(batch, self.out_channels, *spatial)
+
+
+def _feats(x: Tensor | SparseLike) -> Tensor:
+    return x if isinstance(x, Tensor) else x.feats
+
+
+class SparseFlowTransformer(_FlowTransformer):
+    """Flow over sparse voxel tokens (shape / texture stages): packed feats [K, C_in] at coords [K, 4]
+    (batch, x, y, z) -> velocity [K, C_out] in the input's token order. Attention never crosses samples."""
+
+    block_cls = SparseModulatedTransformerCrossBlock
+
+    def cond_3d_from_views(
+        self,
+        coords: Tensor,
+        tokens: Tensor,
+        w2c: Tensor,
+        K: Tensor,
+        view_mask: Tensor,
+        batch_voxels: int = 8192,
+    ) -> Tensor:
+        """3-D conditioning at the active voxels: coords [K, 4] int (batch, x, y, z) -> [K, C_cond]."""
+        points = coords_to_points(coords[:, 1:], self.resolution)
+        return self.compute_cond_3d(points, coords[:, 0].long(), tokens, w2c, K, view_mask, batch_voxels)
+
+    def forward(
+        self,
+        x: Tensor | SparseLike,
+        t: Tensor,
+        cond_2d: Tensor,
+        cond_3d: Tensor | SparseLike | None = None,
+        *,
+        coords: Tensor | None = None,
+        concat_cond: Tensor | SparseLike | None = None,
+    ) -> Tensor:
+        """x: feats [K, C_in] with ``coords`` [K, 4], or an object with .feats/.coords; t [B] in [0, 1];
+        cond_2d [B, T, C_cond]; cond_3d [K, C_cond] on the same tokens, or None (= zeros, unconditional);
+        concat_cond [K, C'] appended to the input channels (texture flow: noise ‖ shape latent).
+        Returns the velocity feats [K, C_out], aligned with the input tokens."""
+        if isinstance(x, Tensor):
+            if coords is None:
+                raise ValueError("raw feature tensors need coords [K, 4]")
+            feats = x
+        else:
+            if coords is not None:
+                raise ValueError("coords are given by x; do not pass them again")
+            feats, coords = x.feats, x.coords
+        if concat_cond is not None:
+            feats = torch.cat([feats, _feats(concat_cond)], dim=-1)
+        cond_3d = _feats(cond_3d) if cond_3d is not None else None
+
+        batch_idx = coords[:, 0].long()
+        order = None
+        if batch_idx.numel() and bool((batch_idx[1:] < batch_idx[:-1]).any()):
+            # Packed attention needs each sample's tokens contiguous; sort stably and undo at the end.
+            order = torch.argsort(batch_idx, stable=True)
+            feats, coords, batch_idx = feats[order], coords[order], batch_idx[order]
+            cond_3d = cond_3d[order] if cond_3d is not None else None
+        layout = PackedLayout.from_batch_idx(batch_idx, cond_2d.shape[0])
+        phases = rope_phases(coords[:, 1:], self.head_dim, self.rope_theta)
+
+        h = self.input_layer(feats)
+        h = self._run_blocks(h, self._modulation(t), cond_2d, cond_3d, phases, layout)
+        out = self._output(h)
+        if order is not None:
+            out = torch.empty_like(out).index_copy_(0, order, out)
+        return out

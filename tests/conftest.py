@@ -44,3 +44,30 @@ def _fresh_run_name():
     os.environ.pop("GENRECON_RUN_NAME", None)
     if saved is not None:
         os.environ["GENRECON_RUN_NAME"] = saved
+
+
+# Test-size data: every dimension shrunk so a whole prepare + train cycle takes seconds on 2 CPU cores.
+TINY_DATA_OVERRIDES = [
+    "dataset=synthetic",
+    "dataset.num_scenes=4",
+    "dataset.val_fraction=0.25",
+    "preset.ovoxel_resolution=32",
+    "preset.occupancy_resolution=32",
+    "preset.image_size=32",
+    "render.max_cameras=16",
+    "chunks.per_scene=3",
+    "chunks.min_voxels=16",
+    "contact_sheet.rooms=2",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """A small synthetic dataset written by the real prepare task (shared by the tests of a session)."""
+    from genrecon.tasks.prepare import prepare
+
+    data_dir = tmp_path_factory.mktemp("data")
+    cfg = compose_config("prepare", TINY_DATA_OVERRIDES + [f"paths.data_dir={data_dir}", f"paths.log_dir={data_dir}/logs"])
+    prepare(cfg)
+    os.environ.pop("GENRECON_RUN_NAME", None)
+    return Path(cfg.dataset.root)

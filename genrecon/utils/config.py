@@ -8,7 +8,7 @@ from typing import Any
 
 import hydra
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from genrecon.utils.logging import RankedLogger
 
@@ -17,10 +17,20 @@ log = RankedLogger(__name__)
 TREE_ORDER = ("stage", "dataset", "preset", "trainer", "callbacks", "logger", "paths")
 
 
+def resolved(cfg: DictConfig) -> dict[str, Any]:
+    """The job config as plain, resolved containers (without the ``hydra`` node that tests compose in)."""
+    return {str(k): OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig | ListConfig) else v
+            for k, v in cfg.items() if k != "hydra"}
+
+
 def require_complete(cfg: DictConfig) -> None:
     """Resolve everything once so a missing ``???`` value or a broken interpolation fails up front, with
     OmegaConf's message naming the key, instead of deep inside training."""
-    OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    for key in cfg:
+        if key != "hydra":  # present only when composed with return_hydra_config (tests)
+            node = cfg[key]
+            if isinstance(node, DictConfig | ListConfig):
+                OmegaConf.to_container(node, resolve=True, throw_on_missing=True)
 
 
 @rank_zero_only
@@ -31,7 +41,7 @@ def print_config_tree(cfg: DictConfig, save_to: str | Path | None = None, order:
     import rich.tree
 
     tree = rich.tree.Tree("CONFIG", style="dim", guide_style="dim")
-    keys = [k for k in order if k in cfg] + [k for k in cfg if k not in order]
+    keys = [k for k in order if k in cfg] + [k for k in cfg if k not in order and k != "hydra"]
     for key in keys:
         branch = tree.add(str(key), style="bold")
         node = cfg[key]

@@ -1,0 +1,141 @@
+"""What every GenRecon stage shares: optimiser groups, warm-up schedule, adaptive clipping, EMA.
+
+A stage is a thin LightningModule around a model and a loss. This base gives it the published training
+recipe (AdamW (0.9, 0.95), linear warm-up then constant, EMA of the weights, gradient clipping at the 95th
+percentile of recent norms capped at 1.0) so the stages themselves only say what a step computes.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import EMAWeightAveraging
+from torch import nn
+
+
+def is_decayed(name: str, param: nn.Parameter) -> bool:
+    """Weight decay applies to weight matrices only: never to biases, norms, embeddings' scalars or gains."""
+    return param.ndim >= 2 and "norm" not in name and not name.endswith(".bias")
+
+
+class AdaptiveGradClipper:
+    """Clips the global gradient norm at ``min(max_norm, percentile of the last `window` norms)`` once the
+    window is full (``max_norm`` before); the history is part of the checkpoint so a resumed run clips the
+    same way."""
+
+    def __init__(self, max_norm: float = 1.0, percentile: float = 95.0, window: int = 1000) -> None:
+        self.max_norm = max_norm
+        self.percentile = percentile
+        self.history: deque[float] = deque(maxlen=window)
+
+    def clip_value(self) -> float:
+        if len(self.history) < (self.history.maxlen or 0):
+            return self.max_norm
+        return float(min(self.max_norm, np.percentile(np.fromiter(self.history, float), self.percentile)))
+
+    def __call__(self, parameters: Iterable[nn.Parameter]) -> tuple[float, float]:
+        """Clip in place; returns ``(norm before clipping, clip value used)``."""
+        params = [p for p in parameters if p.grad is not None]
+        value = self.clip_value()
+        if not params:
+            return 0.0, value
+        norm = float(torch.nn.utils.clip_grad_norm_(params, value))
+        if np.isfinite(norm):
+            self.history.append(norm)
+        return norm, value
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": list(self.history)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history.clear()
+        self.history.extend(state.get("history", []))
+
+
+class Stage(L.LightningModule):
+    """Base LightningModule of the stages.
+
+    Args:
+        lr: learning rate of the base parameters; ``lr_new`` (default ``lr``) of parameters whose name starts
+            with one of ``new_parameter_prefixes`` (the conditioning pathway when fine-tuning).
+        weight_decay / weight_decay_new: AdamW decay of weight matrices in each group (never biases or norms).
+        warmup_steps: linear warm-up from 0, then constant (the published schedule has no decay).
+        ema_decay: EMA of the weights (validation and checkpoints' ``state_dict`` use the average); None: off.
+        grad_clip_max / grad_clip_percentile / grad_clip_window: adaptive clipping; ``grad_clip_max=None``
+            switches clipping off.
+    """
+
+    new_parameter_prefixes: Sequence[str] = ()
+
+    def __init__(
+        self,
+        lr: float = 1e-4,
+        lr_new: float | None = None,
+        weight_decay: float = 0.0,
+        weight_decay_new: float | None = None,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_steps: int = 0,
+        ema_decay: float | None = None,
+        grad_clip_max: float | None = 1.0,
+        grad_clip_percentile: float = 95.0,
+        grad_clip_window: int = 1000,
+    ) -> None:
+        super().__init__()
+        self.lr = lr
+        self.lr_new = lr if lr_new is None else lr_new
+        self.weight_decay = weight_decay
+        self.weight_decay_new = weight_decay if weight_decay_new is None else weight_decay_new
+        self.betas = tuple(betas)
+        self.warmup_steps = warmup_steps
+        self.ema_decay = ema_decay
+        self.clipper = (
+            AdaptiveGradClipper(grad_clip_max, grad_clip_percentile, grad_clip_window) if grad_clip_max else None
+        )
+
+    # ------------------------------------------------------------------ optimisation
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+        for name, param in self.named_parameters():
+            if not param.requires_grad:
+                continue
+            new = any(name.startswith(p) or f".{p}" in name for p in self.new_parameter_prefixes)
+            groups.setdefault((new, is_decayed(name, param)), []).append(param)
+        out = []
+        for (new, decayed), params in sorted(groups.items()):
+            wd = (self.weight_decay_new if new else self.weight_decay) if decayed else 0.0
+            out.append({"params": params, "lr": self.lr_new if new else self.lr, "weight_decay": wd,
+                        "name": f"{'new' if new else 'base'}{'' if decayed else '_no_decay'}"})
+        return out
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        groups = self.parameter_groups()
+        fused = all(p.is_cuda for g in groups for p in g["params"])
+        optimizer = torch.optim.AdamW(groups, betas=self.betas, eps=1e-8, fused=fused or None)
+        warmup = max(1, int(self.warmup_steps))
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        if self.clipper is None:
+            return
+        norm, value = self.clipper(p for g in optimizer.param_groups for p in g["params"])
+        self.log_dict({"train/grad_norm": norm, "train/grad_clip": value}, on_step=True, prog_bar=False)
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        if self.ema_decay is None:
+            return []
+        return [EMAWeightAveraging(decay=self.ema_decay)]
+
+    # ------------------------------------------------------------------ checkpoint extras
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.clipper is not None:
+            checkpoint["grad_clipper"] = self.clipper.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.clipper is not None and "grad_clipper" in checkpoint:
+            self.clipper.load_state_dict(checkpoint["grad_clipper"])

@@ -1,0 +1,165 @@
+"""Body of ``prepare.py``: scene source -> per-scene builds (in worker processes) -> shards and manifest."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from genrecon.data.camera_placement import CameraPlacementConfig
+from genrecon.data.chunk_builder import ChunkBuildConfig, SceneBuild, build_scene
+from genrecon.data.contact_sheet import write_contact_sheet
+from genrecon.data.errors import DataFormatError
+from genrecon.data.shards import AtomicShardWriter, encode_json
+from genrecon.data.sources import SceneJob, scene_jobs
+from genrecon.utils.config import require_complete, resolved
+from genrecon.utils.logging import RankedLogger
+from genrecon.utils.task import TaskContext, task_wrapper
+
+log = RankedLogger(__name__)
+
+
+def build_config(cfg: DictConfig) -> ChunkBuildConfig:
+    """The data-build settings from ``conf/prepare.yaml`` and the preset."""
+    return ChunkBuildConfig(
+        view_size=int(cfg.preset.image_size),
+        render_size=int(cfg.preset.image_size * cfg.render.scale),
+        ovoxel_resolution=int(cfg.preset.ovoxel_resolution),
+        occupancy_resolution=int(cfg.preset.occupancy_resolution),
+        chunks_per_scene=int(cfg.chunks.per_scene),
+        edge_range_m=(float(cfg.chunks.edge_min_m), float(cfg.chunks.edge_max_m)),
+        xy_margin_m=float(cfg.chunks.xy_margin_m),
+        floor_offset_m=float(cfg.chunks.floor_offset_m),
+        min_voxels=int(cfg.chunks.min_voxels),
+        min_view_coverage=float(cfg.chunks.min_view_coverage),
+        max_views=int(cfg.chunks.max_views),
+        cameras=CameraPlacementConfig(min_views=int(cfg.render.min_cameras), max_views=int(cfg.render.max_cameras)),
+    )
+
+
+def _run_job(args: tuple) -> tuple[str, list[tuple[str, SceneBuild]], dict[str, int], str | None]:
+    """Load one source item and build each of its scenes; worker-process entry point."""
+    job, index, split, seed, build_cfg, rasterizer_cfg, scenes_root, on_error = args
+    try:
+        scenes, skipped = job.load()
+    except DataFormatError as err:
+        if on_error == "raise":
+            raise
+        return job.name, [], {}, str(err)
+    rasterizer = hydra.utils.instantiate(rasterizer_cfg)
+    builds = []
+    for k, scene in enumerate(scenes):
+        rng = np.random.default_rng([seed, index, k])
+        folder = Path(scenes_root) / scene.scene_id
+        builds.append((split, build_scene(scene, index, build_cfg, rasterizer, rng, folder, split)))
+    return job.name, builds, skipped, None
+
+
+def _val_indices(n: int, fraction: float) -> set[int]:
+    """The last ``round(n * fraction)`` items (at least one when there are two or more) form the val split."""
+    n_val = min(n - 1, max(1, round(n * fraction))) if n >= 2 and fraction > 0 else 0
+    return set(range(n - n_val, n))
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    arr = np.asarray(values, dtype=np.float64)
+    return {"mean": float(arr.mean()), "min": float(arr.min()), "max": float(arr.max())}
+
+
+@task_wrapper
+def prepare(cfg: DictConfig, ctx: TaskContext) -> dict[str, Any]:
+    """Build the dataset ``cfg.dataset`` into ``cfg.dataset.root`` (see docs/data_format.md)."""
+    require_complete(cfg)
+    start = time.perf_counter()
+    root = Path(cfg.dataset.root)
+    ctx.output_dir = str(root)
+    on_error = str(cfg.dataset.get("on_error", "raise"))
+    jobs: list[SceneJob] = scene_jobs(cfg.dataset, on_error)
+    val = _val_indices(len(jobs), float(cfg.dataset.val_fraction))
+    build_cfg = build_config(cfg)
+    for stale in ("shards", "scenes"):
+        shutil.rmtree(root / stale, ignore_errors=True)
+    args = [
+        (job, i, "val" if i in val else "train", int(cfg.dataset.seed), build_cfg, cfg.render.rasterizer,
+         str(root / "scenes"), on_error)
+        for i, job in enumerate(jobs)
+    ]
+    workers = max(1, int(cfg.num_workers))
+    pool = mp.get_context("spawn").Pool(workers) if workers > 1 else None
+    results = pool.imap(_run_job, args) if pool else map(_run_job, args)
+
+    writers = {s: AtomicShardWriter(root / "shards", s, int(cfg.shards.samples_per_shard)) for s in ("train", "val")}
+    skipped_items: dict[str, str] = {}
+    skipped_counts: Counter[str] = Counter()
+    stats: list[dict] = []
+    timings: Counter[str] = Counter()
+    dropped = scenes_built = cameras = 0
+    sheet_rooms: list[dict] = []
+    try:
+        for name, builds, skipped, error in tqdm(results, total=len(args), desc="scenes", unit="item"):
+            skipped_counts.update(skipped)
+            if error is not None:
+                skipped_items[name] = error
+                continue
+            for split, build in builds:
+                for sample in build.samples:
+                    writers[split].write(sample)
+                scenes_built += 1
+                cameras += build.num_cameras
+                dropped += build.dropped_few_voxels
+                stats.extend(build.chunk_stats)
+                timings.update(build.timings_s)
+                if len(sheet_rooms) < int(cfg.contact_sheet.rooms):
+                    sheet_rooms.append(_sheet_room(build, int(cfg.contact_sheet.views_per_room)))
+    except BaseException:
+        for w in writers.values():
+            w.__exit__(RuntimeError, None, None)
+        raise
+    finally:
+        if pool:
+            pool.close()
+            pool.join()
+    shards = {s: [p.name for p in w.close()] for s, w in writers.items()}
+    counts = {s: w.count for s, w in writers.items()}
+    if counts["train"] == 0:
+        raise RuntimeError(f"no training chunks were written to {root / 'shards'}; see the manifest's skipped items")
+
+    manifest = {
+        "dataset": cfg.dataset.name,
+        "preset": cfg.preset.name,
+        "samples": counts,
+        "shards": shards,
+        "scenes": {"items": len(jobs), "built": scenes_built, "val_items": len(val), "cameras": cameras},
+        "chunks": {"written": sum(counts.values()), "dropped_few_voxels": dropped},
+        "skipped": {"items": skipped_items, "counts": dict(skipped_counts)},
+        "statistics": {key: _summary([s[key] for s in stats]) for key in ("voxels", "views", "occupancy")},
+        "timings_s": {**{k: round(v, 3) for k, v in timings.items()}, "total": round(time.perf_counter() - start, 3)},
+        "config": resolved(cfg),
+    }
+    (root / "manifest.json").write_bytes(encode_json(manifest))
+    if sheet_rooms:
+        write_contact_sheet(sheet_rooms, root / "contact_sheet.png")
+    log.info(f"wrote {counts} chunks to {root / 'shards'} in {manifest['timings_s']['total']:.1f} s")
+    return manifest
+
+
+def _sheet_room(build: SceneBuild, views: int) -> dict:
+    return {
+        "scene_id": build.scene_id,
+        "floor_polygon": build.floor_polygon,
+        "chunks": build.chunks,
+        "camera_xy": build.camera_xy,
+        "views": build.preview_views[:views],
+        "w2c": build.preview_w2c[:views],
+        "K": build.preview_K[:views],
+    }

@@ -71,3 +71,33 @@ def tiny_dataset(tmp_path_factory) -> Path:
     prepare(cfg)
     os.environ.pop("GENRECON_RUN_NAME", None)
     return Path(cfg.dataset.root)
+
+
+# Test-size model overrides matching TINY_DATA_OVERRIDES (32³ occupancy -> 8³ SS latent, 32 px views).
+TINY_MODEL_OVERRIDES = [
+    "preset.ovoxel_resolution=32", "preset.occupancy_resolution=32", "preset.image_size=32",
+    "preset.ss_latent_resolution=8", "preset.ss_vae.channels=[8,16,16]", "preset.shape_latent_resolution=8",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_ss_latents(tiny_dataset, tmp_path_factory) -> Path:
+    """``tiny_dataset`` plus SS latents from an SS-VAE briefly trained by train.py (returns the dataset root)."""
+    from genrecon.tasks.prepare import prepare
+    from genrecon.tasks.train import train
+
+    out = tmp_path_factory.mktemp("ss_vae_run")
+    cfg = compose_config("train", TINY_MODEL_OVERRIDES + [
+        "stage=ss_vae", "hardware=cpu", "logger=none", "callbacks=default", "stage.max_steps=10",
+        "stage.val_every_n_steps=10", "stage.val_batches=1", "stage.datamodule.batch_size=2",
+        "stage.checkpoint_every_n_steps=10", "callbacks.model_summary=null", "callbacks.lr_monitor=null",
+        f"dataset.root={tiny_dataset}", f"paths.output_dir={out}",
+    ])
+    train(cfg)
+    ckpt = out / "checkpoints" / "last.ckpt"
+    cfg = compose_config("prepare", TINY_DATA_OVERRIDES + [
+        "steps=[encode]", f"encode.ss_vae_ckpt={ckpt}", f"dataset.root={tiny_dataset}",
+    ])
+    prepare(cfg)
+    os.environ.pop("GENRECON_RUN_NAME", None)
+    return tiny_dataset

@@ -42,6 +42,8 @@ def test_presets_resolve(preset):
     levels = len(cfg.preset.sc_vae.channels)
     assert 2 ** (levels - 1) == cfg.preset.shape_latent_factor
     assert cfg.preset.ovoxel_resolution % cfg.preset.occupancy_resolution == 0
+    assert cfg.preset.ovoxel_resolution // cfg.preset.shape_latent_factor == cfg.preset.shape_latent_resolution
+    assert cfg.preset.image_encoder.width == cfg.preset.flow.cond_channels
 
 
 def test_stage_dataset_specialisation_applies_only_to_its_pair():

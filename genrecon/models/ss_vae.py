@@ -87,7 +87,7 @@ def _run(blocks: nn.Sequential | nn.ModuleList, h: Tensor, use_checkpoint: bool)
 
 
 class SparseStructureEncoder(nn.Module):
-    """Occupancy ``[B, in_channels, R, R, R]`` → ``(z, mean, logvar)``, each ``[B, latent_channels, R/f, ...]``
+    """Occupancy ``[B, in_channels, R, R, R]`` → ``(z, mean, logvar)``, each ``[B, latent, R/f, R/f, R/f]``
     with ``f = 2**(len(channels) - 1)``.
 
     Args:
@@ -120,7 +120,9 @@ class SparseStructureEncoder(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.middle_block = nn.Sequential(*[ResBlock3d(channels[-1]) for _ in range(num_res_blocks_middle)])
         self.out_layer = nn.Sequential(
-            ChannelLayerNorm3d(channels[-1]), nn.SiLU(), nn.Conv3d(channels[-1], 2 * latent_channels, 3, padding=1)
+            ChannelLayerNorm3d(channels[-1]),
+            nn.SiLU(),
+            nn.Conv3d(channels[-1], 2 * latent_channels, 3, padding=1),
         )
 
     def forward(self, x: Tensor, sample_posterior: bool = True) -> tuple[Tensor, Tensor, Tensor]:

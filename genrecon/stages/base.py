@@ -18,6 +18,19 @@ from lightning.pytorch.callbacks import EMAWeightAveraging
 from torch import nn
 
 
+def to_primitive(value: Any) -> Any:
+    """OmegaConf containers and tuples -> plain dicts and lists, recursively."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, dict):
+        return {k: to_primitive(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_primitive(v) for v in value]
+    return value
+
+
 def is_decayed(name: str, param: nn.Parameter) -> bool:
     """Weight decay applies to weight matrices only: never to biases, norms, embeddings' scalars or gains."""
     return param.ndim >= 2 and "norm" not in name and not name.endswith(".bias")
@@ -133,6 +146,10 @@ class Stage(L.LightningModule):
 
     # ------------------------------------------------------------------ checkpoint extras
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Hydra hands lists/dicts in as OmegaConf containers; plain types keep checkpoints loadable with
+        # torch's weights_only=True default.
+        if "hyper_parameters" in checkpoint:
+            checkpoint["hyper_parameters"] = to_primitive(dict(checkpoint["hyper_parameters"]))
         if self.clipper is not None:
             checkpoint["grad_clipper"] = self.clipper.state_dict()
 

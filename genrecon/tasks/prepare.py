@@ -78,11 +78,28 @@ def _summary(values: list[float]) -> dict[str, float]:
 
 @task_wrapper
 def prepare(cfg: DictConfig, ctx: TaskContext) -> dict[str, Any]:
-    """Build the dataset ``cfg.dataset`` into ``cfg.dataset.root`` (see docs/data_format.md)."""
+    """Run ``cfg.steps`` on the dataset ``cfg.dataset`` in ``cfg.dataset.root`` (see docs/data_format.md):
+    ``build`` writes the chunk shards, ``encode`` adds the VAE latents (``encode.*_vae_ckpt``)."""
     require_complete(cfg)
-    start = time.perf_counter()
     root = Path(cfg.dataset.root)
     ctx.output_dir = str(root)
+    unknown = set(cfg.steps) - {"build", "encode"}
+    if unknown:
+        raise ValueError(f"steps: unknown step(s) {sorted(unknown)}; choose from build, encode")
+    result: dict[str, Any] = {}
+    if "build" in cfg.steps:
+        result["build"] = build_dataset(cfg, root)
+    if "encode" in cfg.steps:
+        from genrecon.data.encode import encode_dataset
+
+        result["encode"] = encode_dataset(root, samples_per_shard=int(cfg.shards.samples_per_shard), **cfg.encode)
+        log.info(f"encoded latents: {result['encode']['samples']} -> {root / 'latents'}")
+    return result
+
+
+def build_dataset(cfg: DictConfig, root: Path) -> dict[str, Any]:
+    """Scene source -> chunk shards, manifest and contact sheet in ``root``."""
+    start = time.perf_counter()
     on_error = str(cfg.dataset.get("on_error", "raise"))
     jobs: list[SceneJob] = scene_jobs(cfg.dataset, on_error)
     val = _val_indices(len(jobs), float(cfg.dataset.val_fraction))

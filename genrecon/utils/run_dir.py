@@ -61,7 +61,8 @@ def register_resolvers() -> None:
     """Register the OmegaConf resolvers the config tree uses (idempotent)."""
     from omegaconf import OmegaConf
 
-    for name, fn in (("run_name", run_name), ("project_root", project_root)):
+    resolvers = {"run_name": run_name, "project_root": project_root, "mul": lambda a, b: a * b}
+    for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
 

@@ -57,7 +57,9 @@ def test_pixel_shuffle_order() -> None:
 def test_losses() -> None:
     target = torch.zeros(1, 1, 4, 4, 4)
     target[..., :2] = 1
-    good = ss_vae_losses(20 * (2 * target - 1), target, torch.zeros(1, 2, 1, 1, 1), torch.zeros(1, 2, 1, 1, 1))
+    good = ss_vae_losses(
+        20 * (2 * target - 1), target, torch.zeros(1, 2, 1, 1, 1), torch.zeros(1, 2, 1, 1, 1)
+    )
     bad = ss_vae_losses(-20 * (2 * target - 1), target, torch.ones(1, 2, 1, 1, 1), torch.zeros(1, 2, 1, 1, 1))
     assert set(good) == {"bce", "dice", "kl", "loss"}
     assert good["bce"] < 1e-6 and good["dice"] < 1e-6 and good["kl"] == 0

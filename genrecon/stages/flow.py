@@ -1,0 +1,238 @@
+"""The three flow stages (``ss_flow``, ``shape_flow``, ``tex_flow``) on the projection-conditioning backbone.
+
+Each stage encodes the batch's posed views with the image encoder (tokens ``[B, N, T, C]``), lifts them onto
+the voxels of the chunk (projection + view aggregator, owned by the flow transformer), takes the tokens of one
+view as the cross-attention condition, and trains the rectified-flow velocity of its latent. The model is
+built by Hydra as a partial so the stage can hand it the projection matched to the encoder's patch grid.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from genrecon.models.aggregator import ViewAggregator
+from genrecon.models.image_encoder import ImageEncoder, encode_views
+from genrecon.models.projection import Projection
+from genrecon.objectives.rectified_flow import RectifiedFlow
+from genrecon.pipelines.sampler import EulerSampler
+from genrecon.stages.base import Stage
+
+LATENT_KEYS = {"ss": "ss_latent", "shape": "shape_feats", "tex": "tex_feats"}
+
+
+def load_latent_stats(path: str | Path | None, name: str, channels: int) -> tuple[Tensor, Tensor]:
+    """Per-channel mean/std of one latent from the dataset's ``stats.json`` (identity when ``path`` is None)."""
+    if path is None:
+        return torch.zeros(channels), torch.ones(channels)
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"latent statistics {path} not found (written by the encode step of prepare.py)")
+    stats = json.loads(path.read_text())
+    if name not in stats:
+        raise KeyError(f"{path}: no statistics for latent '{name}' (has {sorted(stats)})")
+    mean, std = torch.tensor(stats[name]["mean"]), torch.tensor(stats[name]["std"])
+    if mean.numel() != channels:
+        raise ValueError(f"{path}: field '{name}.mean' has {mean.numel()} channels, the model expects {channels}")
+    return mean, std.clamp(min=1e-6)
+
+
+class FlowStage(Stage):
+    """Shared training logic of the flow stages.
+
+    Args:
+        model: partial of a flow transformer; called with ``projection=`` and ``aggregator=``.
+        image_encoder: the view encoder (trained with the stage unless built frozen).
+        objective: rectified-flow objective (t schedule, CFG dropout).
+        sampler: the Euler sampler used for validation samples (same code as inference).
+        image_size: view size of the data (sets the encoder's patch grid for the projection).
+        projection_conditioning: False trains the same model with cross-attention only (the ablation).
+        latent_stats: ``stats.json`` of the latent shards; None keeps latents unnormalised.
+        proj_batch_voxels: voxels projected per batch (a memory knob only).
+        sample_batches: validation batches on which the stage also samples and scores full generations.
+    """
+
+    new_parameter_prefixes = ("aggregator", "proj_linears", "image_encoder")
+    latent = "ss"
+
+    def __init__(
+        self,
+        model: Callable[..., nn.Module],
+        image_encoder: ImageEncoder,
+        objective: RectifiedFlow,
+        sampler: EulerSampler,
+        image_size: int,
+        latent_channels: int,
+        projection_conditioning: bool = True,
+        projection_sampling: str = "nearest",
+        latent_stats: str | None = None,
+        proj_batch_voxels: int = 8192,
+        sample_batches: int = 1,
+        **stage_kwargs: Any,
+    ) -> None:
+        super().__init__(**stage_kwargs)
+        self.save_hyperparameters(ignore=["model", "image_encoder", "objective", "sampler"])
+        self.image_encoder = image_encoder
+        projection = aggregator = None
+        if projection_conditioning:
+            projection = Projection(
+                image_encoder.num_global_tokens, image_encoder.patch_grid(image_size), projection_sampling
+            )
+            aggregator = ViewAggregator(image_encoder.out_channels)
+        self.model = model(projection=projection, aggregator=aggregator)
+        self.objective = objective
+        self.sampler = sampler
+        self.proj_batch_voxels = proj_batch_voxels
+        self.sample_batches = sample_batches
+        mean, std = load_latent_stats(latent_stats, self.latent, latent_channels)
+        self.register_buffer("latent_mean", mean)
+        self.register_buffer("latent_std", std)
+
+    # ------------------------------------------------------------------ conditioning
+    def view_tokens(self, batch: dict[str, Any]) -> Tensor:
+        """Image tokens ``[B, N, T, C]`` of the batch's views (zeros for padded views)."""
+        return encode_views(self.image_encoder, batch["views"], batch["view_mask"])
+
+    @staticmethod
+    def cond_2d(tokens: Tensor) -> Tensor:
+        """One view's tokens for the cross-attention: the first sampled view of every sample."""
+        return tokens[:, 0]
+
+    def normalise(self, x: Tensor, channel_dim: int) -> Tensor:
+        shape = [1] * x.dim()
+        shape[channel_dim] = -1
+        return (x - self.latent_mean.view(shape)) / self.latent_std.view(shape)
+
+    def denormalise(self, x: Tensor, channel_dim: int) -> Tensor:
+        shape = [1] * x.dim()
+        shape[channel_dim] = -1
+        return x * self.latent_std.view(shape) + self.latent_mean.view(shape)
+
+    # ------------------------------------------------------------------ to be provided by each stage
+    def flow_inputs(self, batch: dict[str, Any], tokens: Tensor) -> dict[str, Any]:
+        """``x0``, ``cond_3d``, ``batch_idx`` and ``model_fn`` of the batch."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ steps
+    def _loss(self, batch: dict[str, Any], train: bool, generator: torch.Generator | None = None):
+        tokens = self.view_tokens(batch)
+        inputs = self.flow_inputs(batch, tokens)
+        return self.objective.loss(
+            inputs["model_fn"], inputs["x0"], self.cond_2d(tokens), inputs["cond_3d"],
+            batch_idx=inputs["batch_idx"], cfg_dropout=train, generator=generator,
+        )
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        out = self._loss(batch, train=True)
+        self.log("train/loss", out.loss, prog_bar=True, batch_size=out.t.numel())
+        return out.loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        # A fixed generator per batch: the validation loss is comparable across checkpoints.
+        generator = torch.Generator(device=self.device).manual_seed(1000 + batch_idx)
+        out = self._loss(batch, train=False, generator=generator)
+        self.log("val/loss", out.loss, prog_bar=True, sync_dist=True, batch_size=out.t.numel())
+        if batch_idx < self.sample_batches:
+            metrics = self.sample_metrics(batch)
+            if metrics:
+                self.log_dict(metrics, sync_dist=True, batch_size=out.t.numel())
+
+    def sample_metrics(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Metrics of full generations on a validation batch (stages that can score samples override)."""
+        return {}
+
+    @torch.no_grad()
+    def sample(self, batch: dict[str, Any], seed: int = 0) -> Tensor:
+        """Generate the batch's latent (normalised) with the stage's sampler from seeded noise."""
+        tokens = self.view_tokens(batch)
+        inputs = self.flow_inputs(batch, tokens)
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        noise = torch.randn(inputs["x0"].shape, generator=generator, device=self.device, dtype=inputs["x0"].dtype)
+        return self.sampler.sample(inputs["model_fn"], noise, self.cond_2d(tokens), inputs["cond_3d"],
+                                   batch_idx=inputs["batch_idx"])
+
+
+class SparseStructureFlowStage(FlowStage):
+    """``stage=ss_flow``: dense latent ``[B, 8, r, r, r]``; samples are scored by occupancy IoU when a trained
+    SS-VAE decoder is given (``ss_vae_ckpt``)."""
+
+    latent = "ss"
+
+    def __init__(self, *args: Any, ss_vae_ckpt: str | None = None, occ_threshold: float = 0.0, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.occ_threshold = occ_threshold
+        self.ss_decoder = None
+        if ss_vae_ckpt:
+            from genrecon.stages.ss_vae import SparseStructureVAEStage
+
+            vae = SparseStructureVAEStage.load_from_checkpoint(ss_vae_ckpt, map_location="cpu")
+            self.ss_decoder = vae.decoder.eval().requires_grad_(False)
+
+    def flow_inputs(self, batch: dict[str, Any], tokens: Tensor) -> dict[str, Any]:
+        cond_3d = None
+        if self.model.has_cond_3d:
+            cond_3d = self.model.cond_3d_from_views(tokens, batch["w2c"], batch["intrinsics"], batch["view_mask"],
+                                                    self.proj_batch_voxels)
+        return {"x0": self.normalise(batch["ss_latent"], 1), "cond_3d": cond_3d, "batch_idx": None,
+                "model_fn": self.model}
+
+    def sample_metrics(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        if self.ss_decoder is None or "occupancy" not in batch:
+            return {}
+        from genrecon.stages.ss_vae import occupancy_iou
+
+        logits = self.ss_decoder(self.denormalise(self.sample(batch), 1))
+        return {"val/sample_iou": occupancy_iou(logits, batch["occupancy"], self.occ_threshold).mean()}
+
+
+class _SparseFlowStage(FlowStage):
+    def _cond_3d(self, batch: dict[str, Any], tokens: Tensor) -> Tensor | None:
+        if not self.model.has_cond_3d:
+            return None
+        return self.model.cond_3d_from_views(batch["shape_coords"], tokens, batch["w2c"], batch["intrinsics"],
+                                             batch["view_mask"], self.proj_batch_voxels)
+
+
+class ShapeFlowStage(_SparseFlowStage):
+    """``stage=shape_flow``: 32-channel latent on the ground-truth sparse coordinates, uniform t."""
+
+    latent = "shape"
+
+    def flow_inputs(self, batch: dict[str, Any], tokens: Tensor) -> dict[str, Any]:
+        coords = batch["shape_coords"]
+
+        def model_fn(x_t: Tensor, t: Tensor, c2: Tensor, c3: Tensor | None) -> Tensor:
+            return self.model(x_t, t, c2, c3, coords=coords)
+
+        return {"x0": self.normalise(batch["shape_feats"], 1), "cond_3d": self._cond_3d(batch, tokens),
+                "batch_idx": coords[:, 0].long(), "model_fn": model_fn}
+
+
+class TextureFlowStage(_SparseFlowStage):
+    """``stage=tex_flow``: input = noise (32) ‖ normalised shape latent (32), output the texture velocity (32).
+
+    ``shape_stats``: the shape latent's statistics (the same ``stats.json``) for its normalisation.
+    """
+
+    latent = "tex"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        mean, std = load_latent_stats(self.hparams.get("latent_stats"), "shape", self.hparams["latent_channels"])
+        self.register_buffer("shape_mean", mean)
+        self.register_buffer("shape_std", std)
+
+    def flow_inputs(self, batch: dict[str, Any], tokens: Tensor) -> dict[str, Any]:
+        coords = batch["shape_coords"]
+        shape = (batch["shape_feats"] - self.shape_mean) / self.shape_std
+
+        def model_fn(x_t: Tensor, t: Tensor, c2: Tensor, c3: Tensor | None) -> Tensor:
+            return self.model(x_t, t, c2, c3, coords=coords, concat_cond=shape)
+
+        return {"x0": self.normalise(batch["tex_feats"], 1), "cond_3d": self._cond_3d(batch, tokens),
+                "batch_idx": coords[:, 0].long(), "model_fn": model_fn}

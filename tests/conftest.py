@@ -81,22 +81,26 @@ TINY_MODEL_OVERRIDES = [
 
 
 @pytest.fixture(scope="session")
-def tiny_ss_latents(tiny_dataset, tmp_path_factory) -> Path:
-    """``tiny_dataset`` plus SS latents from an SS-VAE briefly trained by train.py (returns the dataset root)."""
+def tiny_latents(tiny_dataset, tmp_path_factory) -> Path:
+    """``tiny_dataset`` plus SS, shape and texture latents from VAEs briefly trained by train.py; returns the
+    dataset root (latent shards in ``<root>/latents``)."""
     from genrecon.tasks.prepare import prepare
     from genrecon.tasks.train import train
 
-    out = tmp_path_factory.mktemp("ss_vae_run")
-    cfg = compose_config("train", TINY_MODEL_OVERRIDES + [
-        "stage=ss_vae", "hardware=cpu", "logger=none", "callbacks=default", "stage.max_steps=10",
-        "stage.val_every_n_steps=10", "stage.val_batches=1", "stage.datamodule.batch_size=2",
-        "stage.checkpoint_every_n_steps=10", "callbacks.model_summary=null", "callbacks.lr_monitor=null",
-        f"dataset.root={tiny_dataset}", f"paths.output_dir={out}",
-    ])
-    train(cfg)
-    ckpt = out / "checkpoints" / "last.ckpt"
+    ckpts = {}
+    for stage in ("ss_vae", "shape_vae", "tex_vae"):
+        out = tmp_path_factory.mktemp(f"{stage}_run")
+        cfg = compose_config("train", TINY_MODEL_OVERRIDES + [
+            f"stage={stage}", "hardware=cpu", "logger=none", "callbacks=default", "stage.max_steps=10",
+            "stage.val_every_n_steps=10", "stage.val_batches=1", "stage.datamodule.batch_size=2",
+            "stage.checkpoint_every_n_steps=10", "callbacks.model_summary=null", "callbacks.lr_monitor=null",
+            "callbacks.progress_bar=null", f"dataset.root={tiny_dataset}", f"paths.output_dir={out}",
+        ])
+        train(cfg)
+        ckpts[stage] = out / "checkpoints" / "last.ckpt"
     cfg = compose_config("prepare", TINY_DATA_OVERRIDES + [
-        "steps=[encode]", f"encode.ss_vae_ckpt={ckpt}", f"dataset.root={tiny_dataset}",
+        "steps=[encode]", f"encode.ss_vae_ckpt={ckpts['ss_vae']}", f"encode.shape_vae_ckpt={ckpts['shape_vae']}",
+        f"encode.tex_vae_ckpt={ckpts['tex_vae']}", f"dataset.root={tiny_dataset}",
     ])
     prepare(cfg)
     os.environ.pop("GENRECON_RUN_NAME", None)

@@ -139,7 +139,8 @@ class ChunkStream(IterableDataset):
             for i in range(self.batch_size):
                 raw = next(stream)
                 sample_rng = np.random.default_rng([self.seed, epoch, rank, role, local, i])
-                items.append(select_fields(decode_chunk_sample(raw), self.fields, self.views, sample_rng))
+                sample = decode_chunk_sample(raw, views="views" in self.fields)
+                items.append(select_fields(sample, self.fields, self.views, sample_rng))
             yield collate(items)
 
 
@@ -169,7 +170,6 @@ class EpochLoader:
             batch_size=None,
             num_workers=self.num_workers,
             persistent_workers=False,
-            multiprocessing_context="spawn" if self.num_workers > 0 and torch.cuda.is_initialized() else None,
         )
         return iter(loader)
 

@@ -75,7 +75,7 @@ def encode_batch(raws: list[dict[str, Any]], ss_vae, shape_vae, tex_vae, device:
     """Latent arrays of each raw sample (see the module docstring for the keys)."""
     fields = (["occupancy"] if ss_vae is not None else []) + (["ovoxel"] if shape_vae is not None else [])
     rng = np.random.default_rng(0)
-    items = [select_fields(decode_chunk_sample(r), fields, ViewSampling(), rng) for r in raws]
+    items = [select_fields(decode_chunk_sample(r, views=False), fields, ViewSampling(), rng) for r in raws]
     batch = collate(items)
     out: list[dict[str, np.ndarray]] = [{} for _ in raws]
     if ss_vae is not None:

@@ -122,8 +122,11 @@ def encode_chunk_sample(
     return sample
 
 
-def decode_chunk_sample(sample: dict[str, Any]) -> ChunkSample:
-    """Inverse of :func:`encode_chunk_sample` for a raw WebDataset sample (bytes values)."""
+def decode_chunk_sample(sample: dict[str, Any], views: bool = True) -> ChunkSample:
+    """Inverse of :func:`encode_chunk_sample` for a raw WebDataset sample (bytes values).
+
+    ``views=False`` skips decoding the PNG views (the VAE stages never look at them); ``views`` is then
+    ``[0, 1, 1, 4]`` while the cameras are still decoded."""
     key = sample.get("__key__", "<unknown>")
     url = sample.get("__url__", "<unknown shard>")
     for name in REQUIRED_KEYS:
@@ -132,7 +135,11 @@ def decode_chunk_sample(sample: dict[str, Any]) -> ChunkSample:
     meta = json.loads(sample["meta.json"])
     cams = decode_safetensors(sample["cameras.safetensors"])
     n = int(meta["num_views"])
-    views = np.stack([decode_png(sample[VIEW_KEY.format(i)]) for i in range(n)]) if n else np.zeros((0, 1, 1, 4), np.uint8)
+    views = (
+        np.stack([decode_png(sample[VIEW_KEY.format(i)]) for i in range(n)])
+        if n and views
+        else np.zeros((0, 1, 1, 4), np.uint8)
+    )
     latents = decode_safetensors(sample["latents.safetensors"]) if "latents.safetensors" in sample else {}
     return ChunkSample(
         key=key,

@@ -4,6 +4,7 @@
 #   bash benchmarks/gpu_vae_run.sh OUT_DIR MINUTES_OF_TRAINING
 set -uo pipefail
 FINAL=${1:-/tmp/out}; MIN=${2:-4}
+printf -v MAXTIME "00:00:%02d:00" "$MIN"   # Lightning wants DD:HH:MM:SS
 OUT=/tmp/genrecon_results   # everything lands here; FINAL gets a tarball plus the headline files
 mkdir -p "$OUT" "$FINAL"
 export PYTHONPATH=$PWD:${PYTHONPATH:-} WANDB_MODE=disabled PYTHONUNBUFFERED=1
@@ -11,12 +12,12 @@ D=/tmp/genrecon_data; L=/tmp/genrecon_logs
 stamp() { date +%s; }
 t0=$(stamp)
 GENRECON_RUN_NAME=prep python prepare.py preset=small dataset.num_scenes=80 dataset.val_fraction=0.1 num_workers=16 \
-  render.scale=1 render.max_cameras=48 paths.data_dir=$D paths.log_dir=$L > "$OUT/prepare.log" 2>&1 || tail -30 "$OUT/prepare.log"
+  render.scale=1 render.max_cameras=32 paths.data_dir=$D paths.log_dir=$L > "$OUT/prepare.log" 2>&1 || tail -30 "$OUT/prepare.log"
 t1=$(stamp)
 cp $D/synthetic_small/manifest.json "$OUT/manifest.json"; cp $D/synthetic_small/contact_sheet.png "$OUT/" 2>/dev/null
 for s in ss_vae shape_vae tex_vae; do
   GENRECON_RUN_NAME=$s python train.py stage=$s preset=small hardware=gpu logger=csv paths.data_dir=$D paths.log_dir=$L \
-    stage.max_steps=1000000 +trainer.max_time=00:00:$MIN:00 stage.val_every_n_steps=250 stage.val_batches=3 \
+    stage.max_steps=1000000 +trainer.max_time=$MAXTIME stage.val_every_n_steps=250 stage.val_batches=3 \
     stage.checkpoint_every_n_steps=100 stage.datamodule.num_workers=4 +stage.datamodule.batches_per_epoch=500 \
     +trainer.enable_progress_bar=false callbacks.progress_bar=null callbacks.model_summary=null > "$OUT/train_$s.log" 2>&1 &
 done

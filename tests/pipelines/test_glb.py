@@ -376,7 +376,7 @@ def test_nvdiffrast_uv_raster_matches_cpu(room):
     gpu = rasterize_uv(unwrapped.uv, unwrapped.faces, TEXTURE, backend="nvdiffrast")
     both = (cpu.face_id >= 0) & (gpu.face_id >= 0)
     # Coverage differs only on texel centres lying on triangle edges (tie rules); positions agree everywhere.
-    assert (cpu.face_id >= 0).sum() == pytest.approx((gpu.face_id >= 0).sum(), rel=0.01)
+    assert (cpu.face_id >= 0).sum() == pytest.approx((gpu.face_id >= 0).sum(), rel=0.02)
 
     def position(raster):
         corners = unwrapped.vertices[unwrapped.faces[raster.face_id[both]]]

@@ -1,6 +1,6 @@
 """Reconstruct a scene from posed images into a textured ``scene.glb``.
 
-    python infer.py input=prepared input.scene_dir=data/synthetic_tiny/scenes/room_00000 ckpt_dir=...
+    python infer.py input=prepared input.scene_dir=data/synthetic_tiny/scenes/<scene_id> ckpt_dir=<checkpoints>
 """
 
 import hydra

@@ -28,8 +28,9 @@ from genrecon.geometry.mesh import sample_surface
 from genrecon.geometry.ovoxel import OVoxel, ovoxel_to_mesh
 from genrecon.modules.sparse.tensor import SparseTensor
 from genrecon.pipelines.glb import sample_voxel_attributes
-from genrecon.stages.sc_vae import ShapeVAEStage, TextureVAEStage
-from genrecon.stages.ss_vae import SparseStructureVAEStage, occupancy_iou
+from genrecon.stages.loading import load_stage
+from genrecon.stages.sc_vae import TextureVAEStage
+from genrecon.stages.ss_vae import occupancy_iou
 
 
 def _normals(v: np.ndarray, f: np.ndarray) -> np.ndarray:
@@ -59,8 +60,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=100_000)
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    load = lambda cls, p: cls.load_from_checkpoint(p, map_location="cpu").to(device).eval() if p else None  # noqa: E731
-    ss, shape, tex = load(SparseStructureVAEStage, args.ss_vae), load(ShapeVAEStage, args.shape_vae), load(TextureVAEStage, args.tex_vae)
+    load = lambda name, p: load_stage(p, expected_stage=name, device=device) if p else None  # noqa: E731
+    ss, shape, tex = load("ss_vae", args.ss_vae), load("shape_vae", args.shape_vae), load("tex_vae", args.tex_vae)
     rng = np.random.default_rng(0)
     res: dict[str, list[float]] = {"ss_iou": [], "shape_chamfer_vox": [], "shape_nc": [], "tex_psnr_db": []}
     start = time.perf_counter()

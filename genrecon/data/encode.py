@@ -62,12 +62,10 @@ def _batches(urls: list[str], batch_size: int) -> Iterator[list[dict[str, Any]]]
         yield batch
 
 
-def _load_stage(cls_path: str, ckpt: str | None, device: torch.device):
-    if not ckpt:
-        return None
-    module_name, cls_name = cls_path.rsplit(".", 1)
-    cls = getattr(__import__(module_name, fromlist=[cls_name]), cls_name)
-    return cls.load_from_checkpoint(ckpt, map_location="cpu").to(device).eval()
+def _load_stage(stage: str, ckpt: str | None, device: torch.device):
+    from genrecon.stages.loading import load_stage
+
+    return load_stage(ckpt, expected_stage=stage, device=device) if ckpt else None
 
 
 @torch.no_grad()
@@ -111,9 +109,9 @@ def encode_dataset(
         raise ValueError("encode.tex_vae_ckpt needs encode.shape_vae_ckpt: texture latents live on its coordinates")
     root = Path(root)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device)
-    ss_vae = _load_stage("genrecon.stages.ss_vae.SparseStructureVAEStage", ss_vae_ckpt, dev)
-    shape_vae = _load_stage("genrecon.stages.sc_vae.ShapeVAEStage", shape_vae_ckpt, dev)
-    tex_vae = _load_stage("genrecon.stages.sc_vae.TextureVAEStage", tex_vae_ckpt, dev)
+    ss_vae = _load_stage("ss_vae", ss_vae_ckpt, dev)
+    shape_vae = _load_stage("shape_vae", shape_vae_ckpt, dev)
+    tex_vae = _load_stage("tex_vae", tex_vae_ckpt, dev)
     shutil.rmtree(root / "latents", ignore_errors=True)
     stats = {name: ChannelStats() for name in ("ss", "shape", "tex")}
     counts = {}

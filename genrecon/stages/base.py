@@ -109,6 +109,9 @@ class Stage(L.LightningModule):
         self.clipper = (
             AdaptiveGradClipper(grad_clip_max, grad_clip_percentile, grad_clip_window) if grad_clip_max else None
         )
+        # Set by the train task: the resolved Hydra config that built this module, saved with every checkpoint
+        # so inference can rebuild the stage without the training config (genrecon.stages.loading).
+        self.build_config: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ optimisation
     def parameter_groups(self) -> list[dict[str, Any]]:
@@ -152,6 +155,8 @@ class Stage(L.LightningModule):
             checkpoint["hyper_parameters"] = to_primitive(dict(checkpoint["hyper_parameters"]))
         if self.clipper is not None:
             checkpoint["grad_clipper"] = self.clipper.state_dict()
+        if self.build_config is not None:
+            checkpoint["genrecon"] = to_primitive(self.build_config)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.clipper is not None and "grad_clipper" in checkpoint:

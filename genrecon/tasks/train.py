@@ -10,6 +10,7 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from callbacks.rng_state import RNGStateCheckpoint
 from genrecon.utils.config import instantiate_group, print_config_tree, require_complete
 from genrecon.utils.logging import RankedLogger
 from genrecon.utils.run_dir import pinned_wandb_id, resolve_ckpt_path
@@ -30,8 +31,15 @@ def train(cfg: DictConfig, ctx: TaskContext) -> dict[str, float]:
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.stage.datamodule)
     log.info(f"Instantiating stage <{cfg.stage.module._target_}>")
     module: L.LightningModule = hydra.utils.instantiate(cfg.stage.module)
+    module.build_config = {
+        "stage": cfg.stage.name,
+        "module": OmegaConf.to_container(cfg.stage.module, resolve=True),
+        "preset": OmegaConf.to_container(cfg.preset, resolve=True),
+    }
 
     callbacks = instantiate_group(cfg.get("callbacks"))
+    # Part of the resume contract, not a choice: every rank's RNG states go into each checkpoint.
+    callbacks.append(RNGStateCheckpoint())
     if cfg.get("logger") and "wandb" in cfg.logger:
         cfg.logger.wandb.id = pinned_wandb_id(cfg.paths.output_dir)
     ctx.loggers = instantiate_group(cfg.get("logger"))

@@ -13,6 +13,7 @@ from tests.stages.helpers import head_tail_ratio, run_train
 
 FLOW_OVERRIDES = TINY_MODEL_OVERRIDES + [
     "stage.max_steps=120", "stage.val_every_n_steps=120", "stage.val_batches=1", "stage.datamodule.batch_size=4",
+    "stage.datamodule.max_views=4",
     "stage.module.warmup_steps=10", "stage.module.lr=1e-3", "stage.module.lr_new=1e-3", "stage.module.ema_decay=null",
     "stage.module.sample_batches=0", "seed=0",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,47 @@ def tiny_latents(tiny_dataset, tmp_path_factory) -> Path:
     prepare(cfg)
     os.environ.pop("GENRECON_RUN_NAME", None)
     return tiny_dataset
+
+
+# A complete tiny pipeline at the tiny preset's grid sizes (tiling needs latent grids that are multiples of 16).
+STAGES = ("ss_vae", "shape_vae", "tex_vae", "ss_flow", "shape_flow", "tex_flow")
+PIPELINE_DATA = ["dataset=synthetic", "dataset.num_scenes=3", "dataset.val_fraction=0.34",
+                 "preset.ss_vae.channels=[8,8,16]", "preset.sc_vae.channels=[8,16,16]", "preset.image_size=32"]
+PIPELINE_PREPARE = PIPELINE_DATA + ["render.max_cameras=16", "chunks.per_scene=2", "contact_sheet.rooms=1"]
+
+
+def _train_stage(stage: str, root: Path, out: Path) -> Path:
+    from genrecon.tasks.train import train
+
+    cfg = compose_config("train", PIPELINE_DATA + [
+        f"stage={stage}", "hardware=cpu", "logger=none", "stage.max_steps=3", "stage.val_every_n_steps=3",
+        "stage.val_batches=1", "stage.datamodule.batch_size=2", "stage.checkpoint_every_n_steps=3",
+        "callbacks.model_summary=null", "callbacks.lr_monitor=null", "callbacks.progress_bar=null",
+        f"dataset.root={root}", f"paths.output_dir={out}",
+    ] + (["stage.module.sample_batches=0"] if stage.endswith("flow") else []))
+    train(cfg)
+    return out / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory):
+    """(dataset root, checkpoint folder) of a complete tiny pipeline: prepare -> 3 VAEs -> encode -> 3 flows."""
+    from genrecon.tasks.prepare import prepare
+
+    base = tmp_path_factory.mktemp("pipeline")
+    cfg = compose_config("prepare", PIPELINE_PREPARE + [f"paths.data_dir={base}/data", f"paths.log_dir={base}/logs"])
+    prepare(cfg)
+    root = Path(cfg.dataset.root)
+    ckpts = base / "ckpts"
+    ckpts.mkdir()
+    for stage in STAGES[:3]:
+        shutil.copy(_train_stage(stage, root, base / stage), ckpts / f"{stage}.ckpt")
+    prepare(compose_config("prepare", PIPELINE_PREPARE + [
+        "steps=[encode]", f"dataset.root={root}", *(f"encode.{s}_ckpt={ckpts / (s + '.ckpt')}" for s in STAGES[:3])
+    ]))
+    for stage in STAGES[3:]:
+        shutil.copy(_train_stage(stage, root, base / stage), ckpts / f"{stage}.ckpt")
+    os.environ.pop("GENRECON_RUN_NAME", None)
+    return root, ckpts
+
+

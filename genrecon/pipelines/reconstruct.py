@@ -98,6 +98,8 @@ class SceneReconstructor:
         self.settings = settings
         self.device = device
         self.timer: Any = None
+        # The last run's per-chunk sparse latents (normalised) and their layout, for inspection and tests.
+        self.last_chunks: dict[str, Any] = {}
 
     def _phase(self, name: str):
         from contextlib import nullcontext
@@ -233,6 +235,7 @@ class SceneReconstructor:
             extra = [concat[torch.as_tensor(m, device=concat.device)] for m in layout.members]
             tex_chunks = self._sample_sparse("tex_flow", layout, tokens, views, w2c, Kt, gen, extra)
             tex_latent = tex_stage.denormalise(merge_sparse(layout, tex_chunks), 1)
+        self.last_chunks = {"layout": layout, "shape": shape_chunks, "tex": tex_chunks, "frame": frame}
         with self._phase("decode"), torch.no_grad():
             gcoords = torch.cat([torch.zeros(len(coarse), 1, dtype=torch.int32),
                                  torch.as_tensor(coarse, dtype=torch.int32)], 1).to(self.device)

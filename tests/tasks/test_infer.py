@@ -11,45 +11,7 @@ import torch
 import trimesh
 
 from genrecon.tasks.infer import infer
-from genrecon.tasks.prepare import prepare
-from genrecon.tasks.train import train
-from tests.conftest import compose_config
-
-STAGES = ("ss_vae", "shape_vae", "tex_vae", "ss_flow", "shape_flow", "tex_flow")
-DATA = ["dataset=synthetic", "dataset.num_scenes=3", "dataset.val_fraction=0.34", "preset.ss_vae.channels=[8,8,16]",
-        "preset.sc_vae.channels=[8,16,16]", "preset.image_size=32"]
-PREPARE = DATA + ["render.max_cameras=16", "chunks.per_scene=2", "contact_sheet.rooms=1"]
-
-
-def _train(stage: str, root: Path, out: Path) -> Path:
-    cfg = compose_config("train", DATA + [
-        f"stage={stage}", "hardware=cpu", "logger=none", "stage.max_steps=3", "stage.val_every_n_steps=3",
-        "stage.val_batches=1", "stage.datamodule.batch_size=2", "stage.checkpoint_every_n_steps=3",
-        "callbacks.model_summary=null", "callbacks.lr_monitor=null", "callbacks.progress_bar=null",
-        f"dataset.root={root}", f"paths.output_dir={out}",
-    ] + (["stage.module.sample_batches=0"] if stage.endswith("flow") else []))
-    train(cfg)
-    return out / "checkpoints" / "last.ckpt"
-
-
-@pytest.fixture(scope="module")
-def tiny_pipeline(tmp_path_factory):
-    """(dataset root, checkpoint folder) of a complete tiny pipeline: prepare -> 3 VAEs -> encode -> 3 flows."""
-    base = tmp_path_factory.mktemp("pipeline")
-    cfg = compose_config("prepare", PREPARE + [f"paths.data_dir={base}/data", f"paths.log_dir={base}/logs"])
-    prepare(cfg)
-    root = Path(cfg.dataset.root)
-    ckpts = base / "ckpts"
-    ckpts.mkdir()
-    for stage in STAGES[:3]:
-        shutil.copy(_train(stage, root, base / stage), ckpts / f"{stage}.ckpt")
-    prepare(compose_config("prepare", PREPARE + [
-        "steps=[encode]", f"dataset.root={root}", *(f"encode.{s}_ckpt={ckpts / (s + '.ckpt')}" for s in STAGES[:3])
-    ]))
-    for stage in STAGES[3:]:
-        shutil.copy(_train(stage, root, base / stage), ckpts / f"{stage}.ckpt")
-    os.environ.pop("GENRECON_RUN_NAME", None)
-    return root, ckpts
+from tests.conftest import STAGES, compose_config
 
 
 def _infer(root: Path, ckpts: Path, out: Path, extra=()):
@@ -100,3 +62,72 @@ def test_missing_view_image_names_the_file(tiny_pipeline, tmp_path):
     with pytest.raises(Exception, match="rgba_001.png"):
         infer(cfg)
     assert not (tmp_path / "out" / "scene.glb").exists()
+
+
+def test_overlap_is_seamless_on_a_two_chunk_scene(tiny_pipeline):
+    """Two chunks overlapping by half: the merged surface in the overlap is a single layer, and what chunk A
+    decodes on its own lies within one voxel of the merged surface there."""
+    from scipy.spatial import cKDTree
+
+    from genrecon.geometry.chunks import Chunk
+    from genrecon.geometry.mesh import sample_surface
+    from genrecon.geometry.ovoxel import ovoxel_to_mesh
+    from genrecon.geometry.tiling import SceneTiling
+    from genrecon.modules.sparse.tensor import SparseTensor
+    from genrecon.pipelines.reconstruct import ReconstructionSettings, SceneReconstructor
+    from genrecon.stages.loading import load_stage
+    from genrecon.tasks.infer import load_prepared_scene
+
+    root, ckpts = tiny_pipeline
+    views, _ = load_prepared_scene(sorted((root / "scenes").iterdir())[-1])
+    stages = {s: load_stage(ckpts / f"{s}.ckpt", s) for s in STAGES}
+    edge = 2.85
+    origin = np.array([0.0, 0.0, -0.02])
+    offsets = np.array([[0, 0, 0], [8, 0, 0]])
+    chunks = [Chunk(tuple(origin + (o / 16 + 0.5) * edge), edge, 0.0) for o in offsets]
+    tiling = SceneTiling(chunks, edge, origin, offsets, np.array([1000, 1000]), 0,
+                         (origin[:2], origin[:2] + edge, 0.0, edge))
+    images = torch.stack([torch.from_numpy(views.load_image(i)[..., :3].copy()).permute(2, 0, 1).float() / 255
+                          for i in range(8)])
+    images = torch.nn.functional.interpolate(images, size=(32, 32), mode="bilinear")
+    settings = ReconstructionSettings(samplers={k: {"steps": 3} for k in ("ss", "shape", "tex")}, occ_threshold=-20.0)
+    rec = SceneReconstructor(stages, settings, torch.device("cpu"))
+    result = rec(images, views.w2c[:8], views.K[:8], tiling)
+    r_fine = stages["shape_flow"].model.resolution * 2 ** stages["shape_vae"].decoder.num_upsamples
+    voxel = edge / r_fine
+
+    # The overlap region, kept away from both chunks' outer faces by the decoder's context.
+    lo = origin + np.array([0.5 + 0.15, 0.15, 0.15]) * edge
+    hi = origin + np.array([1.0 - 0.15, 0.85, 0.85]) * edge
+    pts, face_idx, _ = sample_surface(result.vertices, result.faces, 20000, np.random.default_rng(0))
+    inside = np.all((pts > lo) & (pts < hi), axis=1)
+    assert inside.sum() > 100
+    tri = result.vertices[result.faces[face_idx[inside]]]
+    normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True).clip(1e-12)
+    p = pts[inside]
+    tree = cKDTree(pts)
+    doubled = 0
+    for i, nbrs in enumerate(tree.query_ball_point(p, 1.5 * voxel)):
+        d = pts[nbrs] - p[i]
+        along = d @ normals[i]
+        lateral = np.linalg.norm(d - along[:, None] * normals[i], axis=1)
+        doubled += bool(np.any((np.abs(along) > 0.6 * voxel) & (lateral < 0.25 * voxel)))
+    assert doubled / len(p) < 0.05, doubled / len(p)
+
+    # Chunk A decoded on its own, from its own (jointly sampled) latents.
+    layout = rec.last_chunks["layout"]
+    shape_a = stages["shape_flow"].denormalise(rec.last_chunks["shape"][0], 1)
+    coords = torch.cat([torch.zeros(len(layout.local[0]), 1, dtype=torch.int32),
+                        torch.as_tensor(layout.local[0], dtype=torch.int32)], 1)
+    recon_a, _ = stages["shape_vae"].decode(SparseTensor(coords, shape_a))
+    f = recon_a.feats.float().numpy()
+    va, fa, _ = ovoxel_to_mesh(coords=recon_a.coords[:, 1:].numpy(), vertex_offset=f[:, :3],
+                               intersected=f[:, 3:6] > 0, resolution=r_fine)
+    va_world = (va + 0.5) * edge + origin  # chunk A's frame: its cube [-0.5, 0.5]^3 starts at the origin
+    pa, _, _ = sample_surface(va_world, fa, 20000, np.random.default_rng(1))
+    pa = pa[np.all((pa > lo) & (pa < hi), axis=1)]
+    assert len(pa) > 100
+    dense, _, _ = sample_surface(result.vertices, result.faces, 200000, np.random.default_rng(2))
+    dist, _ = cKDTree(dense).query(pa)
+    assert np.mean(dist < voxel) > 0.95, np.mean(dist < voxel)

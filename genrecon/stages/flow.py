@@ -73,6 +73,7 @@ class FlowStage(Stage):
         latent_stats: str | None = None,
         proj_batch_voxels: int = 8192,
         sample_batches: int = 1,
+        finetune: dict[str, Any] | None = None,
         **stage_kwargs: Any,
     ) -> None:
         super().__init__(**stage_kwargs)
@@ -85,6 +86,8 @@ class FlowStage(Stage):
             )
             aggregator = ViewAggregator(image_encoder.out_channels)
         self.model = model(projection=projection, aggregator=aggregator)
+        if finetune:
+            self._setup_finetune(**finetune)
         self.objective = objective
         self.sampler = sampler
         self.proj_batch_voxels = proj_batch_voxels
@@ -92,6 +95,19 @@ class FlowStage(Stage):
         mean, std = load_latent_stats(latent_stats, self.latent, latent_channels)
         self.register_buffer("latent_mean", mean)
         self.register_buffer("latent_std", std)
+
+    def _setup_finetune(self, base_ckpt: str | None = None, genrecon_ckpt: str | None = None,
+                        preset: str = "trellis2", lora_r: int = 8, lora_alpha: float = 16.0) -> None:
+        from genrecon.modules.lora import apply_lora, freeze_base
+        from genrecon.weights.trellis_flow import load_genrecon_flow, load_trellis_flow
+
+        if base_ckpt:
+            load_trellis_flow(base_ckpt, self.model, preset=preset)
+        apply_lora(self.model, r=lora_r, alpha=lora_alpha)
+        freeze_base(self.model, trainable_prefixes=("aggregator.", "proj_linears."))
+        if genrecon_ckpt:
+            report = load_genrecon_flow(genrecon_ckpt, self.model)
+            self.print(f"loaded GenRecon checkpoint {genrecon_ckpt}: {report}")
 
     # ------------------------------------------------------------------ conditioning
     def view_tokens(self, batch: dict[str, Any]) -> Tensor:

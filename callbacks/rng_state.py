@@ -80,7 +80,8 @@ class RNGStateCheckpoint(Callback):
         rank, world = _dist()
         if len(ranks) != world:
             rank_zero_warn(
-                f"The checkpoint holds RNG states of {len(ranks)} rank(s) but this run has {world}; rank r takes the "
-                f"state of rank r mod {len(ranks)}, so random draws after the resume differ from the original run."
+                f"The checkpoint holds RNG states of {len(ranks)} rank(s) but this run has {world}; rank r "
+                f"takes the state of rank r mod {len(ranks)}, so random draws after the resume differ from "
+                "the original run."
             )
         restore_rng_state(ranks[rank % len(ranks)])

@@ -144,6 +144,16 @@ class ChunkStream(IterableDataset):
             yield collate(items)
 
 
+def private_generator(seed: int, epoch: int = 0) -> torch.Generator:
+    """The generator a DataLoader draws its base seed from when an iterator is created. Without one it draws
+    from the global torch RNG, once per epoch and per validation run, so where a run was resumed would shift
+    every later random draw of the model (posterior samples, flow noise) and break exact resumption. The
+    streams seed themselves from ``(seed, epoch, rank, role)``; the base seed only reaches the workers."""
+    generator = torch.Generator()
+    generator.manual_seed(int(np.random.SeedSequence([seed, epoch, 1]).generate_state(1)[0]))
+    return generator
+
+
 class EpochLoader:
     """A DataLoader over a :class:`ChunkStream` that knows its epoch and is stateful for Lightning.
 
@@ -170,6 +180,7 @@ class EpochLoader:
             batch_size=None,
             num_workers=self.num_workers,
             persistent_workers=False,
+            generator=private_generator(self.stream.seed, self.stream.position.epoch),
         )
         return iter(loader)
 
@@ -178,8 +189,10 @@ class EpochLoader:
         return {"epoch": epoch, "batches_done": done}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        done = int(state["batches_done"])
-        self._resume = StreamPosition(epoch=int(state["epoch"]), skip_batches=done % max(1, len(self)))
+        # A checkpoint written after the last batch of epoch e (done == len) resumes with epoch e + 1 from its
+        # start: that is what the trainer runs next, and what an uninterrupted run would have read.
+        done, n = int(state["batches_done"]), max(1, len(self))
+        self._resume = StreamPosition(epoch=int(state["epoch"]) + done // n, skip_batches=done % n)
 
 
 class ChunkDataModule(L.LightningDataModule):
@@ -252,4 +265,5 @@ class ChunkDataModule(L.LightningDataModule):
             shard_urls(self.shards, "val"), self.fields, self.batch_size, self.val_batches,
             self.seed, self.val_views, train=False,
         )
-        return DataLoader(stream, batch_size=None, num_workers=self.num_workers)
+        return DataLoader(stream, batch_size=None, num_workers=self.num_workers,
+                          generator=private_generator(self.seed))

@@ -30,7 +30,7 @@ C=$L/train/runs
 python benchmarks/vae_quality.py --shards $D/synthetic_small/shards --ss-vae $C/ss_vae/checkpoints/last.ckpt \
   --shape-vae $C/shape_vae/checkpoints/last.ckpt --tex-vae $C/tex_vae/checkpoints/last.ckpt > "$OUT/vae_quality.json" 2> "$OUT/vae_quality.err"
 t3=$(stamp)
-for s in ss_vae shape_vae tex_vae; do cp $C/$s/csv/metrics.csv "$OUT/metrics_$s.csv" 2>/dev/null; tail -3 "$OUT/train_$s.log"; done
+for s in ss_vae shape_vae tex_vae; do cp $C/$s/csv/version_0/metrics.csv "$OUT/metrics_$s.csv" 2>/dev/null; tail -3 "$OUT/train_$s.log"; done
 echo "{\"prepare_s\": $((t1-t0)), \"train_s\": $((t2-t1)), \"eval_s\": $((t3-t2))}" > "$OUT/timings.json"
 cat "$OUT/timings.json" "$OUT/vae_quality.json"; tail -3 "$OUT/gpu_tests.log"; tail -5 "$OUT/vae_quality.err"
 tar czf "$FINAL/run.tar.gz" -C "$OUT" .

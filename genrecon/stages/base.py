@@ -31,6 +31,13 @@ def to_primitive(value: Any) -> Any:
     return value
 
 
+def clean_name(name: str) -> str:
+    """A parameter name without the wrappers FSDP and activation checkpointing insert."""
+    for wrapper in ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod."):
+        name = name.replace(wrapper, "")
+    return name
+
+
 def is_decayed(name: str, param: nn.Parameter) -> bool:
     """Weight decay applies to weight matrices only: never to biases, norms, embeddings' scalars or gains."""
     return param.ndim >= 2 and "norm" not in name and not name.endswith(".bias")
@@ -51,13 +58,17 @@ class AdaptiveGradClipper:
             return self.max_norm
         return float(min(self.max_norm, np.percentile(np.fromiter(self.history, float), self.percentile)))
 
-    def __call__(self, parameters: Iterable[nn.Parameter]) -> tuple[float, float]:
-        """Clip in place; returns ``(norm before clipping, clip value used)``."""
-        params = [p for p in parameters if p.grad is not None]
+    def __call__(self, parameters: Iterable[nn.Parameter], clip_fn=None) -> tuple[float, float]:
+        """Clip in place; returns ``(norm before clipping, clip value used)``. ``clip_fn(value) -> norm``
+        replaces torch's clip for sharded models, whose global norm only the wrapper can compute."""
         value = self.clip_value()
-        if not params:
-            return 0.0, value
-        norm = float(torch.nn.utils.clip_grad_norm_(params, value))
+        if clip_fn is not None:
+            norm = float(clip_fn(value))
+        else:
+            params = [p for p in parameters if p.grad is not None]
+            if not params:
+                return 0.0, value
+            norm = float(torch.nn.utils.clip_grad_norm_(params, value))
         if np.isfinite(norm):
             self.history.append(norm)
         return norm, value
@@ -114,13 +125,20 @@ class Stage(L.LightningModule):
         self.build_config: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ optimisation
+    def setup(self, stage: str) -> None:
+        # Decided on the unwrapped model: FSDP later flattens every parameter to 1-D.
+        self._decayed = {clean_name(n) for n, p in self.named_parameters() if is_decayed(n, p)}
+
     def parameter_groups(self) -> list[dict[str, Any]]:
+        decayed = getattr(self, "_decayed", None)
         groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
         for name, param in self.named_parameters():
             if not param.requires_grad:
                 continue
+            name = clean_name(name)
             new = any(name.startswith(p) or f".{p}" in name for p in self.new_parameter_prefixes)
-            groups.setdefault((new, is_decayed(name, param)), []).append(param)
+            decay = name in decayed if decayed is not None else is_decayed(name, param)
+            groups.setdefault((new, decay), []).append(param)
         out = []
         for (new, decayed), params in sorted(groups.items()):
             wd = (self.weight_decay_new if new else self.weight_decay) if decayed else 0.0
@@ -139,7 +157,9 @@ class Stage(L.LightningModule):
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         if self.clipper is None:
             return
-        norm, value = self.clipper(p for g in optimizer.param_groups for p in g["params"])
+        wrapped = getattr(self.trainer.strategy, "model", None) if self._trainer is not None else None
+        clip_fn = wrapped.clip_grad_norm_ if type(wrapped).__name__ == "FullyShardedDataParallel" else None
+        norm, value = self.clipper((p for g in optimizer.param_groups for p in g["params"]), clip_fn)
         self.log_dict({"train/grad_norm": norm, "train/grad_clip": value}, on_step=True, prog_bar=False)
 
     def configure_callbacks(self) -> list[L.Callback]:

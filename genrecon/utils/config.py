@@ -70,9 +70,11 @@ def instantiate_group(group: DictConfig | None) -> list[Any]:
 
 
 def metric_value(metrics: dict[str, Any], name: str | None) -> float | None:
-    """The value a sweeper optimises; a missing metric is an error because a sweep would silently rank junk."""
+    """The value a sweeper optimises, or None (with a warning) when the run never logged it."""
     if not name:
         return None
     if name not in metrics:
-        raise KeyError(f"optimized_metric '{name}' was not logged; logged metrics: {sorted(metrics)}")
+        # A run without validation is legitimate; a sweep lists it as "no_metric" (genrecon/utils/sweep.py).
+        log.warning(f"optimized_metric '{name}' was not logged (logged: {sorted(metrics)}); returning None")
+        return None
     return float(metrics[name])

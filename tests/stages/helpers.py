@@ -19,7 +19,8 @@ def run_train(overrides: list[str], dataset_root: Path, out: Path) -> tuple[dict
     cfg = compose_config("train", FAST_TRAINER + [f"dataset.root={dataset_root}", f"paths.output_dir={out}"] + overrides)
     metrics = train(cfg)
     series: dict[str, list[float]] = {}
-    with open(out / "csv" / "metrics.csv") as f:
+    latest = max((out / "csv").glob("version_*/metrics.csv"), key=lambda p: p.stat().st_mtime)
+    with open(latest) as f:
         for row in csv.DictReader(f):
             for key, value in row.items():
                 if value not in ("", None):

@@ -1,0 +1,42 @@
+"""The shared stage recipe: weight-decay groups survive FSDP's flattening; adaptive clipping follows history."""
+
+import torch
+from torch import nn
+
+from genrecon.stages.base import AdaptiveGradClipper, Stage, clean_name
+
+
+class _Tiny(Stage):
+    new_parameter_prefixes = ("head",)
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.body = nn.Linear(4, 4)
+        self.norm = nn.LayerNorm(4)
+        self.head = nn.Linear(4, 2)
+
+
+def test_decay_groups_use_names_recorded_before_wrapping():
+    stage = _Tiny(lr=1e-3, lr_new=1e-2, weight_decay=0.1, weight_decay_new=0.2)
+    stage.setup("fit")
+    # FSDP flattens parameters to 1-D views and prefixes names: the recorded names still decide the groups
+    stage.body.weight.data = stage.body.weight.data.reshape(-1)
+    groups = {g["name"]: g for g in stage.parameter_groups()}
+    assert {id(p) for p in groups["base"]["params"]} == {id(stage.body.weight)}
+    assert groups["base"]["weight_decay"] == 0.1 and groups["new"]["weight_decay"] == 0.2
+    assert groups["new"]["lr"] == 1e-2 and groups["base_no_decay"]["weight_decay"] == 0.0
+    assert clean_name("_fsdp_wrapped_module.body._checkpoint_wrapped_module.weight") == "body.weight"
+
+
+def test_adaptive_clip_uses_the_percentile_of_recent_norms():
+    clipper = AdaptiveGradClipper(max_norm=1.0, percentile=50.0, window=4)
+    p = nn.Parameter(torch.zeros(3))
+    for norm in (0.2, 0.4, 0.6, 0.8):
+        p.grad = torch.tensor([norm, 0.0, 0.0])
+        clipper([p])
+    assert abs(clipper.clip_value() - 0.5) < 1e-6  # median of the window, below max_norm
+    p.grad = torch.tensor([3.0, 4.0, 0.0])
+    before, used = clipper([p])
+    assert before == 5.0 and abs(used - 0.5) < 1e-6 and abs(p.grad.norm().item() - 0.5) < 1e-5
+    # a sharded model computes the global norm itself
+    assert clipper([p], clip_fn=lambda value: 7.0)[0] == 7.0

@@ -111,7 +111,7 @@ def tiny_latents(tiny_dataset, tmp_path_factory) -> Path:
 # A complete tiny pipeline at the tiny preset's grid sizes (tiling needs latent grids that are multiples of 16).
 STAGES = ("ss_vae", "shape_vae", "tex_vae", "ss_flow", "shape_flow", "tex_flow")
 PIPELINE_DATA = ["dataset=synthetic", "dataset.num_scenes=3", "dataset.val_fraction=0.34",
-                 "preset.ss_vae.channels=[8,8,16]", "preset.sc_vae.channels=[8,16,16]", "preset.image_size=32"]
+                 "preset.ss_vae.channels=[8,8]", "preset.sc_vae.channels=[8,16,16]", "preset.image_size=32"]
 PIPELINE_PREPARE = PIPELINE_DATA + ["render.max_cameras=16", "chunks.per_scene=2", "contact_sheet.rooms=1"]
 
 

@@ -40,6 +40,10 @@ class FeedForward(nn.Module):
 class ModulatedTransformerCrossBlock(nn.Module):
     """Dense block. x [B, L, C], mod [B, 6C], context [B, T, C_ctx], phases [L, D/2] complex -> [B, L, C]."""
 
+    # The only difference from the packed block's layers: which attention modules it builds.
+    self_attention_cls: type[nn.Module] = MultiHeadSelfAttention
+    cross_attention_cls: type[nn.Module] = MultiHeadCrossAttention
+
     def __init__(
         self,
         channels: int,
@@ -65,26 +69,14 @@ class ModulatedTransformerCrossBlock(nn.Module):
         self.mlp = FeedForward(channels, int(channels * mlp_ratio))
         self.modulation = nn.Parameter(torch.randn(6 * channels) / channels**0.5)
 
-    @staticmethod
-    def _self_attention(channels, num_heads, qk_rms_norm, backend, attn_device) -> nn.Module:
-        return MultiHeadSelfAttention(
-            channels,
-            num_heads,
-            qk_rms_norm=qk_rms_norm,
-            use_rope=True,
-            backend=backend,
-            attn_device=attn_device,
+    def _self_attention(self, channels, num_heads, qk_rms_norm, backend, attn_device) -> nn.Module:
+        return self.self_attention_cls(
+            channels, num_heads, qk_rms_norm=qk_rms_norm, use_rope=True, backend=backend, attn_device=attn_device
         )
 
-    @staticmethod
-    def _cross_attention(channels, ctx_channels, num_heads, qk_rms_norm, backend, attn_device) -> nn.Module:
-        return MultiHeadCrossAttention(
-            channels,
-            ctx_channels,
-            num_heads,
-            qk_rms_norm=qk_rms_norm,
-            backend=backend,
-            attn_device=attn_device,
+    def _cross_attention(self, channels, ctx_channels, num_heads, qk_rms_norm, backend, attn_device) -> nn.Module:
+        return self.cross_attention_cls(
+            channels, ctx_channels, num_heads, qk_rms_norm=qk_rms_norm, backend=backend, attn_device=attn_device
         )
 
     def _per_token(self, m: Tensor, layout: PackedLayout | None) -> Tensor:
@@ -127,27 +119,8 @@ class SparseModulatedTransformerCrossBlock(ModulatedTransformerCrossBlock):
     """Packed block. x [K, C] grouped by sample, mod [B, 6C], context [B, T, C_ctx], phases [K, D/2],
     layout: where each sample's tokens are -> [K, C]. Same parameters and key names as the dense block."""
 
-    @staticmethod
-    def _self_attention(channels, num_heads, qk_rms_norm, backend, attn_device) -> nn.Module:
-        return PackedMultiHeadSelfAttention(
-            channels,
-            num_heads,
-            qk_rms_norm=qk_rms_norm,
-            use_rope=True,
-            backend=backend,
-            attn_device=attn_device,
-        )
-
-    @staticmethod
-    def _cross_attention(channels, ctx_channels, num_heads, qk_rms_norm, backend, attn_device) -> nn.Module:
-        return PackedMultiHeadCrossAttention(
-            channels,
-            ctx_channels,
-            num_heads,
-            qk_rms_norm=qk_rms_norm,
-            backend=backend,
-            attn_device=attn_device,
-        )
+    self_attention_cls = PackedMultiHeadSelfAttention
+    cross_attention_cls = PackedMultiHeadCrossAttention
 
     def _per_token(self, m: Tensor, layout: PackedLayout | None) -> Tensor:
         """[B, C] -> [K, C] (or [1, C] for one sample, which broadcasts as is).

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -58,8 +59,10 @@ def main() -> None:
     parser.add_argument("--tex-vae")
     parser.add_argument("--max-chunks", type=int, default=64)
     parser.add_argument("--samples", type=int, default=100_000)
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--out", help="also write the JSON to this file")
     args = parser.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     load = lambda name, p: load_stage(p, expected_stage=name, device=device) if p else None  # noqa: E731
     ss, shape, tex = load("ss_vae", args.ss_vae), load("shape_vae", args.shape_vae), load("tex_vae", args.tex_vae)
     rng = np.random.default_rng(0)
@@ -105,6 +108,8 @@ def main() -> None:
     summary["seconds"] = round(time.perf_counter() - start, 1)
     summary["device"] = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     print(json.dumps(summary, indent=1))
+    if args.out:
+        Path(args.out).write_text(json.dumps(summary, indent=1) + "\n")
 
 
 if __name__ == "__main__":

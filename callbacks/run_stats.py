@@ -8,8 +8,10 @@ ranks see different samples?).
 
 With ``step_log=true`` it also appends one JSON line per optimiser step to
 ``<dirpath>/rank_<r>_steps.jsonl`` (step, epoch, batch index, loss, learning rates, the metrics named in
-``metrics``, pid), flushed as it goes, so the record survives a SIGKILL and a resumed run appends to it; the
-``pid`` tells the processes apart.
+``metrics``, pid, and ``time``: the wall clock (``time.time()``) at the end of the step, read after the loss
+was copied to the host, so on a GPU it follows the step's kernels; ``benchmarks/ddp_scaling.py`` computes
+throughput from it), flushed as it goes, so the record survives a SIGKILL and a resumed run appends to it;
+the ``pid`` tells the processes apart.
 """
 
 from __future__ import annotations
@@ -126,6 +128,7 @@ class RunStats(Callback):
             "loss": _to_float(loss),
             "lr": [float(g["lr"]) for opt in trainer.optimizers for g in opt.param_groups],
             "pid": os.getpid(),
+            "time": time.time(),
         }
         for name in self.metrics:
             record[name] = _to_float(trainer.callback_metrics.get(name))

@@ -7,6 +7,7 @@ percentile of recent norms capped at 1.0) so the stages themselves only say what
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -81,6 +82,16 @@ class AdaptiveGradClipper:
         self.history.extend(state.get("history", []))
 
 
+def lr_factor(step: int, warmup: int, decay: int | None = None, min_ratio: float = 0.1) -> float:
+    """Learning-rate multiplier at optimiser ``step``: linear warm-up over ``warmup`` steps, then constant, or
+    with ``decay`` a cosine from 1 at the end of the warm-up to ``min_ratio`` at step ``decay``."""
+    warm = min(1.0, (step + 1) / max(1, warmup))
+    if decay is None or step < warmup:
+        return warm
+    progress = min(1.0, (step - warmup) / max(1, decay - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 class Stage(L.LightningModule):
     """Base LightningModule of the stages.
 
@@ -89,6 +100,9 @@ class Stage(L.LightningModule):
             with one of ``new_parameter_prefixes`` (the conditioning pathway when fine-tuning).
         weight_decay / weight_decay_new: AdamW decay of weight matrices in each group (never biases or norms).
         warmup_steps: linear warm-up from 0, then constant (the published schedule has no decay).
+        decay_steps: if set, cosine decay after the warm-up, reaching ``min_lr_ratio`` × lr at step
+            ``decay_steps`` and staying there: for short, time-budgeted runs, where a constant rate leaves the
+            weights noisy at the end. None (default): the published constant rate.
         ema_decay: EMA of the weights (validation and checkpoints' ``state_dict`` use the average); None: off.
         grad_clip_max / grad_clip_percentile / grad_clip_window: adaptive clipping; ``grad_clip_max=None``
             switches clipping off.
@@ -104,6 +118,8 @@ class Stage(L.LightningModule):
         weight_decay_new: float | None = None,
         betas: tuple[float, float] = (0.9, 0.95),
         warmup_steps: int = 0,
+        decay_steps: int | None = None,
+        min_lr_ratio: float = 0.1,
         ema_decay: float | None = None,
         grad_clip_max: float | None = 1.0,
         grad_clip_percentile: float = 95.0,
@@ -116,6 +132,8 @@ class Stage(L.LightningModule):
         self.weight_decay_new = weight_decay if weight_decay_new is None else weight_decay_new
         self.betas = tuple(betas)
         self.warmup_steps = warmup_steps
+        self.decay_steps = decay_steps
+        self.min_lr_ratio = min_lr_ratio
         self.ema_decay = ema_decay
         self.clipper = (
             AdaptiveGradClipper(grad_clip_max, grad_clip_percentile, grad_clip_window) if grad_clip_max else None
@@ -150,8 +168,12 @@ class Stage(L.LightningModule):
         groups = self.parameter_groups()
         fused = all(p.is_cuda for g in groups for p in g["params"])
         optimizer = torch.optim.AdamW(groups, betas=self.betas, eps=1e-8, fused=fused or None)
-        warmup = max(1, int(self.warmup_steps))
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+
+        def factor(step: int) -> float:
+            # Reads decay_steps on every step: callbacks.time_budget may set it once the step rate is known.
+            return lr_factor(step, int(self.warmup_steps), self.decay_steps, self.min_lr_ratio)
+
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:

@@ -182,12 +182,15 @@ class SparseStructureFlowStage(FlowStage):
     def __init__(self, *args: Any, ss_vae_ckpt: str | None = None, occ_threshold: float = 0.0, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.occ_threshold = occ_threshold
-        self.ss_decoder = None
+        # Held outside the module tree (plain attribute): a frozen validation tool, not part of this stage, so
+        # it stays out of checkpoints, the optimiser, EMA and DDP; moved to the device when used.
+        decoder = None
         if ss_vae_ckpt:
             from genrecon.stages.ss_vae import SparseStructureVAEStage
 
             vae = SparseStructureVAEStage.load_from_checkpoint(ss_vae_ckpt, map_location="cpu")
-            self.ss_decoder = vae.decoder.eval().requires_grad_(False)
+            decoder = vae.decoder.eval().requires_grad_(False)
+        object.__setattr__(self, "ss_decoder", decoder)
 
     def flow_inputs(self, batch: dict[str, Any], tokens: Tensor) -> dict[str, Any]:
         cond_3d = None
@@ -202,7 +205,8 @@ class SparseStructureFlowStage(FlowStage):
             return {}
         from genrecon.stages.ss_vae import occupancy_iou
 
-        logits = self.ss_decoder(self.denormalise(self.sample(batch), 1))
+        decoder = self.ss_decoder.to(self.device)
+        logits = decoder(self.denormalise(self.sample(batch), 1).to(next(decoder.parameters()).dtype))
         return {"val/sample_iou": occupancy_iou(logits, batch["occupancy"], self.occ_threshold).mean()}
 
 

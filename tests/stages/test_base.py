@@ -40,3 +40,29 @@ def test_adaptive_clip_uses_the_percentile_of_recent_norms():
     assert before == 5.0 and abs(used - 0.5) < 1e-6 and abs(p.grad.norm().item() - 0.5) < 1e-5
     # a sharded model computes the global norm itself
     assert clipper([p], clip_fn=lambda value: 7.0)[0] == 7.0
+
+
+def test_lr_schedule_warms_up_then_stays_constant_or_decays_by_cosine():
+    from genrecon.stages.base import lr_factor
+
+    # published: linear warm-up, then constant
+    assert lr_factor(0, warmup=10) == 0.1 and lr_factor(9, warmup=10) == 1.0 and lr_factor(10_000, warmup=10) == 1.0
+    # cosine: 1 at the end of the warm-up, halfway between 1 and min_ratio at the middle, min_ratio after
+    assert lr_factor(10, warmup=10, decay=110, min_ratio=0.1) == 1.0
+    assert abs(lr_factor(60, warmup=10, decay=110, min_ratio=0.1) - 0.55) < 1e-12
+    assert lr_factor(110, warmup=10, decay=110, min_ratio=0.1) == 0.1 == lr_factor(500, warmup=10, decay=110)
+    values = [lr_factor(s, warmup=10, decay=110) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_stage_scheduler_follows_the_configured_decay():
+    stage = _Tiny(lr=1e-3, warmup_steps=2, decay_steps=6, min_lr_ratio=0.5)
+    sched = stage.configure_optimizers()["lr_scheduler"]["scheduler"]
+    opt = sched.optimizer
+    lrs = []
+    for _ in range(8):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == 0.5e-3 and lrs[1] == 1e-3 and lrs[2] == 1e-3
+    assert abs(lrs[6] - 0.5e-3) < 1e-12 and abs(lrs[7] - 0.5e-3) < 1e-12

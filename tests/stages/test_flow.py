@@ -41,3 +41,25 @@ def test_flow_loss_falls(tiny_latents, tmp_path, stage, ratio):
     assert len(loss) == 120
     assert head_tail_ratio(loss, k=20) < ratio, (np.mean(loss[:20]), np.mean(loss[-20:]))
     assert np.isfinite(metrics["val/loss"])
+
+
+def test_ss_flow_scores_samples_with_a_vae_it_does_not_save(tiny_pipeline, tmp_path):
+    """With ``ss_vae_ckpt`` validation logs the sampled occupancy IoU; the frozen decoder stays out of the
+    checkpoint, so inference (which never gets ``ss_vae_ckpt``) loads it strictly."""
+    from genrecon.stages.loading import load_stage
+    from genrecon.tasks.train import train
+    from tests.conftest import PIPELINE_DATA, compose_config
+
+    root, ckpts = tiny_pipeline
+    cfg = compose_config("train", PIPELINE_DATA + [
+        "stage=ss_flow", "hardware=cpu", "logger=none", "stage.max_steps=2", "stage.val_every_n_steps=2",
+        "stage.val_batches=1", "stage.datamodule.batch_size=2", "stage.checkpoint_every_n_steps=2",
+        "callbacks.model_summary=null", "callbacks.lr_monitor=null", "callbacks.progress_bar=null",
+        "stage.module.sample_batches=1", "stage.module.sampler.steps=2", f"stage.module.ss_vae_ckpt={ckpts / 'ss_vae.ckpt'}",
+        f"dataset.root={root}", f"paths.output_dir={tmp_path}",
+    ])
+    metrics = train(cfg)
+    assert 0.0 <= metrics["val/sample_iou"] <= 1.0
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert not [k for k in saved["state_dict"] if "ss_decoder" in k]
+    assert load_stage(tmp_path / "checkpoints" / "last.ckpt", expected_stage="ss_flow").ss_decoder is None

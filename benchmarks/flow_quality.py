@@ -1,0 +1,675 @@
+"""Held-out quality of the three flow stages on the validation chunks of the latent shards; prints JSON.
+
+    python benchmarks/flow_quality.py --latents data/synthetic_small/latents \
+        --ss-vae ss_vae.ckpt --shape-vae shape_vae.ckpt --tex-vae tex_vae.ckpt \
+        --ss-flow ss_flow.ckpt --shape-flow shape_flow.ckpt --tex-flow tex_flow.ckpt \
+        [--ss-flow-ablation ss_flow_noproj.ckpt] [--shape-flow-ablation shape_flow_noproj.ckpt] \
+        [--max-chunks 24] [--views 8] [--figure flow_quality.png] [--out flow_quality.json]
+
+Any subset of checkpoints may be given; a metric runs when its flow and decoding VAE are there.
+
+* Chunks: the first ``--max-chunks`` samples of the ``val-*.tar`` shards (held-out rooms), in shard order.
+* Views: the datamodule's evaluation choice (``ChunkDataModule(eval_views=V).val_views``: exactly V views,
+  fewer if fewer cover >= 40 % of the image, drawn without replacement), each chunk with the generator the
+  validation stream gives it with batch size 1, ``default_rng([seed, 0, 0, 0, chunk_index, 0])``. The choice
+  depends only on ``--seed`` and the chunk, never on ``--batch-size`` or on the checkpoint.
+* Noise: ``stage.sample(batch, seed)`` with one seed per batch derived from ``(--seed, batch index)``; a flow
+  and its ablation get the same chunks, views and noise (the noise of a chunk also depends on
+  ``--batch-size``: keep it fixed when comparing runs). The stage's own sampler (steps, CFG) unless
+  ``--steps``. Sampling runs under bf16 autocast on CUDA (``--precision fp32`` to turn it off); the VAE
+  decoders and all metrics run in fp32.
+* SS flow (issue 5): sampled latent -> ``denormalise`` -> SS-VAE decoder -> occupancy IoU (logit > the
+  stage's ``occ_threshold``) against the chunk's ground-truth occupancy. Reference: the SS-VAE round trip
+  (posterior mean of the true occupancy, decoded).
+* Shape flow (issue 6): 32-ch latent sampled on the ground-truth latent coordinates, denormalised, decoded by
+  the shape VAE with free-running subdivisions, dual-contoured (``decode_to_mesh``) and compared with the
+  ground-truth O-Voxel mesh on ``--samples`` area-uniform samples each: Chamfer (mean of both directional mean
+  nearest-neighbour distances), precision / recall / F-score (harmonic) at 2 voxel edges, normal consistency
+  (mean |n.n'| both ways, no cutoff, as in vae_quality.py); distances in voxel edges of the O-Voxel grid.
+  An empty decoded mesh scores F = P = R = NC = 0 and no Chamfer (counted in ``empty``). Reference: the shape
+  VAE round trip (posterior mean of the true O-Voxel, free-running decode), as in vae_quality.py.
+* Texture flow (issue 6): texture latent sampled conditioned on the ground-truth shape latent (as trained),
+  denormalised, decoded by the texture VAE following the subdivisions of the ground-truth structure: the
+  texture encoder's posterior child masks of the true O-Voxel (the same masks as the shape VAE encoder's, as
+  both are the child masks of the true voxel pyramid), so the decoded voxels are the true ones. Base colour
+  is looked up (sparse trilinear) at ``--samples`` samples of the ground-truth surface in the decoded and the
+  true volume: PSNR in dB. Reference: the texture VAE round trip, exactly as vae_quality.py.
+* ``latent_check``: max |stored latent - latent re-encoded by the given VAE|; large values mean the VAE
+  checkpoints are not the ones that wrote the latent shards (then the flow numbers are not meaningful).
+  ``stats_check``: max |checkpoint normalisation - stats.json next to the shards|.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import webdataset as wds
+
+from datamodules.chunks import ChunkDataModule
+from genrecon.data.batching import collate, select_fields
+from genrecon.data.shards import decode_chunk_sample, shard_urls
+from genrecon.geometry.ovoxel import ContouredMesh, OVoxel, ovoxel_to_mesh
+from genrecon.metrics.surface import (
+    chamfer,
+    normal_consistency,
+    precision_recall_fscore,
+    sample_mesh,
+    surface_distances,
+)
+from genrecon.models.sc_vae import decode_to_mesh
+from genrecon.modules.sparse.tensor import SparseTensor, feats_at
+from genrecon.pipelines.glb import sample_voxel_attributes
+from genrecon.stages.loading import load_stage
+from genrecon.stages.sc_vae import TextureVAEStage
+from genrecon.stages.ss_vae import occupancy_iou
+
+FSCORE_VOXELS = 2.0  # F-score threshold in voxel edges of the O-Voxel grid
+LATENT_TOLERANCE = 0.05  # latent_check above this warns (latents are O(1); TF32 convs differ by ~1e-3)
+
+
+# ============================================================================ helpers
+def derive_seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def summarise(values: list[float | None]) -> dict[str, Any]:
+    """mean/min/max over the finite values (``n``: how many), rounded for reading."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return {"mean": None, "min": None, "max": None, "n": 0}
+    return {"mean": round(float(np.mean(finite)), 5), "min": round(min(finite), 5),
+            "max": round(max(finite), 5), "n": len(finite)}
+
+
+def _round(v: float | None) -> float | None:
+    return None if v is None or not math.isfinite(v) else round(float(v), 5)
+
+
+class Timer:
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def __enter__(self) -> Timer:
+        sync(self.device)
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        sync(self.device)
+        self.seconds = time.perf_counter() - self.start
+
+
+# ============================================================================ data
+class Chunk:
+    """One held-out chunk: its key, view count, ground-truth O-Voxel and lazily built ground-truth surface."""
+
+    def __init__(self, index: int, key: str, n_views: int, vox: OVoxel, seed: int, samples: int) -> None:
+        self.index, self.key, self.n_views, self.vox = index, key, n_views, vox
+        self.seed, self.samples = seed, samples
+        self._mesh = self._surface = self._colour = None
+
+    @property
+    def resolution(self) -> int:
+        return int(self.vox.resolution)
+
+    def mesh(self):
+        if self._mesh is None:
+            self._mesh = ovoxel_to_mesh(self.vox)
+        return self._mesh
+
+    def surface(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``--samples`` area-uniform samples of the true mesh in voxel units, and their normals."""
+        if self._surface is None:
+            m = self.mesh()
+            seed = derive_seed(self.seed, self.index, 0)
+            pts, nrm = sample_mesh(m.vertices, m.faces, self.samples, seed=seed)
+            self._surface = (torch.from_numpy(pts * self.resolution), torch.from_numpy(nrm))
+        return self._surface[0].to(device), self._surface[1].to(device)
+
+    def colour_probe(self) -> tuple[np.ndarray, np.ndarray]:
+        """Texture probe points on the true surface and the true base colour there (as vae_quality.py)."""
+        if self._colour is None:
+            from genrecon.geometry.mesh import sample_surface
+
+            m = self.mesh()
+            rng = np.random.default_rng(derive_seed(self.seed, self.index, 2))
+            pts, _, _ = sample_surface(m.vertices, m.faces, self.samples, rng)
+            truth = sample_voxel_attributes(pts, self.vox.coords, self.vox.attributes[:, :3],
+                                            np.full(3, -0.5), 1.0 / self.resolution)
+            self._colour = (pts, truth)
+        return self._colour
+
+
+def load_chunks(latents: Path, fields: list[str], max_chunks: int, views: int, seed: int, samples: int):
+    """The held-out chunks and their selected fields (numpy), with the datamodule's evaluation views."""
+    sampling = ChunkDataModule(str(latents), fields, eval_views=views, seed=seed).val_views
+    chunks, items = [], []
+    stream = wds.DataPipeline(wds.SimpleShardList(shard_urls(latents, "val")), wds.tarfile_to_samples())
+    for g, raw in enumerate(stream):
+        if g >= max_chunks:
+            break
+        sample = decode_chunk_sample(raw, views=True)
+        # The validation stream's per-sample generator for batch `g` of size 1 (rank 0, one worker, epoch 0).
+        rng = np.random.default_rng([seed, 0, 0, 0, g, 0])
+        item = select_fields(sample, fields, sampling, rng)
+        vox = item["ovoxel"] if "ovoxel" in item else OVoxel.unpack(sample.ovoxel, int(sample.meta[
+            "ovoxel_resolution"]))
+        chunks.append(Chunk(g, sample.key, len(item.get("views", [])), vox, seed, samples))
+        items.append(item)
+    if not chunks:
+        raise SystemExit(f"no validation chunks in {latents}")
+    return chunks, items
+
+
+# ============================================================================ metrics
+def surface_scores(mesh, chunk: Chunk, device: torch.device) -> dict[str, float | None]:
+    """Chamfer / P / R / F at 2 voxel edges / NC of a contoured mesh against the chunk's true mesh."""
+    empty = {"chamfer_vox": None, "precision": 0.0, "recall": 0.0, "fscore": 0.0, "normal_consistency": 0.0,
+             "faces": 0}
+    if len(mesh.faces) == 0:
+        return empty
+    try:
+        seed = derive_seed(chunk.seed, chunk.index, 1)
+        pts, nrm = sample_mesh(mesh.vertices, mesh.faces, chunk.samples, seed=seed)
+    except ValueError:  # faces of zero area only
+        return empty
+    gt_pts, gt_nrm = chunk.surface(device)
+    pred_pts = torch.from_numpy(pts * chunk.resolution).to(device)
+    match = surface_distances(pred_pts, gt_pts)
+    prf = precision_recall_fscore(pred_pts, gt_pts, FSCORE_VOXELS, match=match)
+    nc = normal_consistency(pred_pts, torch.from_numpy(nrm).to(device), gt_pts, gt_nrm, cutoff=float("inf"),
+                            match=match)
+    return {"chamfer_vox": float(chamfer(pred_pts, gt_pts, match=match)),
+            "precision": float(prf["precision"]), "recall": float(prf["recall"]),
+            "fscore": float(prf["f_harmonic"]), "normal_consistency": float(nc),
+            "faces": int(len(mesh.faces))}
+
+
+def colour_psnr(coords: np.ndarray, rgb: np.ndarray, chunk: Chunk) -> float:
+    pts, truth = chunk.colour_probe()
+    pred = sample_voxel_attributes(pts, coords, rgb, np.full(3, -0.5), 1.0 / chunk.resolution)
+    mse = float(np.mean((pred - truth) ** 2))
+    return -10.0 * math.log10(max(mse, 1e-10))
+
+
+# ============================================================================ runner
+class Benchmark:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.device = resolve_device(args.device)
+        self.bf16 = self.device.type == "cuda" and args.precision == "bf16"
+        self.results: dict[str, Any] = {}
+        self.latent_check: dict[str, float] = {}
+        self.stats_check: dict[str, float] = {}
+        self.warnings: list[str] = []
+        self.figure: dict[str, dict[int, Any]] = {}  # column -> chunk index -> picture payload
+        self.figure_chunks = set(range(args.figure_chunks)) if args.figure else set()
+        latents = Path(args.latents)
+        stats_path = latents / "stats.json"
+        self.stats = json.loads(stats_path.read_text()) if stats_path.is_file() else None
+
+    # ------------------------------------------------------------------ plumbing
+    def load(self, path: str, stage: str):
+        with Timer(self.device) as t:
+            module = load_stage(path, expected_stage=stage, device=self.device)
+        return module, t.seconds
+
+    def batches(self):
+        bs = self.args.batch_size
+        for k in range(0, len(self.items), bs):
+            idx = list(range(k, min(k + bs, len(self.items))))
+            yield k // bs, idx, to_device(collate([self.items[i] for i in idx]), self.device)
+
+    def flow_meta(self, name: str, stage, path: str, load_s: float, ablation: bool) -> dict[str, Any]:
+        if self.args.steps is not None:
+            stage.sampler.steps = int(self.args.steps)
+        proj = bool(stage.hparams.get("projection_conditioning", True))
+        if ablation and proj:
+            self.warnings.append(f"{name}: {path} was trained with projection conditioning ON "
+                                 "(not the ablation)")
+        if not ablation and not proj:
+            self.warnings.append(f"{name}: {path} was trained with projection conditioning OFF")
+        if self.stats is not None and stage.latent in self.stats:
+            ref = self.stats[stage.latent]
+            mean, std = torch.tensor(ref["mean"]), torch.tensor(ref["std"]).clamp(min=1e-6)
+            diff = max((stage.latent_mean.cpu() - mean).abs().max().item(),
+                       (stage.latent_std.cpu() - std).abs().max().item())
+            self.stats_check[name] = round(diff, 6)
+            if diff > 1e-3:
+                self.warnings.append(f"{name}: its latent normalisation differs from {self.args.latents}/"
+                                     f"stats.json by {diff:.3g} (trained on other latents?)")
+        s = stage.sampler
+        return {"checkpoint": str(path), "projection_conditioning": proj, "load_seconds": round(load_s, 2),
+                "sampler": {"steps": s.steps, "guidance_strength": s.guidance_strength,
+                            "guidance_rescale": s.guidance_rescale,
+                            "guidance_interval": list(s.guidance_interval), "rescale_t": s.rescale_t}}
+
+    def sample(self, stage, batch: dict[str, Any], k: int) -> tuple[torch.Tensor, float]:
+        with Timer(self.device) as t, torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
+            x = stage.sample(batch, seed=derive_seed(self.args.seed, k))
+        return x.float(), t.seconds
+
+    def record(self, name: str, meta: dict[str, Any], per_chunk: dict[str, list], seconds: float,
+               sample_seconds: float | None = None, extra: dict[str, Any] | None = None) -> None:
+        n = len(self.chunks)
+        entry = dict(meta)
+        entry["metrics"] = {m: summarise(v) for m, v in per_chunk.items() if m != "faces"}
+        entry.update(extra or {})
+        entry["per_chunk"] = {m: [_round(x) if isinstance(x, float) else x for x in v]
+                              for m, v in per_chunk.items()}
+        entry["seconds"] = round(seconds, 2)
+        if sample_seconds is not None:
+            entry["sample_seconds"] = round(sample_seconds, 2)
+            entry["sample_seconds_per_chunk"] = round(sample_seconds / n, 3)
+        self.results[name] = entry
+
+    def keep(self, column: str, index: int, payload: Any) -> None:
+        if index in self.figure_chunks:
+            self.figure.setdefault(column, {})[index] = payload
+
+    # ------------------------------------------------------------------ SS (issue 5)
+    def run_ss(self) -> None:
+        a = self.args
+        vae, vae_s = self.load(a.ss_vae, "ss_vae")
+        start = time.perf_counter()
+        ious, diffs = [], []
+        with torch.no_grad():
+            for _, idx, batch in self.batches():
+                occ = batch["occupancy"]
+                z = vae.encode(occ)
+                diffs.append((z - batch["ss_latent"]).abs().max().item())
+                ious += occupancy_iou(vae.decoder(z), occ).tolist()
+                for j, i in enumerate(idx):
+                    self.keep("occ_gt", i, occ[j, 0].bool().cpu().numpy())
+        self.latent_check["ss"] = round(max(diffs), 6)
+        self.record("ss_vae_roundtrip", {"checkpoint": a.ss_vae, "load_seconds": round(vae_s, 2)},
+                    {"iou": ious}, time.perf_counter() - start)
+        for name, path, ablation in (("ss_flow", a.ss_flow, False),
+                                     ("ss_flow_ablation", a.ss_flow_ablation, True)):
+            if not path:
+                continue
+            stage, load_s = self.load(path, "ss_flow")
+            meta = self.flow_meta(name, stage, path, load_s, ablation)
+            threshold = float(getattr(stage, "occ_threshold", 0.0))
+            meta["occ_threshold"] = threshold
+            start, sample_s, ious, occupied = time.perf_counter(), 0.0, [], []
+            with torch.no_grad():
+                for k, idx, batch in self.batches():
+                    x, s = self.sample(stage, batch, k)
+                    sample_s += s
+                    logits = vae.decoder(stage.denormalise(x, 1))
+                    ious += occupancy_iou(logits, batch["occupancy"], threshold).tolist()
+                    pred = logits > threshold
+                    occupied += pred.flatten(1).float().mean(1).tolist()
+                    for j, i in enumerate(idx):
+                        self.keep(name, i, (pred[j, 0].cpu().numpy(), ious[i]))
+            self.record(name, meta, {"iou": ious, "occupied_fraction": occupied}, time.perf_counter() - start,
+                        sample_s)
+            del stage
+            self.free()
+        del vae
+        self.free()
+
+    # ------------------------------------------------------------------ shape (issue 6)
+    def shape_scores(self, recon: SparseTensor, idx: list[int], column: str,
+                     per_chunk: dict[str, list]) -> None:
+        meshes = decode_to_mesh(recon, self.chunks[idx[0]].resolution)
+        empty = ContouredMesh(np.zeros((0, 3)), np.zeros((0, 3), np.int64), np.zeros(0, np.int64))
+        meshes += [empty] * (len(idx) - len(meshes))  # trailing samples without any voxel
+        for j, i in enumerate(idx):
+            scores = surface_scores(meshes[j], self.chunks[i], self.device)
+            for m, v in scores.items():
+                per_chunk.setdefault(m, []).append(v)
+            self.keep(column, i, (meshes[j], scores))
+
+    def run_shape(self) -> None:
+        a = self.args
+        vae, vae_s = self.load(a.shape_vae, "shape_vae")
+        res = int(vae.decoder.resolution)
+        if res != self.chunks[0].resolution:
+            self.warnings.append(f"shape VAE decodes to {res}^3, the O-Voxels are "
+                                 f"{self.chunks[0].resolution}^3")
+        start, per_chunk, diffs = time.perf_counter(), {}, []
+        with torch.no_grad():
+            for _, idx, batch in self.batches():
+                truth = SparseTensor(batch["ovoxel_coords"], batch["ovoxel_shape"])
+                post = vae.encoder(truth, sample_posterior=False)
+                stored = SparseTensor(batch["shape_coords"], batch["shape_feats"], batch_size=len(idx))
+                diffs.append((feats_at(post.mean, stored) - stored.feats).abs().max().item())
+                recon, _ = vae.decode(post.mean)
+                self.shape_scores(recon, idx, "shape_vae_roundtrip", per_chunk)
+                for i in idx:
+                    self.keep("mesh_gt", i, self.chunks[i].mesh())
+        self.latent_check["shape"] = round(max(diffs), 6)
+        self.record("shape_vae_roundtrip", {"checkpoint": a.shape_vae, "load_seconds": round(vae_s, 2)},
+                    per_chunk, time.perf_counter() - start, extra={"empty": per_chunk["faces"].count(0)})
+        for name, path, ablation in (("shape_flow", a.shape_flow, False),
+                                     ("shape_flow_ablation", a.shape_flow_ablation, True)):
+            if not path:
+                continue
+            stage, load_s = self.load(path, "shape_flow")
+            meta = self.flow_meta(name, stage, path, load_s, ablation)
+            start, sample_s, per_chunk = time.perf_counter(), 0.0, {}
+            with torch.no_grad():
+                for k, idx, batch in self.batches():
+                    x, s = self.sample(stage, batch, k)
+                    sample_s += s
+                    latent = SparseTensor(batch["shape_coords"], stage.denormalise(x, 1), batch_size=len(idx))
+                    recon, _ = vae.decode(latent)
+                    self.shape_scores(recon, idx, name, per_chunk)
+            self.record(name, meta, per_chunk, time.perf_counter() - start, sample_s,
+                        extra={"empty": per_chunk["faces"].count(0)})
+            del stage
+            self.free()
+        del vae
+        self.free()
+
+    # ------------------------------------------------------------------ texture (issue 6)
+    def tex_scores(self, out: SparseTensor, batch: dict[str, Any], idx: list[int], column: str,
+                   psnr: list[float]) -> None:
+        """``out``: decoded PBR in [0, 1] on the true voxels (texture VAE ``decode``)."""
+        aligned = feats_at(out, SparseTensor(batch["ovoxel_coords"], batch["ovoxel_coords"][:, :1]))
+        for j, i in enumerate(idx):
+            sel = out.coords[:, 0] == j
+            coords, rgb = out.coords[sel, 1:].cpu().numpy(), out.feats[sel, :3].float().cpu().numpy()
+            psnr.append(colour_psnr(coords, rgb, self.chunks[i]))
+            if i in self.figure_chunks:
+                rgb = aligned[batch["ovoxel_coords"][:, 0] == j, :3].float().cpu().numpy()
+                self.keep(column, i, (rgb, psnr[-1]))
+
+    def run_tex(self) -> None:
+        a = self.args
+        vae, vae_s = self.load(a.tex_vae, "tex_vae")
+        start, psnr, diffs, guides = time.perf_counter(), [], [], {}
+        with torch.no_grad():
+            for k, idx, batch in self.batches():
+                post = vae.encoder(TextureVAEStage._input(batch), sample_posterior=False)
+                guides[k] = [g.to("cpu") for g in post.subs]
+                if "tex_feats" in batch:
+                    stored = SparseTensor(batch["shape_coords"], batch["tex_feats"], batch_size=len(idx))
+                    diffs.append((feats_at(post.mean, stored) - stored.feats).abs().max().item())
+                self.tex_scores(vae.decode(post.mean, post.subs), batch, idx, "tex_vae_roundtrip", psnr)
+        if diffs:
+            self.latent_check["tex"] = round(max(diffs), 6)
+        self.record("tex_vae_roundtrip", {"checkpoint": a.tex_vae, "load_seconds": round(vae_s, 2)},
+                    {"psnr_db": psnr}, time.perf_counter() - start)
+        if a.tex_flow:
+            stage, load_s = self.load(a.tex_flow, "tex_flow")
+            meta = self.flow_meta("tex_flow", stage, a.tex_flow, load_s, False)
+            meta["guide"] = "texture-encoder child masks of the ground-truth O-Voxel (the true voxels)"
+            start, sample_s, psnr = time.perf_counter(), 0.0, []
+            with torch.no_grad():
+                for k, idx, batch in self.batches():
+                    x, s = self.sample(stage, batch, k)
+                    sample_s += s
+                    latent = SparseTensor(batch["shape_coords"], stage.denormalise(x, 1), batch_size=len(idx))
+                    guide = [g.to(self.device) for g in guides[k]]
+                    self.tex_scores(vae.decode(latent, guide), batch, idx, "tex_flow", psnr)
+            self.record("tex_flow", meta, {"psnr_db": psnr}, time.perf_counter() - start, sample_s)
+            del stage
+        del vae
+        self.free()
+
+    def free(self) -> None:
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    # ------------------------------------------------------------------ main
+    def run(self) -> dict[str, Any]:
+        a = self.args
+        t0 = time.perf_counter()
+        do_ss = bool(a.ss_vae)
+        do_shape = bool(a.shape_vae)
+        do_tex = bool(a.tex_vae)
+        for flow, vae, what in ((a.ss_flow or a.ss_flow_ablation, a.ss_vae, "--ss-vae"),
+                                (a.shape_flow or a.shape_flow_ablation, a.shape_vae, "--shape-vae"),
+                                (a.tex_flow, a.tex_vae, "--tex-vae")):
+            if flow and not vae:
+                self.warnings.append(f"a flow checkpoint needs {what} to be decoded: skipped")
+        fields = ["views"]
+        if do_ss:
+            fields += ["occupancy", "ss_latent"]
+        if do_shape or do_tex:
+            fields += ["ovoxel", "shape_latent"]
+        if do_tex and a.tex_flow:
+            fields += ["tex_latent"]
+        with Timer(self.device) as t:
+            self.chunks, self.items = load_chunks(Path(a.latents), fields, a.max_chunks, a.views, a.seed,
+                                                  a.samples)
+        load_data_s = t.seconds
+        if do_ss:
+            self.run_ss()
+        if do_shape:
+            self.run_shape()
+        if do_tex:
+            self.run_tex()
+        for latent, diff in self.latent_check.items():
+            if diff > LATENT_TOLERANCE:
+                self.warnings.append(f"{latent} latents re-encoded by the given VAE differ from the stored "
+                                     f"ones by {diff:.3g}: not the VAE that wrote {a.latents}?")
+        figure_s = None
+        if a.figure:
+            with Timer(self.device) as t:
+                write_figure(self, Path(a.figure))
+            figure_s = round(t.seconds, 2)
+        return {
+            "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
+            "autocast": "bf16 (flow sampling only)" if self.bf16 else "none (fp32)",
+            "torch": torch.__version__,
+            "latents": str(a.latents),
+            "split": "val",
+            "seed": a.seed,
+            "views_requested": a.views,
+            "samples": a.samples,
+            "fscore_threshold_vox": FSCORE_VOXELS,
+            "chunks": [c.key for c in self.chunks],
+            "views_per_chunk": [c.n_views for c in self.chunks],
+            "headline": headline(self.results),
+            "results": self.results,
+            "latent_check": self.latent_check,
+            "stats_check": self.stats_check,
+            "warnings": self.warnings,
+            "figure": a.figure,
+            "timings": {"load_data_s": round(load_data_s, 2), "figure_s": figure_s,
+                        "total_s": round(time.perf_counter() - t0, 2)},
+            "command": a.command,
+        }
+
+
+def headline(results: dict[str, Any]) -> dict[str, float | None]:
+    keys = {"ss": ["iou"], "shape": ["chamfer_vox", "fscore", "normal_consistency"], "tex": ["psnr_db"]}
+    out = {}
+    for name, entry in results.items():
+        for m in keys[name.split("_")[0]]:
+            out[f"{name}/{m}_mean"] = entry["metrics"][m]["mean"]
+    return out
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+# ============================================================================ figure
+def _look_at(eye: np.ndarray, fov_deg: float = 50.0) -> tuple[np.ndarray, np.ndarray]:
+    """OpenCV ``w2c`` looking from ``eye`` at the chunk centre (z up) and normalised intrinsics."""
+    fwd = -eye / np.linalg.norm(eye)
+    right = np.cross(fwd, np.array([0.0, 0.0, 1.0]))
+    right /= np.linalg.norm(right)
+    w2c = np.eye(4)
+    w2c[:3, :3] = np.stack([right, np.cross(fwd, right), fwd])
+    w2c[:3, 3] = -w2c[:3, :3] @ eye
+    f = 0.5 / math.tan(math.radians(fov_deg / 2))
+    return w2c, np.array([[f, 0.0, 0.5], [0.0, f, 0.5], [0.0, 0.0, 1.0]])
+
+
+CUT_Z = 0.3  # chunk frame: ~80 % of the chunk height above its bottom (~2.3 m for a 2.85 m chunk)
+
+
+def _oblique(item: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """From above (~50 degrees down), on the side of the first input camera: the walls it saw face this camera
+    too, so they do not hide the chunk's inside."""
+    side = np.array([0.6, -0.8])
+    if len(item.get("w2c", [])):
+        w2c = item["w2c"][0].astype(np.float64)
+        centre = -w2c[:3, :3].T @ w2c[:3, 3]
+        if np.linalg.norm(centre[:2]) > 1e-6:
+            side = centre[:2] / np.linalg.norm(centre[:2])
+    return _look_at(np.array([1.25 * side[0], 1.25 * side[1], 1.45]))
+
+
+def write_figure(bench: Benchmark, path: Path) -> None:
+    """Two rows per chunk, rendered on the CPU (Embree) with the sample callback's functions: from the chunk's
+    first input view, and from above on the side of that view with everything above ``CUT_Z`` removed.
+    Columns: input view | occupancy truth, SS flow (, ablation) | mesh truth, shape VAE round trip, shape
+    flow (, ablation) | true mesh coloured by the true O-Voxel, by the texture VAE round trip, by the texture
+    flow."""
+    from PIL import Image, ImageDraw
+
+    from callbacks.flow_samples import occupancy_mesh, render
+    from genrecon.geometry.mesh import PBRMaterial, PBRMesh
+
+    size = bench.args.figure_size
+    fig = bench.figure
+    order = ("occ_gt", "ss_flow", "ss_flow_ablation", "mesh_gt", "shape_vae_roundtrip", "shape_flow",
+             "shape_flow_ablation", "colour_gt", "tex_vae_roundtrip", "tex_flow")
+    columns = [c for c in order if c in fig or (c == "colour_gt" and "tex_vae_roundtrip" in fig)]
+    titles = {"occ_gt": "occupancy GT", "ss_flow": "SS flow", "ss_flow_ablation": "SS no-proj",
+              "mesh_gt": "mesh GT", "shape_vae_roundtrip": "shape VAE", "shape_flow": "shape flow",
+              "shape_flow_ablation": "shape no-proj", "colour_gt": "colour GT",
+              "tex_vae_roundtrip": "tex VAE", "tex_flow": "texture flow"}
+
+    def plain(v, f, colours=None) -> PBRMesh:
+        return PBRMesh(v, f, np.zeros(len(f), np.int32),
+                       [PBRMaterial("m", (0.8, 0.8, 0.8) if colours is None else (1.0, 1.0, 1.0))],
+                       vertex_color=colours)
+
+    def cutaway(mesh: PBRMesh) -> PBRMesh:
+        """Faces below the cut only (the ceiling, if the chunk has one, would hide everything from above)."""
+        if mesh.num_faces == 0:
+            return mesh
+        keep = mesh.vertices[mesh.faces][:, :, 2].mean(1) < CUT_Z
+        return PBRMesh(mesh.vertices, mesh.faces[keep], mesh.face_material[keep], mesh.materials,
+                       vertex_color=mesh.vertex_color)
+
+    def strip(tiles: list[np.ndarray], captions: list[str]) -> np.ndarray:
+        canvas = Image.new("RGB", (size * len(tiles), size + 14), (255, 255, 255))
+        canvas.paste(Image.fromarray(np.concatenate(tiles, axis=1)), (0, 14))
+        draw = ImageDraw.Draw(canvas)
+        for t, text in enumerate(captions):
+            draw.text((t * size + 3, 1), text[: size // 6], fill=(0, 0, 0))
+        return np.asarray(canvas)
+
+    rows = []
+    for i in sorted(bench.figure_chunks):
+        if i >= len(bench.chunks):
+            break
+        chunk, item = bench.chunks[i], bench.items[i]
+        gt_mesh = chunk.mesh()
+        meshes, captions = [], []
+        for c in columns:
+            payload = fig.get(c, {}).get(i) if c != "colour_gt" else True
+            caption = titles[c]
+            if payload is None:
+                mesh = plain(np.zeros((0, 3)), np.zeros((0, 3), np.int64))
+            elif c == "occ_gt":
+                mesh = occupancy_mesh(payload)
+            elif c.startswith("ss_flow"):
+                mesh = occupancy_mesh(payload[0])
+                caption += f" IoU {payload[1]:.2f}"
+            elif c == "mesh_gt":
+                mesh = plain(payload.vertices, payload.faces)
+            elif c.startswith("shape_"):
+                m, scores = payload
+                mesh = plain(m.vertices, m.faces)
+                cd = scores["chamfer_vox"]
+                caption += f" CD {cd:.2f} F {scores['fscore']:.2f}" if cd is not None else " (empty)"
+            elif c == "colour_gt":
+                mesh = plain(gt_mesh.vertices, gt_mesh.faces, chunk.vox.attributes[gt_mesh.voxel_index, :3])
+            else:  # tex_flow, tex_vae_roundtrip: the true mesh coloured by the decoded base colour
+                rgb, psnr = payload
+                mesh = plain(gt_mesh.vertices, gt_mesh.faces, rgb[gt_mesh.voxel_index].clip(0, 1))
+                caption += f" {psnr:.1f} dB"
+            meshes.append(mesh)
+            captions.append(caption)
+        if len(item.get("views", [])):
+            view = np.asarray(Image.fromarray(item["views"][0][..., :3]).resize((size, size), Image.BILINEAR))
+            cameras = [(view, f"{chunk.key} view 0/{chunk.n_views}",
+                        item["w2c"][0].astype(np.float64), item["intrinsics"][0].astype(np.float64))]
+        else:
+            cameras = []
+        blank = np.full((size, size, 3), 255, np.uint8)
+        cameras.append((blank, f"{chunk.key} above, cut", *_oblique(item)))
+        for r, (first, label, w2c, K) in enumerate(cameras):
+            above = r == len(cameras) - 1
+            tiles = [first] + [render(cutaway(m) if above else m, w2c, K, size) for m in meshes]
+            rows.append(strip(tiles, [label] + captions))
+    if not rows:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+
+
+# ============================================================================ CLI
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--latents", required=True,
+                   help="latent shards folder of the encode step (val-*.tar, stats.json)")
+    for name in ("ss-vae", "shape-vae", "tex-vae", "ss-flow", "shape-flow", "tex-flow", "ss-flow-ablation",
+                 "shape-flow-ablation"):
+        p.add_argument(f"--{name}", help=f"{name.replace('-ablation', '')} checkpoint"
+                       + (" trained with projection conditioning off" if "ablation" in name else ""))
+    p.add_argument("--max-chunks", type=int, default=24)
+    p.add_argument("--views", type=int, default=8, help="views per chunk (the datamodule's eval_views)")
+    p.add_argument("--batch-size", type=int, default=4,
+                   help="chunks per sampling batch (the noise depends on it)")
+    p.add_argument("--samples", type=int, default=100_000, help="surface samples per mesh / texture probe")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampler steps (default: each stage's own sampler)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16", help="sampling autocast on CUDA")
+    p.add_argument("--out", help="also write the JSON here")
+    p.add_argument("--figure", help="PNG: truth vs samples for the first --figure-chunks chunks")
+    p.add_argument("--figure-chunks", type=int, default=4)
+    p.add_argument("--figure-size", type=int, default=192)
+    args = p.parse_args(argv)
+    args.command = " ".join(["benchmarks/flow_quality.py", *(sys.argv[1:] if argv is None else argv)])
+    if args.max_chunks < 1 or args.batch_size < 1 or args.views < 1 or args.samples < 1:
+        p.error("--max-chunks, --batch-size, --views and --samples must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    result = Benchmark(args).run()
+    text = json.dumps(result, indent=1)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+    print(text)
+    return result
+
+
+if __name__ == "__main__":
+    main()

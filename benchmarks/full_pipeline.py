@@ -1,0 +1,290 @@
+"""The whole GenRecon pipeline on a GPU machine, time-budgeted, every acceptance measurement in one go.
+
+    python benchmarks/full_pipeline.py --root /tmp/gr            # GPU machine (1 or more GPUs)
+    python benchmarks/full_pipeline.py --root /tmp/gr --cpu --preset tiny --scenes 6 ...   # CPU dry run
+
+Phases (each the real entry point as a subprocess; ``--phases`` picks a subset, later phases reuse earlier
+outputs under ``--root``):
+
+1. ``prepare``  synthetic rooms -> chunk shards (``prepare.py``).
+2. ``vae``      the three VAEs side by side for ``--vae-minutes`` of wall clock each (``train.py``), the learning
+   rate decayed over the budget (``callbacks.time_budget``).
+3. ``encode``   latent shards + statistics (``prepare.py steps=[encode]``), beside it the held-out VAE quality
+   (``benchmarks/vae_quality.py``).
+4. ``flow``     ss_flow, shape_flow, tex_flow and the ablations without projection conditioning (ss, shape)
+   side by side for ``--flow-minutes``.
+5. ``quality``  held-out rooms reconstructed end to end by both variants + the TSDF reference
+   (``benchmarks/quality.py``), then the flows' held-out chunk metrics (``benchmarks/flow_quality.py``).
+6. ``ddp``      shape-flow DDP scaling over all GPUs, resumed on N and on 1 GPU (``benchmarks/ddp_scaling.py``).
+
+Jobs of one phase share the GPUs round-robin (``CUDA_VISIBLE_DEVICES``). Everything a person needs lands in
+``<root>/results``: one log per job, ``progress.jsonl`` (a line per finished job: exit code, seconds), the
+metrics files and the benchmark JSONs; ``DONE`` marks the end. A failed job is recorded and the phases that
+do not depend on it go on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PHASES = ("prepare", "vae", "encode", "flow", "quality", "ddp")
+VAES = ("ss_vae", "shape_vae", "tex_vae")
+STAGES = ("ss_vae", "shape_vae", "tex_vae", "ss_flow", "shape_flow", "tex_flow")
+
+
+@dataclass
+class Job:
+    name: str
+    argv: list[str]
+    gpu: int | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def _max_time(minutes: float) -> str:
+    seconds = int(round(minutes * 60))
+    return f"00:{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class Pipeline:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.root = Path(args.root).resolve()
+        self.data = self.root / "data"
+        self.logs = self.root / "logs"
+        self.results = self.root / "results"
+        self.results.mkdir(parents=True, exist_ok=True)
+        self.dataset = self.data / f"synthetic_{args.preset}"
+        self.runs = self.logs / "train" / "runs"
+        self.gpus = 0 if args.cpu else (args.gpus if args.gpus is not None else _gpu_count())
+        self.env = dict(os.environ, PYTHONPATH=f"{ROOT}:{os.environ.get('PYTHONPATH', '')}",
+                        WANDB_MODE="disabled", PYTHONUNBUFFERED="1", HYDRA_FULL_ERROR="1")
+        self.t0 = time.time()
+
+    # ------------------------------------------------------------------ running
+    def log(self, message: str) -> None:
+        line = f"[{time.time() - self.t0:7.1f}s] {message}"
+        print(line, flush=True)
+        with open(self.results / "progress.log", "a") as f:
+            f.write(line + "\n")
+
+    def run(self, jobs: list[Job]) -> dict[str, int]:
+        """Start ``jobs`` together, wait for all; returns exit codes by name."""
+        procs = []
+        for job in jobs:
+            env = dict(self.env, **job.env)
+            if job.gpu is not None and self.gpus:
+                env["CUDA_VISIBLE_DEVICES"] = str(job.gpu % self.gpus)
+            log = open(self.results / f"{job.name}.log", "w")
+            log.write(f"$ {' '.join(job.argv)}\n")
+            log.flush()
+            self.log(f"start {job.name} (gpu {env.get('CUDA_VISIBLE_DEVICES', '-')})")
+            procs.append((job, time.time(), subprocess.Popen(job.argv, cwd=ROOT, env=env, stdout=log,
+                                                             stderr=subprocess.STDOUT), log))
+        codes = {}
+        for job, start, proc, log in procs:
+            codes[job.name] = proc.wait()
+            log.close()
+            seconds = time.time() - start
+            self.log(f"{'done' if codes[job.name] == 0 else 'FAILED'} {job.name}: rc {codes[job.name]}, "
+                     f"{seconds:.0f} s")
+            with open(self.results / "progress.jsonl", "a") as f:
+                f.write(json.dumps({"job": job.name, "rc": codes[job.name], "seconds": round(seconds, 1),
+                                    "end_s": round(time.time() - self.t0, 1)}) + "\n")
+        return codes
+
+    def python(self, *args: str) -> list[str]:
+        return [sys.executable, *args]
+
+    # ------------------------------------------------------------------ common overrides
+    def common(self) -> list[str]:
+        return [f"preset={self.args.preset}", f"paths.data_dir={self.data}", f"paths.log_dir={self.logs}"]
+
+    def train_args(self, stage: str, minutes: float, extra: list[str]) -> list[str]:
+        a = self.args
+        hardware = ["hardware=cpu"] if a.cpu else ["hardware=gpu"]
+        return self.python(
+            "train.py", f"stage={stage}", *self.common(), *hardware, "logger=csv",
+            "stage.max_steps=10000000", f"+trainer.max_time={_max_time(minutes)}",
+            f"stage.checkpoint_every_n_steps={a.checkpoint_every}", f"stage.datamodule.num_workers={a.loader_workers}",
+            "+stage.datamodule.batches_per_epoch=500", "+trainer.enable_progress_bar=false",
+            "callbacks.progress_bar=null", "callbacks.model_summary=null",
+            "+callbacks.time_budget._target_=callbacks.time_budget.TimeBudgetDecay", *extra,
+        )
+
+    def ckpt(self, run: str) -> Path:
+        return self.runs / run / "checkpoints" / "last.ckpt"
+
+    def collect_metrics(self, run: str) -> None:
+        for path in sorted((self.runs / run / "csv").glob("version_*/metrics.csv"))[-1:]:
+            shutil.copy(path, self.results / f"metrics_{run}.csv")
+
+    # ------------------------------------------------------------------ phases
+    def prepare(self) -> None:
+        a = self.args
+        self.run([Job("prepare", self.python(
+            "prepare.py", *self.common(), f"dataset.num_scenes={a.scenes}", f"dataset.val_fraction={a.val_fraction}",
+            f"num_workers={a.workers}", "render.scale=1", f"render.max_cameras={a.max_cameras}",
+            f"shards.samples_per_shard={a.samples_per_shard}",
+        ), env={"GENRECON_RUN_NAME": "prepare"})])
+        for name in ("manifest.json", "contact_sheet.png"):
+            if (self.dataset / name).is_file():
+                shutil.copy(self.dataset / name, self.results / name)
+
+    def vae(self) -> None:
+        a = self.args
+        extra = {"ss_vae": a.ss_vae_args, "shape_vae": a.shape_vae_args, "tex_vae": a.tex_vae_args}
+        # GPU 0: the SS-VAE (small, dense) beside the shape VAE; the texture VAE, the slowest to converge,
+        # has a GPU of its own when there are two.
+        gpu = {"ss_vae": 0, "shape_vae": 0, "tex_vae": 1}
+        self.run([Job(s, self.train_args(s, a.vae_minutes, [
+            f"stage.val_every_n_steps={a.val_every}", "stage.val_batches=3", *extra[s]]),
+            gpu=gpu[s], env={"GENRECON_RUN_NAME": s}) for s in VAES])
+        for s in VAES:
+            self.collect_metrics(s)
+
+    def encode(self) -> None:
+        ckpts = {s: self.ckpt(s) for s in VAES}
+        self.run([
+            Job("encode", self.python("prepare.py", "steps=[encode]", *self.common(),
+                                      f"shards.samples_per_shard={self.args.samples_per_shard}",
+                                      *(f"encode.{s}_ckpt={p}" for s, p in ckpts.items())),
+                gpu=0, env={"GENRECON_RUN_NAME": "encode"}),
+            Job("vae_quality", self.python(
+                "benchmarks/vae_quality.py", "--shards", str(self.dataset / "shards"),
+                "--ss-vae", str(ckpts["ss_vae"]), "--shape-vae", str(ckpts["shape_vae"]),
+                "--tex-vae", str(ckpts["tex_vae"]), "--out", str(self.results / "vae_quality.json")), gpu=1),
+        ])
+        stats = self.dataset / "latents" / "stats.json"
+        if stats.is_file():
+            shutil.copy(stats, self.results / "latent_stats.json")
+
+    def flow(self) -> None:
+        a = self.args
+        noproj = ["stage.module.projection_conditioning=false"]
+        ss = [f"stage.module.ss_vae_ckpt={self.ckpt('ss_vae')}"]
+        jobs = [("ss_flow", "ss_flow", ss, 0), ("ss_flow_noproj", "ss_flow", ss + noproj, 0),
+                ("shape_flow", "shape_flow", [], 1), ("shape_flow_noproj", "shape_flow", noproj, 1),
+                ("tex_flow", "tex_flow", [], 1 if self.gpus < 2 else 0)]
+        self.run([Job(run, self.train_args(stage, a.flow_minutes, [
+            f"stage.val_every_n_steps={a.flow_val_every}", "stage.val_batches=2", *a.flow_args, *extra]),
+            gpu=gpu, env={"GENRECON_RUN_NAME": run}) for run, stage, extra, gpu in jobs])
+        for run, *_ in jobs:
+            self.collect_metrics(run)
+
+    def checkpoint_dirs(self) -> dict[str, Path]:
+        """``ckpt/genrecon`` and ``ckpt/noproj``: the six files infer.py reads, as links to the runs."""
+        variants = {"genrecon": {}, "noproj": {"ss_flow": "ss_flow_noproj", "shape_flow": "shape_flow_noproj"}}
+        out = {}
+        for variant, renames in variants.items():
+            folder = self.root / "ckpt" / variant
+            folder.mkdir(parents=True, exist_ok=True)
+            for stage in STAGES:
+                link = folder / f"{stage}.ckpt"
+                link.unlink(missing_ok=True)
+                link.symlink_to(self.ckpt(renames.get(stage, stage)))
+            out[variant] = folder
+        return out
+
+    def quality(self) -> None:
+        a = self.args
+        dirs = self.checkpoint_dirs()
+        device = ["--device", "cpu"] if a.cpu else ["--device", "cuda"]
+        # Side by side: the reconstructions (one variant per GPU) and the flows' chunk metrics, mostly CPU work
+        # (meshing, surface sampling); the infer timings are therefore upper bounds.
+        self.run([
+            Job("quality", self.python(
+                "benchmarks/quality.py", "--scenes-dir", str(self.dataset / "scenes"), "--split", "val",
+                "--num-scenes", str(a.quality_scenes), "--views", "8", "--preset", a.preset, *device,
+                "--out", str(self.root / "quality"), *(f"--variant={k}={v}" for k, v in dirs.items()),
+                "--time-budget", str(a.quality_budget), *(["--parallel-variants"] if self.gpus > 1 else []),
+                *(f"--infer-arg={x}" for x in a.infer_args))),
+            Job("flow_quality", self.python(
+                "benchmarks/flow_quality.py", "--latents", str(self.dataset / "latents"),
+                "--ss-vae", str(self.ckpt("ss_vae")), "--shape-vae", str(self.ckpt("shape_vae")),
+                "--tex-vae", str(self.ckpt("tex_vae")), "--ss-flow", str(self.ckpt("ss_flow")),
+                "--shape-flow", str(self.ckpt("shape_flow")), "--tex-flow", str(self.ckpt("tex_flow")),
+                "--ss-flow-ablation", str(self.ckpt("ss_flow_noproj")),
+                "--shape-flow-ablation", str(self.ckpt("shape_flow_noproj")), *device,
+                "--max-chunks", str(a.flow_quality_chunks), "--out", str(self.results / "flow_quality.json"),
+                "--figure", str(self.results / "flow_quality.png"), *a.flow_quality_args), gpu=0),
+        ])
+        for name in ("quality.json", "quality.md", "quality.png"):
+            if (self.root / "quality" / name).is_file():
+                shutil.copy(self.root / "quality" / name, self.results / name)
+
+    def ddp(self) -> None:
+        a = self.args
+        if not a.cpu and self.gpus < 2:
+            self.log("ddp: skipped, fewer than 2 GPUs")
+            return
+        self.run([Job("ddp_scaling", self.python(
+            "benchmarks/ddp_scaling.py", "--shards", str(self.dataset / "latents"),
+            "--gpus", str(self.gpus if not a.cpu else 2), "--steps", str(a.ddp_steps),
+            "--warmup", str(max(1, a.ddp_steps // 4)),
+            "--log-dir", str(self.root / "ddp"), "--out", str(self.results), "--preset", a.preset,
+            "--timeout", str(a.ddp_timeout), *(["--cpu"] if a.cpu else []), *(f"--extra={x}" for x in a.ddp_args)))])
+
+    def main(self) -> None:
+        self.log(f"phases {self.args.phases}; {self.gpus} GPU(s); root {self.root}")
+        for phase in self.args.phases:
+            self.log(f"=== {phase}")
+            getattr(self, phase)()
+        (self.results / "DONE").write_text(f"{time.time() - self.t0:.0f}\n")
+        self.log("all phases done")
+
+
+def _gpu_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except ImportError:
+        return 0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--root", required=True, help="data, runs and results go under this folder")
+    p.add_argument("--phases", nargs="+", default=list(PHASES), choices=PHASES)
+    p.add_argument("--preset", default="small")
+    p.add_argument("--cpu", action="store_true", help="dry run on the CPU (use with --preset tiny)")
+    p.add_argument("--gpus", type=int, default=None, help="GPUs to use (default: all visible)")
+    p.add_argument("--scenes", type=int, default=80)
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
+    p.add_argument("--max-cameras", type=int, default=32)
+    p.add_argument("--loader-workers", type=int, default=4)
+    p.add_argument("--vae-minutes", type=float, default=5.5)
+    p.add_argument("--flow-minutes", type=float, default=6.0)
+    p.add_argument("--val-every", type=int, default=300)
+    p.add_argument("--flow-val-every", type=int, default=1000)
+    p.add_argument("--checkpoint-every", type=int, default=500, help="the time budget also saves the final step")
+    p.add_argument("--quality-scenes", type=int, default=4)
+    p.add_argument("--quality-budget", type=int, default=270, help="seconds after which no new infer run starts")
+    p.add_argument("--flow-quality-chunks", type=int, default=24)
+    p.add_argument("--ddp-steps", type=int, default=120)
+    p.add_argument("--ddp-timeout", type=int, default=300, help="seconds per DDP benchmark phase")
+    p.add_argument("--samples-per-shard", type=int, default=8,
+                   help="small shards: with 2 ranks x 8 loader workers every slot still gets its own shards")
+    # extra Hydra overrides per job family (repeatable)
+    p.add_argument("--ss-vae-args", action="append", default=[])
+    p.add_argument("--shape-vae-args", action="append", default=[])
+    p.add_argument("--tex-vae-args", action="append", default=[])
+    p.add_argument("--flow-args", action="append", default=[])
+    p.add_argument("--infer-args", action="append", default=[])
+    p.add_argument("--flow-quality-args", action="append", default=[])
+    p.add_argument("--ddp-args", action="append", default=[])
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    Pipeline(parse_args()).main()

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Follow a background `benchmarks/full_pipeline.py` run for up to SECONDS (the device tool's calls last at most
+# 10 minutes, the pipeline longer), then copy what it has produced so far to OUT_DIR.
+#   bash benchmarks/watch_run.sh RESULTS_DIR OUT_DIR [SECONDS]
+R=$1; OUT=$2; T=${3:-560}
+end=$(( $(date +%s) + T )); seen=0
+while [ "$(date +%s)" -lt "$end" ] && [ ! -f "$R/DONE" ]; do
+  sleep 5
+  n=$(wc -l < "$R/progress.log" 2>/dev/null || echo 0)
+  if [ "$n" -gt "$seen" ]; then tail -n +"$((seen + 1))" "$R/progress.log"; seen=$n; fi
+done
+tail -n +"$((seen + 1))" "$R/progress.log" 2>/dev/null
+nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv,noheader 2>/dev/null
+for f in "$R"/metrics_*.csv; do [ -f "$f" ] && echo "$(basename "$f"): $(head -1 "$f" | cut -c1-200)" && tail -2 "$f" | cut -c1-300; done
+for f in "$R"/*.log; do case "$f" in *progress.log) continue;; esac
+  grep -h "time budget\|Error\|error:\|Traceback" "$f" 2>/dev/null | tail -3 | sed "s|^|$(basename "$f"): |"; done
+mkdir -p "$OUT" && tar czf "$OUT/results.tar.gz" -C "$R" . 2>/dev/null
+ls -la "$OUT"

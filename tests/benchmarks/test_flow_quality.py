@@ -1,0 +1,105 @@
+"""benchmarks/flow_quality.py on the tiny pipeline: every metric in range, ablation entries, the figure, and
+the view choice of the datamodule's validation stream."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from datamodules.chunks import ChunkDataModule
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "flow_quality.py"
+
+
+def _flow_quality():
+    spec = importlib.util.spec_from_file_location("flow_quality", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_scores_all_three_flows_and_their_ablations(tiny_pipeline, tmp_path, capsys):
+    root, ckpts = tiny_pipeline
+    stages = ("ss_vae", "shape_vae", "tex_vae", "ss_flow", "shape_flow", "tex_flow")
+    ck = {s: str(ckpts / f"{s}.ckpt") for s in stages}
+    out, figure = tmp_path / "flow_quality.json", tmp_path / "flow_quality.png"
+    _flow_quality().main([
+        "--latents", str(root / "latents"), "--max-chunks", "2", "--batch-size", "2", "--steps", "2",
+        "--samples", "5000", "--device", "cpu", "--figure", str(figure), "--figure-chunks", "1",
+        "--figure-size", "48", "--out", str(out),
+        "--ss-vae", ck["ss_vae"], "--shape-vae", ck["shape_vae"], "--tex-vae", ck["tex_vae"],
+        "--ss-flow", ck["ss_flow"], "--shape-flow", ck["shape_flow"], "--tex-flow", ck["tex_flow"],
+        # the same checkpoints as "ablations": the entries must exist and, with the same chunks, views and
+        # noise, equal the main ones
+        "--ss-flow-ablation", ck["ss_flow"], "--shape-flow-ablation", ck["shape_flow"],
+    ])
+    result = json.loads(capsys.readouterr().out)  # stdout is exactly one JSON object
+    assert result == json.loads(out.read_text())
+    assert len(result["chunks"]) == 2 and all(1 <= n <= 8 for n in result["views_per_chunk"])
+    r = result["results"]
+    assert set(r) == {"ss_vae_roundtrip", "ss_flow", "ss_flow_ablation", "shape_vae_roundtrip", "shape_flow",
+                      "shape_flow_ablation", "tex_vae_roundtrip", "tex_flow"}
+
+    for name in ("ss_vae_roundtrip", "ss_flow", "ss_flow_ablation"):
+        ious = r[name]["per_chunk"]["iou"]
+        assert len(ious) == 2 and all(0.0 <= v <= 1.0 for v in ious)
+        summary = r[name]["metrics"]["iou"]
+        assert summary["min"] <= summary["mean"] <= summary["max"] and summary["n"] == 2
+    assert r["ss_flow_ablation"]["per_chunk"] == r["ss_flow"]["per_chunk"]
+
+    for name in ("shape_vae_roundtrip", "shape_flow", "shape_flow_ablation"):
+        m, per = r[name]["metrics"], r[name]["per_chunk"]
+        assert math.isfinite(m["chamfer_vox"]["mean"]) and m["chamfer_vox"]["mean"] >= 0
+        for key in ("fscore", "precision", "recall", "normal_consistency"):
+            assert all(0.0 <= v <= 1.0 for v in per[key]), (name, key)
+        assert len(per["fscore"]) == 2
+    assert r["shape_flow_ablation"]["per_chunk"] == r["shape_flow"]["per_chunk"]
+
+    for name in ("tex_vae_roundtrip", "tex_flow"):
+        psnr = r[name]["per_chunk"]["psnr_db"]
+        assert len(psnr) == 2 and all(math.isfinite(v) and v > 0 for v in psnr)
+
+    for name in ("ss_flow", "shape_flow", "tex_flow"):
+        assert r[name]["sampler"]["steps"] == 2 and r[name]["sample_seconds"] >= 0
+    # the stored latents were written by these VAEs, and the flows were trained on these statistics
+    assert set(result["latent_check"]) == {"ss", "shape", "tex"}
+    assert all(v < 1e-4 for v in result["latent_check"].values())
+    assert all(v < 1e-4 for v in result["stats_check"].values())
+    # a projection-conditioned checkpoint passed as the ablation is flagged
+    assert sum("projection conditioning ON" in w for w in result["warnings"]) == 2
+    assert result["device"] == "cpu" and result["timings"]["total_s"] > 0
+
+    with Image.open(figure) as im:
+        # one chunk: input-view row + from-above row; input view + 10 rendered columns
+        assert im.size == (48 * 11, 2 * (48 + 14))
+        assert np.asarray(im).std() > 0
+
+
+def test_views_are_the_datamodule_validation_choice(tiny_pipeline):
+    """Chunk g gets the views ChunkDataModule(eval_views=8, batch_size=1).val_dataloader() gives batch g."""
+    root, _ = tiny_pipeline
+    _, items = _flow_quality().load_chunks(root / "latents", ["views"], 2, 8, seed=3, samples=10)
+    dm = ChunkDataModule(str(root / "latents"), ["views"], batch_size=1, eval_views=8, seed=3, val_batches=2)
+    batches = list(dm.val_dataloader())
+    assert len(items) == len(batches) == 2
+    for item, batch in zip(items, batches, strict=True):
+        n = len(item["w2c"])
+        assert int(batch["view_mask"][0].sum()) == n
+        np.testing.assert_array_equal(batch["w2c"][0, :n].numpy(), item["w2c"])
+        np.testing.assert_array_equal(batch["intrinsics"][0, :n].numpy(), item["intrinsics"])
+
+
+@pytest.mark.parametrize("missing", ["--ss-vae", "--shape-vae"])
+def test_a_flow_without_its_decoder_is_skipped_with_a_warning(tiny_pipeline, capsys, missing):
+    root, ckpts = tiny_pipeline
+    flow = {"--ss-vae": "ss_flow", "--shape-vae": "shape_flow"}[missing]
+    result = _flow_quality().main(["--latents", str(root / "latents"), "--max-chunks", "1", "--device", "cpu",
+                                   f"--{flow.replace('_', '-')}", str(ckpts / f"{flow}.ckpt")])
+    capsys.readouterr()
+    assert result["results"] == {} and any(missing in w for w in result["warnings"])

@@ -1,0 +1,106 @@
+"""The time-budget callback fits the cosine decay to ``max_time``: the learning rate reaches its floor near the
+end of the budget, the estimate survives a checkpoint, and runs without ``max_time`` are untouched."""
+
+from datetime import timedelta
+
+import lightning as L
+import torch
+from torch import nn
+
+from callbacks.time_budget import TimeBudgetDecay
+from genrecon.stages.base import Stage
+
+
+class _Regression(Stage):
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.net = nn.Linear(4, 1)
+        self.lrs: list[float] = []
+
+    def training_step(self, batch, batch_idx):
+        self.lrs.append(self.trainer.optimizers[0].param_groups[0]["lr"])
+        x, y = batch
+        return ((self.net(x) - y) ** 2).mean()
+
+    def train_dataloader(self):
+        data = torch.utils.data.TensorDataset(torch.randn(64, 4), torch.randn(64, 1))
+        return torch.utils.data.DataLoader(data, batch_size=8)
+
+
+def _trainer(callbacks, **kw):
+    return L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                     enable_model_summary=False, callbacks=callbacks, **kw)
+
+
+def test_decay_is_fitted_to_the_time_budget():
+    torch.manual_seed(0)
+    module = _Regression(lr=1e-2, warmup_steps=5, min_lr_ratio=0.1, grad_clip_max=None)
+    budget = TimeBudgetDecay(measure_steps=20, margin=0.9)
+    _trainer([budget], max_time=timedelta(seconds=2), max_steps=10**7).fit(module)
+    assert budget.decay_steps is not None and module.decay_steps == budget.decay_steps
+    assert budget.decay_steps > 21  # set after the measured steps, never before
+    # the learning rates the run used follow the fitted cosine (timing on a loaded machine decides where the
+    # run stops, so this asserts the schedule, not the stopping point)
+    from genrecon.stages.base import lr_factor
+
+    late = range(budget.decay_steps // 2, len(module.lrs))
+    assert all(abs(module.lrs[s] - 1e-2 * lr_factor(s, 5, budget.decay_steps, 0.1)) < 1e-12 for s in late)
+
+
+def test_estimate_is_the_measured_rate_times_the_time_left(monkeypatch):
+    """Fake clock: 10 steps in 2 s, 100 s left, margin 0.5 -> decay 250 steps after step 11."""
+    import callbacks.time_budget as tb
+
+    class _Timer(tb.Timer):
+        def time_remaining(self, stage):
+            return 100.0
+
+    class _Strategy:
+        def broadcast(self, obj, src=0):
+            return obj
+
+    class _Trainer:
+        callbacks = [_Timer(duration="00:00:10:00")]
+        strategy = _Strategy()
+        global_step = 1
+
+    clock = iter([0.0, 2.0])
+    monkeypatch.setattr(tb.time, "monotonic", lambda: next(clock))
+    module = _Regression(lr=1e-2, grad_clip_max=None)
+    budget, trainer = TimeBudgetDecay(measure_steps=10, margin=0.5), _Trainer()
+    budget.on_train_batch_end(trainer, module, None, None, 0)  # step 1 starts the clock
+    trainer.global_step = 5
+    budget.on_train_batch_end(trainer, module, None, None, 0)  # too early: nothing
+    assert budget.decay_steps is None
+    trainer.global_step = 11
+    budget.on_train_batch_end(trainer, module, None, None, 0)
+    assert budget.decay_steps == module.decay_steps == 11 + int(10 / 2 * 100 * 0.5)
+
+
+def test_without_max_time_the_schedule_stays_constant():
+    module = _Regression(lr=1e-2, warmup_steps=2, grad_clip_max=None)
+    budget = TimeBudgetDecay(measure_steps=3)
+    _trainer([budget], max_steps=40).fit(module)
+    assert budget.decay_steps is None and module.decay_steps is None
+    assert module.lrs[-1] == 1e-2
+
+
+def test_a_restored_estimate_is_applied_on_resume():
+    module = _Regression(lr=1e-2, grad_clip_max=None)
+    budget = TimeBudgetDecay()
+    budget.load_state_dict({"decay_steps": 7})
+    budget.on_train_start(None, module)
+    assert module.decay_steps == 7
+
+
+def test_the_final_step_is_checkpointed_when_the_budget_ends(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    module = _Regression(lr=1e-2, grad_clip_max=None)
+    ckpt = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=10**6, save_last=True)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[TimeBudgetDecay(measure_steps=5), ckpt], max_time=timedelta(seconds=1),
+                        max_steps=10**7)
+    trainer.fit(module)
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    assert saved["global_step"] == trainer.global_step > 5

@@ -139,7 +139,7 @@ class ChunkStream(IterableDataset):
             for i in range(self.batch_size):
                 raw = next(stream)
                 sample_rng = np.random.default_rng([self.seed, epoch, rank, role, local, i])
-                sample = decode_chunk_sample(raw, views="views" in self.fields)
+                sample = decode_chunk_sample(raw, views="lazy" if "views" in self.fields else False)
                 items.append(select_fields(sample, self.fields, self.views, sample_rng))
             yield collate(items)
 

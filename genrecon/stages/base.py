@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging
 from torch import nn
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 
 def to_primitive(value: Any) -> Any:
@@ -80,6 +81,21 @@ class AdaptiveGradClipper:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history.clear()
         self.history.extend(state.get("history", []))
+
+
+class FusedEMA(EMAWeightAveraging):
+    """Lightning's EMA with one fused (foreach) update over all parameters per step instead of one per tensor
+    (~1.6k small ops per step for a flow stage, profiled); the same exponential average, and the same
+    checkpoint state key, so runs saved before this class resume with their average."""
+
+    def __init__(self, decay: float) -> None:
+        super().__init__(decay=decay)
+        self._kwargs.pop("avg_fn", None)
+        self._kwargs["multi_avg_fn"] = get_ema_multi_avg_fn(decay)
+
+    @property
+    def state_key(self) -> str:
+        return "EMAWeightAveraging"
 
 
 def lr_factor(step: int, warmup: int, decay: int | None = None, min_ratio: float = 0.1) -> float:
@@ -187,7 +203,7 @@ class Stage(L.LightningModule):
     def configure_callbacks(self) -> list[L.Callback]:
         if self.ema_decay is None:
             return []
-        return [EMAWeightAveraging(decay=self.ema_decay)]
+        return [FusedEMA(decay=self.ema_decay)]
 
     # ------------------------------------------------------------------ checkpoint extras
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -86,3 +86,29 @@ def test_missing_payload_names_shard_and_field():
     sample["__url__"] = "shards/train-000000.tar"
     with pytest.raises(KeyError, match="train-000000.tar.*occupancy.npy"):
         decode_chunk_sample(sample)
+
+
+def test_lazy_views_decode_only_what_is_indexed_and_match_eager_decoding():
+    from genrecon.data.shards import LazyViews, decode_chunk_sample, encode_chunk_sample  # noqa: F401
+
+    rng = np.random.default_rng(3)
+    raw = make_sample("lazyroom_00000_000", rng, n_views=5)
+    eager = decode_chunk_sample(raw, views=True)
+    lazy = decode_chunk_sample(raw, views="lazy")
+    assert isinstance(lazy.views, LazyViews) and len(lazy.views) == 5 and lazy.views.shape == eager.views.shape
+    idx = np.array([0, 3, 4])
+    np.testing.assert_array_equal(lazy.views[idx], eager.views[idx])
+    np.testing.assert_array_equal(lazy.views[2], eager.views[2])
+    np.testing.assert_array_equal(np.asarray(lazy.views), eager.views)
+    assert lazy.views[np.array([], dtype=np.int64)].shape == (0, 1, 1, 4)
+    # only the indexed PNGs are decoded
+    calls = []
+    import genrecon.data.shards as shards
+
+    original = shards.decode_png
+    shards.decode_png = lambda data: calls.append(1) or original(data)
+    try:
+        lazy.views[np.array([1, 2])]
+    finally:
+        shards.decode_png = original
+    assert len(calls) == 2

@@ -66,3 +66,21 @@ def test_stage_scheduler_follows_the_configured_decay():
         sched.step()
     assert lrs[0] == 0.5e-3 and lrs[1] == 1e-3 and lrs[2] == 1e-3
     assert abs(lrs[6] - 0.5e-3) < 1e-12 and abs(lrs[7] - 0.5e-3) < 1e-12
+
+
+def test_ema_callback_uses_one_fused_update_with_the_same_average():
+    from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn
+
+    stage = _Tiny(ema_decay=0.9)
+    (callback,) = stage.configure_callbacks()
+    fused = AveragedModel(stage, use_buffers=True, **callback._kwargs)
+    plain = AveragedModel(stage, use_buffers=True, avg_fn=get_ema_avg_fn(0.9))
+    assert fused.multi_avg_fn is not None
+    for _ in range(3):
+        with torch.no_grad():
+            for p in stage.parameters():
+                p.add_(torch.randn_like(p))
+        fused.update_parameters(stage)
+        plain.update_parameters(stage)
+    for a, b in zip(fused.module.parameters(), plain.module.parameters()):
+        torch.testing.assert_close(a, b)

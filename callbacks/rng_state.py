@@ -9,6 +9,11 @@ when training resumes. The train task always adds it (``genrecon/tasks/train.py`
 
 The states are stored as plain lists and tensors, so the checkpoint still loads with ``weights_only=True``.
 
+Under DDP every rank starts from the same ``seed_everything`` seed, so without care all ranks would draw the
+same flow noise and timesteps for their different samples. At ``setup`` (after the processes exist, before a
+checkpoint's states are restored) rank ``r`` re-seeds its generators with ``seed + r``; rank 0 and
+single-process runs keep the seed exactly.
+
 Caveat: gathering is a collective, like the barrier Lightning runs after every ``save_checkpoint``; all ranks
 must save together (Lightning's ModelCheckpoint and SLURM requeue handler do).
 """
@@ -63,6 +68,14 @@ class RNGStateCheckpoint(Callback):
     @property
     def state_key(self) -> str:
         return "RNGStateCheckpoint"
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        rank = int(getattr(trainer, "global_rank", 0))
+        if stage == "fit" and rank > 0:
+            seed = torch.initial_seed() + rank  # the seed_everything seed, offset per rank
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            torch.manual_seed(seed)  # CPU and every CUDA device
 
     def state_dict(self) -> dict[str, Any]:
         rank, world = _dist()

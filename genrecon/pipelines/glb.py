@@ -495,19 +495,15 @@ def _as_attribute_fn(attributes: AttributeFn | AttributeVolume) -> AttributeFn:
     return VoxelAttributeSampler(coords, attrs, origin, voxel_size)
 
 
-def _textured_part(
+def _prepared_part(
     name: str,
     vertices: np.ndarray,
     faces: np.ndarray,
-    attribute_fn: AttributeFn,
-    texture_size: int,
     decimate_to: int | None,
-    backend: str,
     min_component_area: float,
     max_hole_perimeter: float,
-) -> trimesh.Trimesh | None:
-    """Clean, decimate, orient, unwrap and bake one part → a y-up ``trimesh.Trimesh`` with a PBR material,
-    or None if nothing is left of it."""
+) -> tuple[np.ndarray, np.ndarray, bool] | None:
+    """Clean, decimate and orient one part → ``(vertices, faces, outward)``, or None if nothing is left."""
     vertices, faces = clean_mesh(
         vertices, faces, min_component_area=min_component_area, max_hole_perimeter=max_hole_perimeter
     )
@@ -519,7 +515,40 @@ def _textured_part(
         log.warning("part %s has no faces left after clean-up; skipped", name)
         return None
     orientation = unify_face_orientations(vertices, faces)
-    unwrapped = uv_unwrap(vertices, orientation.faces, texture_size)
+    return vertices, orientation.faces, orientation.outward
+
+
+def _unwrap_job(args: tuple[np.ndarray, np.ndarray, int]) -> UVMesh:
+    return uv_unwrap(*args)
+
+
+# Below this many faces in all, starting worker processes costs more than it saves.
+PARALLEL_UNWRAP_MIN_FACES = 100_000
+
+
+def _unwrap_all(jobs: list[tuple[np.ndarray, np.ndarray, int]], workers: int) -> list[UVMesh]:
+    """xatlas for every part; with ``workers > 1`` in spawned processes (xatlas holds the GIL, and its time
+    grows faster than linearly with the face count: 13 s for one 194k-face chunk)."""
+    workers = min(workers, len(jobs))
+    if workers <= 1 or sum(len(f) for _, f, _ in jobs) < PARALLEL_UNWRAP_MIN_FACES:
+        return [_unwrap_job(job) for job in jobs]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn, not fork: the caller may hold CUDA contexts and thread pools that a forked child must not touch
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(_unwrap_job, jobs))
+
+
+def _textured_part(
+    name: str,
+    unwrapped: UVMesh,
+    outward: bool,
+    attribute_fn: AttributeFn,
+    texture_size: int,
+    backend: str,
+) -> trimesh.Trimesh:
+    """Bake one unwrapped part → a y-up ``trimesh.Trimesh`` with a PBR material."""
     textures = bake_textures(
         unwrapped.vertices, unwrapped.faces, unwrapped.uv, attribute_fn, texture_size, backend
     )
@@ -531,7 +560,7 @@ def _textured_part(
         metallicFactor=1.0,
         roughnessFactor=1.0,
         alphaMode="OPAQUE",
-        doubleSided=not orientation.outward,
+        doubleSided=not outward,
     )
     # trimesh stores v with a bottom-left origin and flips it on glTF export: hand it 1 - v.
     trimesh_uv = np.stack([unwrapped.uv[:, 0], 1.0 - unwrapped.uv[:, 1]], axis=1)
@@ -574,6 +603,7 @@ def export_glb(
     backend: str = "cpu",
     min_component_area: float = 0.0,
     max_hole_perimeter: float = 0.0,
+    workers: int = 1,
 ) -> Path:
     """Bake and write a textured glTF binary with one primitive (node + mesh + material) per part.
 
@@ -588,18 +618,21 @@ def export_glb(
         backend: UV rasteriser, "cpu" or "nvdiffrast".
         min_component_area: drop connected components smaller than this (world m²) per part; 0 keeps all.
         max_hole_perimeter: fill boundary loops shorter than this (world m) per part; 0 fills none.
+        workers: processes for the UV unwrapping of the parts (1: in this process).
     Returns:
         The written path.
     """
     attribute_fn = _as_attribute_fn(attributes)
-    scene = trimesh.Scene()
+    prepared = []
     for name, vertices, faces in parts:
-        mesh = _textured_part(
-            name, vertices, faces, attribute_fn, texture_size, decimate_to, backend,
-            min_component_area, max_hole_perimeter,
-        )  # fmt: skip
-        if mesh is not None:
-            scene.add_geometry(mesh, geom_name=name, node_name=name)
-    if not scene.geometry:
+        part = _prepared_part(name, vertices, faces, decimate_to, min_component_area, max_hole_perimeter)
+        if part is not None:
+            prepared.append((name, *part))
+    if not prepared:
         raise ValueError("no part has any face to export")
+    unwrapped = _unwrap_all([(v, f, int(texture_size)) for _, v, f, _ in prepared], workers)
+    scene = trimesh.Scene()
+    for (name, _, _, outward), uv_mesh in zip(prepared, unwrapped):
+        mesh = _textured_part(name, uv_mesh, outward, attribute_fn, texture_size, backend)
+        scene.add_geometry(mesh, geom_name=name, node_name=name)
     return write_atomic(path, scene.export(file_type="glb"))

@@ -23,7 +23,9 @@ def read_stage_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    # mmap: a training checkpoint also holds the optimiser's moments and the pre-EMA weights (~3x the model);
+    # mapped, only the tensors used are read (infer spent 17 s loading six checkpoints on an H100 host).
+    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     if "genrecon" not in ckpt or "state_dict" not in ckpt:
         raise DataFormatError(path, "genrecon", "not a GenRecon stage checkpoint (written by train.py)")
     return ckpt

@@ -150,7 +150,8 @@ def write_outputs(out: Path, recon: Reconstruction, tiling: SceneTiling, images:
     Image.fromarray(sheet).save(out / "preview.png")
     parts = split_mesh_by_chunk(recon.vertices, recon.faces, tiling.centers)
     export_glb(out / "scene.glb", parts, (recon.fine_coords, recon.attrs, recon.fine_origin, recon.fine_voxel_m),
-               texture_size=int(cfg.glb.texture_size), decimate_to=cfg.glb.get("simplify_faces"))
+               texture_size=int(cfg.glb.texture_size), decimate_to=cfg.glb.get("simplify_faces"),
+               workers=int(cfg.glb.get("workers", 1)))
 
 
 @task_wrapper

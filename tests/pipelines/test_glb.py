@@ -383,3 +383,24 @@ def test_nvdiffrast_uv_raster_matches_cpu(room):
         return np.einsum("nk,nkc->nc", raster.bary[both], corners)
 
     np.testing.assert_allclose(position(gpu), position(cpu), atol=1e-4)
+
+
+def test_parallel_unwrapping_writes_the_same_glb(room, tmp_path, monkeypatch):
+    """Parts unwrapped in worker processes give exactly the in-process result (xatlas is deterministic)."""
+    import genrecon.pipelines.glb as glb
+
+    vertices, faces, volume = room
+    parts = split_mesh_by_chunk(vertices, faces, [[0.5, 0.5, 0.5], [1.5, 0.5, 0.5]])
+    serial = export_glb(tmp_path / "serial.glb", parts, volume, texture_size=TEXTURE, workers=1)
+    monkeypatch.setattr(glb, "PARALLEL_UNWRAP_MIN_FACES", 0)
+    calls = []
+    original = glb._unwrap_all
+    monkeypatch.setattr(glb, "_unwrap_all", lambda jobs, workers: calls.append(workers) or original(jobs, workers))
+    parallel = export_glb(tmp_path / "parallel.glb", parts, volume, texture_size=TEXTURE, workers=2)
+    assert calls == [2]
+    a, b = trimesh.load(serial), trimesh.load(parallel)
+    assert sorted(a.geometry) == sorted(b.geometry)
+    for name in a.geometry:
+        np.testing.assert_array_equal(a.geometry[name].vertices, b.geometry[name].vertices)
+        np.testing.assert_array_equal(a.geometry[name].faces, b.geometry[name].faces)
+        np.testing.assert_array_equal(a.geometry[name].visual.uv, b.geometry[name].visual.uv)

@@ -151,9 +151,10 @@ def shard_split(shards: list[Path], counts: list[int], ranks: int, workers: int)
     w = max(1, workers)
     slots = ranks * w
     names = [p.name for p in shards]
+    from datamodules.chunks import slot_shards  # the datamodule's own rule, so the report cannot drift
+
     shared = len(shards) < slots
-    everything = list(range(len(shards)))
-    per_slot = [everything if shared else everything[s::slots] for s in range(slots)]
+    per_slot = [slot_shards(range(len(shards)), s, slots) for s in range(slots)]
     per_rank = [sorted({i for s in range(r * w, (r + 1) * w) for i in per_slot[s]}) for r in range(ranks)]
     samples = [sum(counts[i] for i in idx) for idx in per_rank]
     return {

@@ -386,8 +386,8 @@ def compute_views(args: argparse.Namespace, scene_dir: Path) -> list[int]:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from genrecon.geometry.tiling import select_images, tile_scene
-    from genrecon.tasks.infer import clean_points, load_input
+    from genrecon.geometry.tiling import select_images
+    from genrecon.tasks.infer import load_input, tile_points
     from genrecon.utils.run_dir import register_resolvers
 
     register_resolvers()
@@ -397,11 +397,7 @@ def compute_views(args: argparse.Namespace, scene_dir: Path) -> list[int]:
         cfg = compose(config_name="infer", overrides=overrides)
     GlobalHydra.instance().clear()
     views, raw_points = load_input(cfg)
-    points = clean_points(raw_points, cfg)
-    tiling = tile_scene(points, cfg.chunk_size_factor, cfg.min_overlap_factor, cfg.padding_factor,
-                        cfg.min_points_per_chunk)
-    if not tiling.chunks:
-        raise ValueError(f"no chunk holds min_points_per_chunk={cfg.min_points_per_chunk} cleaned points")
+    tiling = tile_points(raw_points, cfg)
     return [int(i) for i in select_images(views.w2c, views.K, tiling.chunks, int(cfg.num_imgs_per_scene))]
 
 

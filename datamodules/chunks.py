@@ -92,7 +92,7 @@ class ChunkStream(IterableDataset):
     def _train_samples(self, rng: np.random.Generator, rank: int, world: int, role: int, n_workers: int):
         slots = world * n_workers
         slot = rank * n_workers + role
-        own = self.urls[slot::slots] if len(self.urls) >= slots else self.urls
+        own = slot_shards(self.urls, slot, slots)
         buffer: list[dict[str, Any]] = []
         while True:  # resampled shards: an infinite stream, cut into epochs by the batch count
             for sample in _iter_tar_samples(own[int(rng.integers(len(own)))]):
@@ -142,6 +142,13 @@ class ChunkStream(IterableDataset):
                 sample = decode_chunk_sample(raw, views="lazy" if "views" in self.fields else False)
                 items.append(select_fields(sample, self.fields, self.views, sample_rng))
             yield collate(items)
+
+
+def slot_shards(urls: Sequence[Any], slot: int, slots: int) -> list[Any]:
+    """The training shards that slot ``slot`` of ``slots`` (rank × loader worker) resamples from: every
+    ``slots``-th one, or all of them when there are fewer shards than slots (each slot's generator still
+    draws its own order)."""
+    return list(urls[slot::slots]) if len(urls) >= slots else list(urls)
 
 
 def private_generator(seed: int, epoch: int = 0) -> torch.Generator:

@@ -105,6 +105,16 @@ def clean_points(xyz: np.ndarray, cfg: DictConfig) -> np.ndarray:
     return xyz
 
 
+def tile_points(raw_points: np.ndarray, cfg: DictConfig) -> SceneTiling:
+    """Cleaned points -> the chunk tiling of the published rules; an error if no chunk keeps enough points."""
+    points = clean_points(raw_points, cfg)
+    tiling = tile_scene(points, cfg.chunk_size_factor, cfg.min_overlap_factor, cfg.padding_factor,
+                        cfg.min_points_per_chunk)
+    if not tiling.chunks:
+        raise ValueError(f"no chunk holds min_points_per_chunk={cfg.min_points_per_chunk} cleaned points")
+    return tiling
+
+
 def prepare_views(views: PosedImages, tiling: SceneTiling, cfg: DictConfig, size: int):
     """Select ``num_imgs_per_scene`` views that see the chunks, square-crop, resize: ``images [N, 3, S, S]``
     (premultiplied), ``w2c``, ``K`` and the selected indices."""
@@ -169,11 +179,7 @@ def infer(cfg: DictConfig, ctx: TaskContext) -> dict[str, Any]:
     with timer.phase("load_inputs"):
         views, raw_points = load_input(cfg)
     with timer.phase("points_and_tiling"):
-        points = clean_points(raw_points, cfg)
-        tiling = tile_scene(points, cfg.chunk_size_factor, cfg.min_overlap_factor, cfg.padding_factor,
-                            cfg.min_points_per_chunk)
-        if not tiling.chunks:
-            raise ValueError(f"no chunk holds min_points_per_chunk={cfg.min_points_per_chunk} cleaned points")
+        tiling = tile_points(raw_points, cfg)
         size = int(stages["ss_flow"].hparams["image_size"])
         images, w2c, K, idx = prepare_views(views, tiling, cfg, size)
     settings = ReconstructionSettings(

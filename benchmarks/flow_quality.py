@@ -47,6 +47,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -310,19 +311,21 @@ class Benchmark:
             meta = self.flow_meta(name, stage, path, load_s, ablation)
             threshold = float(getattr(stage, "occ_threshold", 0.0))
             meta["occ_threshold"] = threshold
-            start, sample_s, ious, occupied = time.perf_counter(), 0.0, [], []
-            with torch.no_grad():
-                for k, idx, batch in self.batches():
-                    x, s = self.sample(stage, batch, k)
-                    sample_s += s
-                    logits = vae.decoder(stage.denormalise(x, 1))
-                    ious += occupancy_iou(logits, batch["occupancy"], threshold).tolist()
-                    pred = logits > threshold
-                    occupied += pred.flatten(1).float().mean(1).tolist()
-                    for j, i in enumerate(idx):
-                        self.keep(name, i, (pred[j, 0].cpu().numpy(), ious[i]))
-            self.record(name, meta, {"iou": ious, "occupied_fraction": occupied}, time.perf_counter() - start,
-                        sample_s)
+            for entry, strength in self.guidance_variants(name, stage):
+                start, sample_s, ious, occupied = time.perf_counter(), 0.0, [], []
+                with torch.no_grad():
+                    for k, idx, batch in self.batches():
+                        x, s = self.sample(stage, batch, k)
+                        sample_s += s
+                        logits = vae.decoder(stage.denormalise(x, 1))
+                        ious += occupancy_iou(logits, batch["occupancy"], threshold).tolist()
+                        pred = logits > threshold
+                        occupied += pred.flatten(1).float().mean(1).tolist()
+                        if entry == name:
+                            for j, i in enumerate(idx):
+                                self.keep(name, i, (pred[j, 0].cpu().numpy(), ious[i]))
+                self.record(entry, dict(meta, guidance_strength=strength),
+                            {"iou": ious, "occupied_fraction": occupied}, time.perf_counter() - start, sample_s)
             del stage
             self.free()
         del vae
@@ -415,18 +418,34 @@ class Benchmark:
             stage, load_s = self.load(a.tex_flow, "tex_flow")
             meta = self.flow_meta("tex_flow", stage, a.tex_flow, load_s, False)
             meta["guide"] = "texture-encoder child masks of the ground-truth O-Voxel (the true voxels)"
-            start, sample_s, psnr = time.perf_counter(), 0.0, []
-            with torch.no_grad():
-                for k, idx, batch in self.batches():
-                    x, s = self.sample(stage, batch, k)
-                    sample_s += s
-                    latent = SparseTensor(batch["shape_coords"], stage.denormalise(x, 1), batch_size=len(idx))
-                    guide = [g.to(self.device) for g in guides[k]]
-                    self.tex_scores(vae.decode(latent, guide), batch, idx, "tex_flow", psnr)
-            self.record("tex_flow", meta, {"psnr_db": psnr}, time.perf_counter() - start, sample_s)
+            for entry, strength in self.guidance_variants("tex_flow", stage):
+                start, sample_s, psnr = time.perf_counter(), 0.0, []
+                with torch.no_grad():
+                    for k, idx, batch in self.batches():
+                        x, s = self.sample(stage, batch, k)
+                        sample_s += s
+                        latent = SparseTensor(batch["shape_coords"], stage.denormalise(x, 1), batch_size=len(idx))
+                        guide = [g.to(self.device) for g in guides[k]]
+                        column = "tex_flow" if entry == "tex_flow" else "_sweep"
+                        self.tex_scores(vae.decode(latent, guide), batch, idx, column, psnr)
+                self.record(entry, dict(meta, guidance_strength=strength), {"psnr_db": psnr},
+                            time.perf_counter() - start, sample_s)
+            self.figure.pop("_sweep", None)
             del stage
         del vae
         self.free()
+
+    def guidance_variants(self, name: str, stage) -> Iterator[tuple[str, float]]:
+        """Yield (entry, strength): the stage's own guidance strength as ``name``, then each ``--cfg-sweep``
+        value as ``name@cfg<g>``, with the stage's sampler set to it while the caller samples."""
+        own = float(stage.sampler.guidance_strength)
+        variants = [(name, own)] + [(f"{name}@cfg{g:g}", g) for g in self.args.cfg_sweep if g != own]
+        try:
+            for entry, strength in variants:
+                stage.sampler.guidance_strength = strength
+                yield entry, strength
+        finally:
+            stage.sampler.guidance_strength = own
 
     def free(self) -> None:
         gc.collect()
@@ -653,6 +672,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--figure", help="PNG: truth vs samples for the first --figure-chunks chunks")
     p.add_argument("--figure-chunks", type=int, default=4)
     p.add_argument("--figure-size", type=int, default=192)
+    p.add_argument("--cfg-sweep", type=float, nargs="*", default=[],
+                   help="also score the SS and texture flows at these guidance strengths (entries name@cfg<g>)")
     args = p.parse_args(argv)
     args.command = " ".join(["benchmarks/flow_quality.py", *(sys.argv[1:] if argv is None else argv)])
     if args.max_chunks < 1 or args.batch_size < 1 or args.views < 1 or args.samples < 1:

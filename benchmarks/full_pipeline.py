@@ -3,19 +3,25 @@
     python benchmarks/full_pipeline.py --root /tmp/gr            # GPU machine (1 or more GPUs)
     python benchmarks/full_pipeline.py --root /tmp/gr --cpu --preset tiny --scenes 6 ...   # CPU dry run
 
-Phases (each the real entry point as a subprocess; ``--phases`` picks a subset, later phases reuse earlier
-outputs under ``--root``):
+Phases (each the real entry point as a subprocess; ``--phases`` picks a subset and their order, later phases
+reuse earlier outputs under ``--root``):
 
-1. ``prepare``  synthetic rooms -> chunk shards (``prepare.py``).
+1. ``prepare``  synthetic rooms -> chunk shards (``prepare.py``); with ``--probe``, beside it on the idle GPU,
+   the step-time probe of the flow stages on synthetic batches (``benchmarks/flow_step.py``), from which
+   ``--flow-batch auto`` picks each flow's batch size, attention backend and activation checkpointing.
 2. ``vae``      the three VAEs side by side for ``--vae-minutes`` of wall clock each (``train.py``), the learning
    rate decayed over the budget (``callbacks.time_budget``).
 3. ``encode``   latent shards + statistics (``prepare.py steps=[encode]``), beside it the held-out VAE quality
    (``benchmarks/vae_quality.py``).
-4. ``flow``     ss_flow, shape_flow, tex_flow and the ablations without projection conditioning (ss, shape)
-   side by side for ``--flow-minutes``.
-5. ``quality``  held-out rooms reconstructed end to end by both variants + the TSDF reference
-   (``benchmarks/quality.py``), then the flows' held-out chunk metrics (``benchmarks/flow_quality.py``).
-6. ``ddp``      shape-flow DDP scaling over all GPUs, resumed on N and on 1 GPU (``benchmarks/ddp_scaling.py``).
+4. ``ddp``      shape-flow DDP scaling over all GPUs, resumed on N and on 1 GPU (``benchmarks/ddp_scaling.py``),
+   alone on the machine so the timings are clean.
+5. ``flow``     the flows of ``--flows`` (ss_flow, shape_flow, tex_flow and the ablations without projection
+   conditioning) side by side for ``--flow-minutes``; with ``--tex-vae-extend-minutes`` the texture VAE
+   resumes beside them for that much longer (run ``tex_vae_long``; the latents keep the encode-time VAE).
+6. ``flow_quality``  the flows' held-out chunk metrics (``benchmarks/flow_quality.py``) and the extended
+   texture VAE's held-out quality.
+7. ``quality``  held-out rooms reconstructed end to end by both variants + the TSDF reference
+   (``benchmarks/quality.py``).
 
 Jobs of one phase share the GPUs round-robin (``CUDA_VISIBLE_DEVICES``). Everything a person needs lands in
 ``<root>/results``: one log per job, ``progress.jsonl`` (a line per finished job: exit code, seconds), the
@@ -36,7 +42,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PHASES = ("prepare", "vae", "encode", "flow", "quality", "ddp")
+PHASES = ("prepare", "vae", "encode", "ddp", "flow", "flow_quality", "quality")
+FLOWS = ("ss_flow", "ss_flow_noproj", "ss_flow_photo", "shape_flow", "shape_flow_noproj", "tex_flow",
+         "tex_flow_photo")
+# The photo-consistency cue (genrecon/models/photo_consistency.py) switched on for the *_photo runs.
+PHOTO_CUE = "preset.flow.photo_cue={subdivisions:4,hidden:256}"
+# Where each flow job runs when there are two or more GPUs: each flow beside its variants (equal conditions),
+# the texture flows beside the extended texture VAE.
+FLOW_GPU = {"ss_flow": 0, "ss_flow_noproj": 0, "ss_flow_photo": 0, "shape_flow": 1, "shape_flow_noproj": 1,
+            "tex_flow": 1, "tex_flow_photo": 1, "tex_vae_long": 1}
 VAES = ("ss_vae", "shape_vae", "tex_vae")
 STAGES = ("ss_vae", "shape_vae", "tex_vae", "ss_flow", "shape_flow", "tex_flow")
 
@@ -47,6 +61,11 @@ class Job:
     argv: list[str]
     gpu: int | None = None
     env: dict[str, str] = field(default_factory=dict)
+
+
+def flow_stage(run: str) -> str:
+    """The stage a flow run trains: ``ss_flow_noproj`` -> ``ss_flow``."""
+    return next(s for s in ("ss_flow", "shape_flow", "tex_flow") if run.startswith(s))
 
 
 def _max_time(minutes: float) -> str:
@@ -130,11 +149,20 @@ class Pipeline:
     # ------------------------------------------------------------------ phases
     def prepare(self) -> None:
         a = self.args
-        self.run([Job("prepare", self.python(
+        probe = a.probe and (self.gpus > 0 or a.cpu)
+        workers = max(1, a.workers - 2) if probe else a.workers  # leave the probe a core or two
+        jobs = [Job("prepare", self.python(
             "prepare.py", *self.common(), f"dataset.num_scenes={a.scenes}", f"dataset.val_fraction={a.val_fraction}",
-            f"num_workers={a.workers}", "render.scale=1", f"render.max_cameras={a.max_cameras}",
+            f"num_workers={workers}", "render.scale=1", f"render.max_cameras={a.max_cameras}",
             f"shards.samples_per_shard={a.samples_per_shard}",
-        ), env={"GENRECON_RUN_NAME": "prepare"})])
+        ), env={"GENRECON_RUN_NAME": "prepare"})]
+        if probe:
+            stages = sorted({flow_stage(f) for f in a.flows})
+            jobs.append(Job("flow_step", self.python(
+                "benchmarks/flow_step.py", "--preset", a.preset, "--device", "cpu" if a.cpu else "cuda",
+                "--stages", *stages, "--batches", *map(str, a.probe_batches), "--out", str(self.probe_json),
+                "--time-budget", str(a.probe_budget), *a.probe_args), gpu=0))
+        self.run(jobs)
         for name in ("manifest.json", "contact_sheet.png"):
             if (self.dataset / name).is_file():
                 shutil.copy(self.dataset / name, self.results / name)
@@ -167,17 +195,65 @@ class Pipeline:
         if stats.is_file():
             shutil.copy(stats, self.results / "latent_stats.json")
 
+    @property
+    def probe_json(self) -> Path:
+        return self.results / "flow_step.json"
+
+    def flow_overrides(self, stage: str, sharing: int) -> list[str]:
+        """Batch size / attention backend / checkpointing of ``stage`` from the probe (``--flow-batch auto``),
+        for a GPU shared by ``sharing`` jobs; a fixed ``--flow-batch N`` sets the batch size only."""
+        a = self.args
+        if a.flow_batch == "none":
+            return []
+        if a.flow_batch != "auto":
+            return [f"stage.datamodule.batch_size={int(a.flow_batch)}"]
+        if not self.probe_json.is_file():
+            self.log(f"{stage}: no probe results, default batch size")
+            return []
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("flow_step", ROOT / "benchmarks" / "flow_step.py")
+        flow_step = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(flow_step)
+        probe = json.loads(self.probe_json.read_text())
+        # The probe's limit is its usable share of one GPU (headroom x memory); jobs on one GPU split it.
+        limit = probe["mem_limit_gb"] / max(1, sharing) if probe.get("mem_limit_gb") else None
+        best = flow_step.choose([r for r in probe["results"] if r["stage"] == stage], mem_limit_gb=limit).get(stage)
+        if not best:
+            self.log(f"{stage}: no probe configuration fits {limit} GB, default batch size")
+            return []
+        self.log(f"{stage} ({sharing} job(s) on its GPU, {limit} GB each): probe choice batch {best['batch']}, "
+                 f"{best.get('samples_per_s')} samples/s -> {best['overrides']}")
+        return list(best["overrides"])
+
     def flow(self) -> None:
         a = self.args
         noproj = ["stage.module.projection_conditioning=false"]
         ss = [f"stage.module.ss_vae_ckpt={self.ckpt('ss_vae')}"]
-        jobs = [("ss_flow", "ss_flow", ss, 0), ("ss_flow_noproj", "ss_flow", ss + noproj, 0),
-                ("shape_flow", "shape_flow", [], 1), ("shape_flow_noproj", "shape_flow", noproj, 1),
-                ("tex_flow", "tex_flow", [], 1 if self.gpus < 2 else 0)]
-        self.run([Job(run, self.train_args(stage, a.flow_minutes, [
-            f"stage.val_every_n_steps={a.flow_val_every}", "stage.val_batches=2", *a.flow_args, *extra]),
-            gpu=gpu, env={"GENRECON_RUN_NAME": run}) for run, stage, extra, gpu in jobs])
-        for run, *_ in jobs:
+        extra = {"ss_flow": ss, "ss_flow_noproj": ss + noproj, "ss_flow_photo": ss + [PHOTO_CUE], "shape_flow": [],
+                 "shape_flow_noproj": noproj, "tex_flow": [], "tex_flow_photo": [PHOTO_CUE]}
+        runs = [f for f in FLOWS if f in a.flows]
+        if a.tex_vae_extend_minutes > 0:
+            runs.append("tex_vae_long")
+        gpu = {r: (FLOW_GPU[r] if self.gpus >= 2 else 0) for r in runs}
+        sharing = {r: sum(1 for o in runs if gpu[o] == gpu[r]) for r in runs}
+        jobs = []
+        for run in runs:
+            if run == "tex_vae_long":
+                # Resume the encode-time texture VAE in a run of its own (its checkpoint must stay the one the
+                # latents were encoded with); the timer's elapsed time is restored, so the budget is the total.
+                argv = self.train_args("tex_vae", a.vae_minutes + a.tex_vae_extend_minutes, [
+                    f"stage.val_every_n_steps={a.val_every}", "stage.val_batches=3", *a.tex_vae_args,
+                    f"ckpt_path={self.ckpt('tex_vae')}", "+callbacks.time_budget.refit_on_resume=true"])
+            else:
+                stage = flow_stage(run)
+                # A flow and its ablation train with the same configuration: both follow the main flow's probe.
+                argv = self.train_args(stage, a.flow_minutes, [
+                    f"stage.val_every_n_steps={a.flow_val_every}", "stage.val_batches=2",
+                    *self.flow_overrides(stage, sharing[run]), *a.flow_args, *extra[run]])
+            jobs.append(Job(run, argv, gpu=gpu[run], env={"GENRECON_RUN_NAME": run}))
+        self.run(jobs)
+        for run in runs:
             self.collect_metrics(run)
 
     def checkpoint_dirs(self) -> dict[str, Path]:
@@ -198,28 +274,48 @@ class Pipeline:
         a = self.args
         dirs = self.checkpoint_dirs()
         device = ["--device", "cpu"] if a.cpu else ["--device", "cuda"]
-        # Side by side: the reconstructions (one variant per GPU) and the flows' chunk metrics, mostly CPU work
-        # (meshing, surface sampling); the infer timings are therefore upper bounds.
-        self.run([
-            Job("quality", self.python(
-                "benchmarks/quality.py", "--scenes-dir", str(self.dataset / "scenes"), "--split", "val",
-                "--num-scenes", str(a.quality_scenes), "--views", "8", "--preset", a.preset, *device,
-                "--out", str(self.root / "quality"), *(f"--variant={k}={v}" for k, v in dirs.items()),
-                "--time-budget", str(a.quality_budget), *(["--parallel-variants"] if self.gpus > 1 else []),
-                *(f"--infer-arg={x}" for x in a.infer_args))),
-            Job("flow_quality", self.python(
-                "benchmarks/flow_quality.py", "--latents", str(self.dataset / "latents"),
-                "--ss-vae", str(self.ckpt("ss_vae")), "--shape-vae", str(self.ckpt("shape_vae")),
-                "--tex-vae", str(self.ckpt("tex_vae")), "--ss-flow", str(self.ckpt("ss_flow")),
-                "--shape-flow", str(self.ckpt("shape_flow")), "--tex-flow", str(self.ckpt("tex_flow")),
-                "--ss-flow-ablation", str(self.ckpt("ss_flow_noproj")),
-                "--shape-flow-ablation", str(self.ckpt("shape_flow_noproj")), *device,
-                "--max-chunks", str(a.flow_quality_chunks), "--out", str(self.results / "flow_quality.json"),
-                "--figure", str(self.results / "flow_quality.png"), *a.flow_quality_args), gpu=0),
-        ])
+        # One variant per GPU when there are two; the infer timings are upper bounds when they share a machine.
+        self.run([Job("quality", self.python(
+            "benchmarks/quality.py", "--scenes-dir", str(self.dataset / "scenes"), "--split", "val",
+            "--num-scenes", str(a.quality_scenes), "--views", "8", "--preset", a.preset, *device,
+            "--out", str(self.root / "quality"), *(f"--variant={k}={v}" for k, v in dirs.items()),
+            "--time-budget", str(a.quality_budget), *(["--parallel-variants"] if self.gpus > 1 else []),
+            *(f"--infer-arg={x}" for x in a.infer_args)))])
         for name in ("quality.json", "quality.md", "quality.png"):
             if (self.root / "quality" / name).is_file():
                 shutil.copy(self.root / "quality" / name, self.results / name)
+
+    def flow_quality(self) -> None:
+        """Held-out chunk metrics of the trained flows: the published design with its ablations, and (when
+        trained) the photo-cue variants against the same ablation, one job per GPU."""
+        a = self.args
+        device = ["--device", "cpu"] if a.cpu else ["--device", "cuda"]
+        have = lambda run: self.ckpt(run).is_file()  # noqa: E731
+        flags = {"ss_flow": "--ss-flow", "ss_flow_noproj": "--ss-flow-ablation", "shape_flow": "--shape-flow",
+                 "shape_flow_noproj": "--shape-flow-ablation", "tex_flow": "--tex-flow"}
+        families = {"flow_quality": {run: run for run in flags},
+                    "flow_quality_photo": {"ss_flow": "ss_flow_photo", "ss_flow_noproj": "ss_flow_noproj",
+                                           "tex_flow": "tex_flow_photo"}}
+        jobs = []
+        for name, runs in families.items():
+            if name != "flow_quality" and not any(have(r) for r in runs.values() if r.endswith("_photo")):
+                continue
+            ckpts = [x for slot, run in runs.items() if have(run) for x in (flags[slot], str(self.ckpt(run)))]
+            if not ckpts:
+                continue
+            # The shape VAE only where a shape flow is scored (its round trip meshes every chunk).
+            shape = ["--shape-vae", str(self.ckpt("shape_vae"))] if "--shape-flow" in ckpts else []
+            jobs.append(Job(name, self.python(
+                "benchmarks/flow_quality.py", "--latents", str(self.dataset / "latents"),
+                "--ss-vae", str(self.ckpt("ss_vae")), *shape, "--tex-vae", str(self.ckpt("tex_vae")), *ckpts, *device,
+                "--max-chunks", str(a.flow_quality_chunks), "--out", str(self.results / f"{name}.json"),
+                "--figure", str(self.results / f"{name}.png"), *a.flow_quality_args), gpu=len(jobs)))
+        if have("tex_vae_long"):
+            jobs.append(Job("vae_quality_long", self.python(
+                "benchmarks/vae_quality.py", "--shards", str(self.dataset / "shards"),
+                "--tex-vae", str(self.ckpt("tex_vae_long")), *device,
+                "--out", str(self.results / "vae_quality_tex_long.json")), gpu=1))
+        self.run(jobs)
 
     def ddp(self) -> None:
         a = self.args
@@ -229,7 +325,7 @@ class Pipeline:
         self.run([Job("ddp_scaling", self.python(
             "benchmarks/ddp_scaling.py", "--shards", str(self.dataset / "latents"),
             "--gpus", str(self.gpus if not a.cpu else 2), "--steps", str(a.ddp_steps),
-            "--warmup", str(max(1, a.ddp_steps // 4)),
+            "--warmup", str(max(1, a.ddp_steps // 4)), "--resume-steps", str(a.ddp_resume_steps),
             "--log-dir", str(self.root / "ddp"), "--out", str(self.results), "--preset", a.preset,
             "--timeout", str(a.ddp_timeout), *(["--cpu"] if a.cpu else []), *(f"--extra={x}" for x in a.ddp_args)))])
 
@@ -267,11 +363,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--flow-minutes", type=float, default=6.0)
     p.add_argument("--val-every", type=int, default=300)
     p.add_argument("--flow-val-every", type=int, default=1000)
+    p.add_argument("--flows", nargs="+", default=list(FLOWS), choices=FLOWS, help="flow runs of the flow phase")
+    p.add_argument("--flow-batch", default="none",
+                   help="'auto': per-flow batch size, attention backend and checkpointing from the probe; "
+                        "an integer: that batch size for every flow; 'none': the stage configs' own")
+    p.add_argument("--tex-vae-extend-minutes", type=float, default=0.0,
+                   help="resume the texture VAE beside the flows for this many more minutes (run tex_vae_long)")
+    p.add_argument("--probe", action="store_true", help="run benchmarks/flow_step.py beside prepare")
+    p.add_argument("--probe-batches", type=int, nargs="+", default=[4, 8, 16])
+    p.add_argument("--probe-budget", type=float, default=150.0, help="seconds of probing (no new config after)")
+    p.add_argument("--probe-args", action="append", default=[])
     p.add_argument("--checkpoint-every", type=int, default=500, help="the time budget also saves the final step")
     p.add_argument("--quality-scenes", type=int, default=4)
     p.add_argument("--quality-budget", type=int, default=270, help="seconds after which no new infer run starts")
     p.add_argument("--flow-quality-chunks", type=int, default=24)
     p.add_argument("--ddp-steps", type=int, default=120)
+    p.add_argument("--ddp-resume-steps", type=int, default=20)
     p.add_argument("--ddp-timeout", type=int, default=300, help="seconds per DDP benchmark phase")
     p.add_argument("--samples-per-shard", type=int, default=8,
                    help="small shards: with 2 ranks x 8 loader workers every slot still gets its own shards")

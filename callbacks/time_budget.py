@@ -5,7 +5,9 @@ cosine decay either ends early or never finishes. ``TimeBudgetDecay`` measures t
 ``measure_steps`` optimiser steps, predicts the step at which ``max_time`` runs out and sets the stage's
 ``decay_steps`` to it (times ``margin``): the cosine of :func:`genrecon.stages.base.lr_factor` then reaches its
 floor just before the run ends. Rank 0's estimate is broadcast, so every DDP rank follows the same schedule;
-the value is saved in checkpoints and restored on resume. When the budget ends the run between two periodic
+the value is saved in checkpoints and restored on resume; a run resumed to *extend* its budget (a larger
+``max_time``) sets ``refit_on_resume`` and re-measures, so its cosine restarts part-way and decays over the new
+budget instead of staying at its floor. When the budget ends the run between two periodic
 checkpoints, it also writes ``last.ckpt`` of the final step, so the minutes since the last checkpoint are not
 lost. Without ``max_time`` it does nothing.
 """
@@ -31,13 +33,16 @@ class TimeBudgetDecay(Callback):
             caches).
         margin: fraction of the predicted remaining steps to decay over (< 1 leaves slack for validation and
             checkpoint pauses).
+        refit_on_resume: on resume, measure again and fit the decay to the budget left now (for a resume
+            that extends ``max_time``); False keeps the schedule the run started with.
     """
 
-    def __init__(self, measure_steps: int = 50, margin: float = 0.9) -> None:
+    def __init__(self, measure_steps: int = 50, margin: float = 0.9, refit_on_resume: bool = False) -> None:
         if measure_steps < 1 or not 0 < margin <= 1:
             raise ValueError("measure_steps must be >= 1 and margin in (0, 1]")
         self.measure_steps = measure_steps
         self.margin = margin
+        self.refit_on_resume = refit_on_resume
         self.decay_steps: int | None = None
         self._start: tuple[float, int] | None = None
 
@@ -46,8 +51,12 @@ class TimeBudgetDecay(Callback):
         return next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.decay_steps is not None:  # resumed: keep the schedule the run started with
-            pl_module.decay_steps = self.decay_steps
+        if self.decay_steps is None:
+            return
+        # Resumed. Until the refit (measure_steps later) the old schedule holds, at its floor if it had ended.
+        pl_module.decay_steps = self.decay_steps
+        if self.refit_on_resume:
+            self.decay_steps, self._start = None, None
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int

@@ -1,11 +1,13 @@
 """Per-sample transforms and collation from decoded chunk samples to the batches the stages consume.
 
-Batch keys (all tensors; B = batch, N = views, S = view size, R = occupancy resolution, K = voxels in batch):
+Batch keys (tensors unless noted; B = batch, N = views, S = view size, R = occupancy resolution, K = voxels in
+batch):
 
 | key | shape | from field |
 |---|---|---|
 | ``occupancy`` | ``[B, 1, R, R, R]`` float | ``occupancy`` |
 | ``ovoxel_coords`` | ``[K, 4]`` int32 (batch, x, y, z) | ``ovoxel`` |
+| ``ovoxel_token_offsets`` | tuple of B+1 ints: sample b = rows ``o[b]:o[b+1]`` of ``ovoxel_*`` | ``ovoxel`` |
 | ``ovoxel_shape`` | ``[K, 6]`` float (offset − 0.5, flags − 0.5) | ``ovoxel`` |
 | ``ovoxel_flags`` | ``[K, 3]`` float in {0, 1} | ``ovoxel`` |
 | ``ovoxel_offset`` | ``[K, 3]`` float in [0, 1] | ``ovoxel`` |
@@ -13,11 +15,17 @@ Batch keys (all tensors; B = batch, N = views, S = view size, R = occupancy reso
 | ``views`` | ``[B, N, 3, S, S]`` float in [0, 1], premultiplied | ``views`` |
 | ``w2c`` / ``intrinsics`` | ``[B, N, 4, 4]`` / ``[B, N, 3, 3]``; padded views are all zeros | ``views`` |
 | ``view_mask`` | ``[B, N]`` bool | ``views`` |
+| ``view_counts`` | tuple of B ints: sample b's real views are ``views[b, :view_counts[b]]`` | ``views`` |
 | ``ss_latent`` | ``[B, 8, r, r, r]`` float | ``ss_latent`` |
 | ``shape_coords`` / ``shape_feats`` | ``[K, 4]`` int32 / ``[K, C]`` float | ``shape_latent`` |
+| ``shape_token_offsets`` | tuple of B+1 ints: sample b = rows ``o[b]:o[b+1]`` of ``shape_*``, ``tex_feats`` | ``shape_latent`` |
 | ``tex_feats`` | ``[K, C]`` float on ``shape_coords`` | ``tex_latent`` |
 
-Plus ``keys`` (list of sample keys) and ``ovoxel_resolution`` (int) where present.
+Plus ``keys`` (list of sample keys) and ``ovoxel_resolution`` (int) where present. ``view_counts`` and the
+``*_token_offsets`` are host-side copies of ``view_mask`` (real views first) and of the packing (``coords[:, 0]``
+counted per sample): with them the flow stages gather views and build the packed layout without reading
+anything back from the device. Lightning moves tensors only and leaves these tuples as they are (DataLoader
+pinning would turn them into lists).
 """
 
 from __future__ import annotations
@@ -80,7 +88,7 @@ def select_fields(sample: ChunkSample, fields: Sequence[str], views: ViewSamplin
     return out
 
 
-def _pad_views(items: list[dict]) -> dict[str, torch.Tensor]:
+def _pad_views(items: list[dict]) -> dict[str, Any]:
     n_max = max(1, max(len(it["views"]) for it in items))
     b = len(items)
     size = items[0]["views"].shape[1] if len(items[0]["views"]) else 1
@@ -97,7 +105,16 @@ def _pad_views(items: list[dict]) -> dict[str, torch.Tensor]:
         w2c[i, :n] = torch.from_numpy(it["w2c"])
         intr[i, :n] = torch.from_numpy(it["intrinsics"])
         mask[i, :n] = True
-    return {"views": views, "w2c": w2c, "intrinsics": intr, "view_mask": mask}
+    counts = tuple(len(it["views"]) for it in items)
+    return {"views": views, "w2c": w2c, "intrinsics": intr, "view_mask": mask, "view_counts": counts}
+
+
+def token_offsets(lengths: Sequence[int]) -> tuple[int, ...]:
+    """Per-sample token counts -> offsets (0, n0, n0 + n1, ..., K) of the packed rows."""
+    offsets = [0]
+    for n in lengths:
+        offsets.append(offsets[-1] + int(n))
+    return tuple(offsets)
 
 
 def _sparse_batch(coords_list: list[np.ndarray], feats_list: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,6 +136,7 @@ def collate(items: list[dict]) -> dict[str, Any]:
         voxels = [it["ovoxel"] for it in items]
         coords, shape = _sparse_batch([v.coords for v in voxels], [v.shape_features() for v in voxels])
         batch["ovoxel_coords"] = coords
+        batch["ovoxel_token_offsets"] = token_offsets([len(v.coords) for v in voxels])
         batch["ovoxel_shape"] = shape
         batch["ovoxel_flags"] = torch.from_numpy(np.concatenate([v.intersected for v in voxels])).float()
         batch["ovoxel_offset"] = torch.from_numpy(np.concatenate([v.vertex_offset for v in voxels])).float()
@@ -134,6 +152,8 @@ def collate(items: list[dict]) -> dict[str, Any]:
             [it["shape_latent"]["shape_coords"] for it in items], [it["shape_latent"]["shape_feats"] for it in items]
         )
         batch["shape_coords"], batch["shape_feats"] = coords, feats
+        lengths = [len(it["shape_latent"]["shape_coords"]) for it in items]
+        batch["shape_token_offsets"] = token_offsets(lengths)
     if "tex_latent" in first:
         batch["tex_feats"] = torch.from_numpy(np.concatenate([it["tex_latent"]["tex_feats"] for it in items])).float()
     return batch

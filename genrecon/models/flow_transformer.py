@@ -13,6 +13,7 @@ Module names follow the published checkpoints (``t_embedder``, ``adaLN_modulatio
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import torch
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genrecon.models.aggregator import project_and_aggregate
+from genrecon.models.photo_consistency import PhotoConsistency
 from genrecon.models.projection import coords_to_points, voxel_centers
 from genrecon.modules.attention import PackedLayout
 from genrecon.modules.rope import grid_coords, rope_phases
@@ -61,10 +63,14 @@ class _FlowTransformer(nn.Module):
         attn_device: torch.device | str | None = None,
         projection: nn.Module | None = None,
         aggregator: nn.Module | None = None,
+        photo_cue: dict[str, Any] | None = None,
     ) -> None:
         """projection / aggregator: GenRecon's conditioning pathway, given together or not at all.
         attn_backend: see genrecon.modules.attention; "auto" is resolved for attn_device
-        (None = CUDA if available, else CPU)."""
+        (None = CUDA if available, else CPU).
+        photo_cue: keyword arguments of :class:`genrecon.models.photo_consistency.PhotoConsistency` (e.g.
+        ``{subdivisions: 4, hidden: 256}``) to add the views' colour statistics to the fused 3-D condition;
+        None (the published design) leaves it out. Needs the projection pathway."""
         super().__init__()
         if (projection is None) != (aggregator is None):
             raise ValueError(
@@ -123,6 +129,11 @@ class _FlowTransformer(nn.Module):
                 nn.init.zeros_(linear.bias)
         else:
             self.proj_linears = None
+        if photo_cue is not None and aggregator is None:
+            raise ValueError("photo_cue is part of the projection pathway: it needs projection and aggregator")
+        self.photo_cue = (
+            PhotoConsistency(resolution, cond_channels, **photo_cue) if photo_cue is not None else None
+        )
 
     @property
     def has_cond_3d(self) -> bool:
@@ -160,6 +171,7 @@ class _FlowTransformer(nn.Module):
         K: Tensor,
         view_mask: Tensor,
         batch_voxels: int = 8192,
+        images: Tensor | None = None,
     ) -> Tensor:
         """Project points into all views and fuse the per-view tokens, ``batch_voxels`` points at a time.
 
@@ -167,13 +179,16 @@ class _FlowTransformer(nn.Module):
         K [B, N, 3, 3] normalised intrinsics, view_mask [B, N] bool -> [P, C_cond].
         The per-view gather [batch_voxels, N, C_cond] is the peak; when the aggregator trains, each batch is
         checkpointed so only its output stays alive for backward.
+        images [B, N, 3, H, W] in [0, 1]: the views themselves, needed (only) by a model with a photo cue.
         """
         if not self.has_cond_3d:
             raise RuntimeError("this model was built without projection/aggregator")
         if batch_voxels < 1:
             raise ValueError(f"batch_voxels must be positive, got {batch_voxels}")
+        if self.photo_cue is not None and images is None:
+            raise ValueError("this model adds the photo-consistency cue: pass the views as images=[B, N, 3, H, W]")
         trains = any(p.requires_grad for p in self.aggregator.parameters())
-        return project_and_aggregate(
+        cond = project_and_aggregate(
             self.projection,
             self.aggregator,
             points,
@@ -185,6 +200,9 @@ class _FlowTransformer(nn.Module):
             batch_voxels=batch_voxels,
             checkpoint=trains,
         )
+        if self.photo_cue is not None:
+            cond = cond + self.photo_cue(images, points, batch_idx, w2c, K, view_mask).to(cond.dtype)
+        return cond
 
     # --------------------------------------------------------------------------------------------------------
     # Shared forward pieces
@@ -247,13 +265,19 @@ class DenseFlowTransformer(_FlowTransformer):
         return self
 
     def cond_3d_from_views(
-        self, tokens: Tensor, w2c: Tensor, K: Tensor, view_mask: Tensor, batch_voxels: int = 8192
+        self,
+        tokens: Tensor,
+        w2c: Tensor,
+        K: Tensor,
+        view_mask: Tensor,
+        batch_voxels: int = 8192,
+        images: Tensor | None = None,
     ) -> Tensor:
         """3-D conditioning of every voxel centre: tokens [B, N, T, C_cond] ... -> [B, R³, C_cond]."""
         batch, voxels = tokens.shape[0], self.resolution**3
         points = voxel_centers(self.resolution).to(tokens.device).repeat(batch, 1)
         batch_idx = torch.arange(batch, device=tokens.device).repeat_interleave(voxels)
-        cond = self.compute_cond_3d(points, batch_idx, tokens, w2c, K, view_mask, batch_voxels)
+        cond = self.compute_cond_3d(points, batch_idx, tokens, w2c, K, view_mask, batch_voxels, images)
         return cond.view(batch, voxels, self.cond_channels)
 
     def forward(self, x: Tensor, t: Tensor, cond_2d: Tensor, cond_3d: Tensor | None = None) -> Tensor:
@@ -285,10 +309,11 @@ class SparseFlowTransformer(_FlowTransformer):
         K: Tensor,
         view_mask: Tensor,
         batch_voxels: int = 8192,
+        images: Tensor | None = None,
     ) -> Tensor:
         """3-D conditioning at the active voxels: coords [K, 4] int (batch, x, y, z) -> [K, C_cond]."""
         points = coords_to_points(coords[:, 1:], self.resolution)
-        return self.compute_cond_3d(points, coords[:, 0].long(), tokens, w2c, K, view_mask, batch_voxels)
+        return self.compute_cond_3d(points, coords[:, 0].long(), tokens, w2c, K, view_mask, batch_voxels, images)
 
     def forward(
         self,
@@ -299,10 +324,15 @@ class SparseFlowTransformer(_FlowTransformer):
         *,
         coords: Tensor | None = None,
         concat_cond: Tensor | SparseLike | None = None,
+        offsets: Sequence[int] | None = None,
     ) -> Tensor:
         """x: feats [K, C_in] with ``coords`` [K, 4], or an object with .feats/.coords; t [B] in [0, 1];
         cond_2d [B, T, C_cond]; cond_3d [K, C_cond] on the same tokens, or None (= zeros, unconditional);
         concat_cond [K, C'] appended to the input channels (texture flow: noise ‖ shape latent).
+        offsets: optional per-sample token offsets on the host (B+1 ints, 0 ... K) of tokens already grouped
+        by sample: sample b is rows offsets[b]:offsets[b+1] (the collate's ``shape_token_offsets``). They are
+        trusted, not checked against coords[:, 0]; with them the forward issues no device sync. Without them
+        the layout is read from coords[:, 0] (device syncs) and ungrouped tokens are sorted.
         Returns the velocity feats [K, C_out], aligned with the input tokens."""
         if isinstance(x, Tensor):
             if coords is None:
@@ -316,14 +346,23 @@ class SparseFlowTransformer(_FlowTransformer):
             feats = torch.cat([feats, _feats(concat_cond)], dim=-1)
         cond_3d = _feats(cond_3d) if cond_3d is not None else None
 
-        batch_idx = coords[:, 0].long()
         order = None
-        if batch_idx.numel() and bool((batch_idx[1:] < batch_idx[:-1]).any()):
-            # Packed attention needs each sample's tokens contiguous; sort stably and undo at the end.
-            order = torch.argsort(batch_idx, stable=True)
-            feats, coords, batch_idx = feats[order], coords[order], batch_idx[order]
-            cond_3d = cond_3d[order] if cond_3d is not None else None
-        layout = PackedLayout.from_batch_idx(batch_idx, cond_2d.shape[0])
+        if offsets is not None:
+            layout = PackedLayout.from_offsets(offsets, feats.device)
+            if layout.batch_size != cond_2d.shape[0] or layout.total != feats.shape[0]:
+                raise ValueError(
+                    f"offsets describe {layout.batch_size} samples / {layout.total} tokens, the inputs have "
+                    f"{cond_2d.shape[0]} / {feats.shape[0]}"
+                )
+        else:
+            batch_idx = coords[:, 0].long()
+            if batch_idx.numel() and bool((batch_idx[1:] < batch_idx[:-1]).any()):
+                # Packed attention needs each sample's tokens contiguous; sort stably and undo at the end.
+                order = torch.argsort(batch_idx, stable=True)
+                feats, coords, batch_idx = feats[order], coords[order], batch_idx[order]
+                cond_3d = cond_3d[order] if cond_3d is not None else None
+            # Grouped now: the layout need not check it again (one device sync fewer).
+            layout = PackedLayout.from_batch_idx(batch_idx, cond_2d.shape[0], check_sorted=False)
         phases = rope_phases(coords[:, 1:], self.head_dim, self.rope_theta)
 
         h = self.input_layer(feats)

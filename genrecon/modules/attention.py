@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import pairwise
 
 import torch
@@ -167,24 +167,35 @@ class PackedLayout:
 
     cu_seqlens [B+1] int32 on the tokens' device (for the fused kernels); offsets: the same numbers on the
     host, so the loop backends, ``max_seqlen`` and per-sample slicing need no device sync per call.
+    A layout lives for one model forward; device tensors derived from it (``segment_matrix``,
+    ``context``) are built on first use and cached in it, so every block shares them.
     """
 
     cu_seqlens: Tensor
     offsets: tuple[int, ...]
+    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def batch_size(self) -> int:
         return len(self.offsets) - 1
 
     @property
+    def total(self) -> int:
+        return self.offsets[-1]
+
+    @property
     def max_seqlen(self) -> int:
         return max((b - a for a, b in pairwise(self.offsets)), default=0)
 
     @classmethod
-    def from_batch_idx(cls, batch_idx: Tensor, batch_size: int) -> PackedLayout:
-        """batch_idx [total] int, non-decreasing (tokens grouped by sample); empty samples are allowed."""
+    def from_batch_idx(cls, batch_idx: Tensor, batch_size: int, *, check_sorted: bool = True) -> PackedLayout:
+        """batch_idx [total] int, non-decreasing (tokens grouped by sample); empty samples are allowed.
+
+        Reads the counts back to the host (device syncs): prefer :meth:`from_offsets` when the offsets are
+        known on the host. check_sorted=False skips the grouping check, for callers that just sorted.
+        """
         batch_idx = batch_idx.long()
-        if batch_idx.numel() and bool((batch_idx[1:] < batch_idx[:-1]).any()):
+        if check_sorted and batch_idx.numel() and bool((batch_idx[1:] < batch_idx[:-1]).any()):
             raise ValueError("packed tokens must be grouped by sample (batch index non-decreasing)")
         counts = torch.bincount(batch_idx, minlength=batch_size)
         if counts.numel() != batch_size:
@@ -196,12 +207,59 @@ class PackedLayout:
         return cls(cu_seqlens=cu, offsets=tuple(offsets))
 
     @classmethod
+    def from_offsets(cls, offsets: Sequence[int], device: torch.device | str) -> PackedLayout:
+        """Layout from host offsets [B+1] (0, ..., total; sample b is rows offsets[b]:offsets[b+1]).
+
+        No device sync: on CUDA, cu_seqlens is copied asynchronously from pinned host memory.
+        """
+        offsets = tuple(int(o) for o in offsets)
+        if not offsets or offsets[0] != 0 or any(b < a for a, b in pairwise(offsets)):
+            raise ValueError(f"offsets must start at 0 and be non-decreasing, got {offsets}")
+        device = torch.device(device)
+        if device.type == "cuda":
+            # A plain torch.tensor(..., device=cuda) copies from pageable memory and blocks the host.
+            cu = torch.tensor(offsets, dtype=torch.int32, pin_memory=True).to(device, non_blocking=True)
+        else:
+            cu = torch.tensor(offsets, dtype=torch.int32, device=device)
+        return cls(cu_seqlens=cu, offsets=offsets)
+
+    @classmethod
     def uniform(cls, batch_size: int, length: int, device: torch.device | str) -> PackedLayout:
         """Layout of a dense [B, L, ...] tensor viewed as packed [B·L, ...]."""
         offsets = tuple(b * length for b in range(batch_size + 1))
         # arange runs on the device; torch.tensor(offsets, device=cuda) would be a blocking copy per call.
         cu = torch.arange(batch_size + 1, dtype=torch.int32, device=device) * length
         return cls(cu_seqlens=cu, offsets=offsets)
+
+    def _cached(self, key: tuple, build):
+        # Inference tensors cannot be saved for backward: never hand one built in inference mode to a
+        # forward that records a graph.
+        key = (*key, torch.is_inference_mode_enabled())
+        value = self._cache.get(key)
+        if value is None:
+            value = self._cache[key] = build()
+        return value
+
+    def context(self, length: int) -> PackedLayout:
+        """Layout of a dense per-sample context [B, length, ...] viewed as packed (cross-attention keys)."""
+        return self._cached(
+            ("context", length), lambda: PackedLayout.uniform(self.batch_size, length, self.cu_seqlens.device)
+        )
+
+    def segment_matrix(self, dtype: torch.dtype) -> Tensor:
+        """One-hot [total, B] in ``dtype``: row k has a 1 in the column of token k's sample.
+
+        ``segment_matrix(m.dtype) @ m`` spreads per-sample rows m [B, C] over the tokens [total, C] in one
+        GEMM, whose backward (Sᵀ @ grad) is one plain GEMM too: no atomics, unlike a gather's scatter-add.
+        Built on the device from cu_seqlens (no sync), once per layout and dtype.
+        """
+
+        def build() -> Tensor:
+            cu = self.cu_seqlens
+            token = torch.arange(self.total, dtype=cu.dtype, device=cu.device).unsqueeze(1)
+            return ((token >= cu[:-1]) & (token < cu[1:])).to(dtype)
+
+        return self._cached(("segments", dtype), build)
 
 
 def _loop_attention(
@@ -432,7 +490,7 @@ class PackedMultiHeadCrossAttention(_CrossAttentionProjections):
             raise ValueError(f"context has batch {batch}, packed tokens have {layout.batch_size} samples")
         q = self._q(x)  # [K, H, D]
         k, v = (t.flatten(0, 1) for t in self._kv(context))  # [B·T, H, D]
-        kv_layout = PackedLayout.uniform(batch, length, x.device)
+        kv_layout = layout.context(length)
         out = varlen_attention(
             q,
             k,

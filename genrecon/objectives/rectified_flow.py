@@ -143,6 +143,7 @@ class RectifiedFlow:
             sample_mse = sq.flatten(1).mean(dim=1)
         else:
             token_mse = sq.mean(dim=-1)
-            counts = torch.bincount(batch_idx, minlength=batch).clamp(min=1)
-            sample_mse = torch.zeros(batch, device=sq.device).index_add_(0, batch_idx, token_mse) / counts
+            # index_add, not bincount: bincount reads its range back to the host (a sync before backward).
+            counts = torch.zeros(batch, device=sq.device).index_add_(0, batch_idx, torch.ones_like(token_mse))
+            sample_mse = torch.zeros(batch, device=sq.device).index_add_(0, batch_idx, token_mse) / counts.clamp(min=1)
         return FlowLoss(loss=sq.mean(), per_sample=sample_mse.detach(), t=t, dropped=dropped)

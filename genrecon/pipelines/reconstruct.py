@@ -119,10 +119,13 @@ class SceneReconstructor:
         with torch.no_grad():
             return encode_views(stage.image_encoder, imgs[None].to(self.device), mask)
 
-    def _cond_3d(self, stage: Any, points: Tensor, tokens: Tensor, w2c: Tensor, K: Tensor) -> Tensor | None:
+    def _cond_3d(self, stage: Any, points: Tensor, tokens: Tensor, w2c: Tensor, K: Tensor,
+                 images: Tensor) -> Tensor | None:
+        """Fused 3-D condition at ``points`` [P, 3] (host memory); ``images`` [N, 3, H, W] feed the photo cue."""
         model = stage.model
         if not model.has_cond_3d:
             return None
+        views = images[None].to(self.device) if getattr(model, "photo_cue", None) is not None else None
         n = tokens.shape[1]
         mask = torch.ones(1, n, dtype=torch.bool, device=self.device)
         out = []
@@ -132,7 +135,7 @@ class SceneReconstructor:
                 p = points[start : start + step].to(self.device)
                 bidx = torch.zeros(len(p), dtype=torch.long, device=self.device)
                 out.append(model.compute_cond_3d(p, bidx, tokens, w2c[None], K[None], mask,
-                                                 self.settings.proj_batch_voxels).cpu())
+                                                 self.settings.proj_batch_voxels, images=views).cpu())
         return torch.cat(out)
 
     # ------------------------------------------------------------------ stages
@@ -143,7 +146,7 @@ class SceneReconstructor:
         with self._phase("ss_conditioning"):
             tokens = self._tokens(stage, images)
             cond_2d = tokens[0, views].cpu()
-            c3 = self._cond_3d(stage, layout.canvas_points(), tokens, w2c, K)
+            c3 = self._cond_3d(stage, layout.canvas_points(), tokens, w2c, K, images)
             cond_3d = None
             if c3 is not None:
                 canvas = c3.view(*layout.canvas_shape, -1).permute(3, 0, 1, 2)
@@ -165,11 +168,11 @@ class SceneReconstructor:
         return np.argwhere(occ).astype(np.int64)
 
     def _sample_sparse(self, name: str, layout: SparseLayout, tokens: Tensor, views: np.ndarray, w2c, K,
-                       gen, extra: list[Tensor] | None = None) -> list[Tensor]:
+                       gen, images: Tensor, extra: list[Tensor] | None = None) -> list[Tensor]:
         stage = self.stages[name]
         r = layout.resolution
         points = (torch.from_numpy(layout.global_coords).float() + 0.5) / r - 0.5
-        cond_3d = self._cond_3d(stage, points, tokens, w2c, K)
+        cond_3d = self._cond_3d(stage, points, tokens, w2c, K, images)
         noise = torch.randn((len(layout.global_coords), stage.model.out_channels), generator=gen)
 
         def model_fn(x, t, c2, c3, coords, ex):
@@ -226,14 +229,14 @@ class SceneReconstructor:
         layout = SparseLayout.from_global(coarse, tiling.grid_offsets * r // ATOMIC_DIVISIONS, r)
         with self._phase("shape_sampling"):
             tokens = self._tokens(shape_stage, images)
-            shape_chunks = self._sample_sparse("shape_flow", layout, tokens, views, w2c, Kt, gen)
+            shape_chunks = self._sample_sparse("shape_flow", layout, tokens, views, w2c, Kt, gen, images)
             shape_norm = merge_sparse(layout, shape_chunks)
             shape_latent = shape_stage.denormalise(shape_norm, 1)
         with self._phase("tex_sampling"):
             tokens = self._tokens(tex_stage, images)
             concat = (shape_latent - tex_stage.shape_mean) / tex_stage.shape_std
             extra = [concat[torch.as_tensor(m, device=concat.device)] for m in layout.members]
-            tex_chunks = self._sample_sparse("tex_flow", layout, tokens, views, w2c, Kt, gen, extra)
+            tex_chunks = self._sample_sparse("tex_flow", layout, tokens, views, w2c, Kt, gen, images, extra)
             tex_latent = tex_stage.denormalise(merge_sparse(layout, tex_chunks), 1)
         self.last_chunks = {"layout": layout, "shape": shape_chunks, "tex": tex_chunks, "frame": frame}
         with self._phase("decode"), torch.no_grad():

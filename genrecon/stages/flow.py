@@ -9,7 +9,7 @@ built by Hydra as a partial so the stage can hand it the projection matched to t
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,8 @@ from genrecon.pipelines.sampler import EulerSampler
 from genrecon.stages.base import Stage
 
 LATENT_KEYS = {"ss": "ss_latent", "shape": "shape_feats", "tex": "tex_feats"}
+# Images per encoder call: the default of encode_views, so both paths run the same batches.
+ENCODE_CHUNK = 64
 
 
 def load_latent_stats(path: str | Path | None, name: str, channels: int) -> tuple[Tensor, Tensor]:
@@ -42,6 +44,37 @@ def load_latent_stats(path: str | Path | None, name: str, channels: int) -> tupl
     return mean, std.clamp(min=1e-6)
 
 
+def host_to_device(values: Sequence[int], device: torch.device) -> Tensor:
+    """Host ints -> int64 tensor on ``device`` without blocking the host (pinned memory, asynchronous copy)."""
+    if device.type == "cuda":
+        return torch.tensor(values, dtype=torch.long, pin_memory=True).to(device, non_blocking=True)
+    return torch.tensor(values, dtype=torch.long, device=device)
+
+
+def encode_counted_views(
+    encoder: ImageEncoder, images: Tensor, view_counts: Sequence[int], chunk_size: int = ENCODE_CHUNK
+) -> Tensor:
+    """:func:`encode_views` for left-aligned views: sample b's real views are ``images[b, :view_counts[b]]``
+    (as the collate pads them). images ``[B, N, 3, S, S]`` → tokens ``[B, N, T, C]``, zeros for padded views.
+
+    The real views' rows are known on the host, so gathering and scattering them needs no device sync.
+    """
+    b, n = images.shape[:2]
+    if len(view_counts) != b or any(not 0 <= c <= n for c in view_counts):
+        raise ValueError(f"view_counts {tuple(view_counts)} do not fit views of shape {tuple(images.shape)}")
+    rows_host = [i * n + j for i, c in enumerate(view_counts) for j in range(c)]
+    t, c = encoder.num_tokens(images.shape[-1]), encoder.out_channels
+    if not rows_host:
+        return images.new_zeros(b, n, t, c)
+    rows = host_to_device(rows_host, images.device)
+    real = images.flatten(0, 1).index_select(0, rows)  # [M, 3, S, S], the order of images[view_mask]
+    chunks = [encoder(real[i : i + chunk_size]) for i in range(0, real.shape[0], chunk_size)]
+    encoded = torch.cat(chunks)
+    tokens = images.new_zeros(b * n, t, c, dtype=encoded.dtype)
+    tokens.index_copy_(0, rows, encoded)
+    return tokens.view(b, n, t, c)
+
+
 class FlowStage(Stage):
     """Shared training logic of the flow stages.
 
@@ -57,7 +90,7 @@ class FlowStage(Stage):
         sample_batches: validation batches on which the stage also samples and scores full generations.
     """
 
-    new_parameter_prefixes = ("aggregator", "proj_linears", "image_encoder")
+    new_parameter_prefixes = ("aggregator", "proj_linears", "photo_cue", "image_encoder")
     latent = "ss"
 
     def __init__(
@@ -104,15 +137,23 @@ class FlowStage(Stage):
         if base_ckpt:
             load_trellis_flow(base_ckpt, self.model, preset=preset)
         apply_lora(self.model, r=lora_r, alpha=lora_alpha)
-        freeze_base(self.model, trainable_prefixes=("aggregator.", "proj_linears."))
+        freeze_base(self.model, trainable_prefixes=("aggregator.", "proj_linears.", "photo_cue."))
         if genrecon_ckpt:
             report = load_genrecon_flow(genrecon_ckpt, self.model)
             self.print(f"loaded GenRecon checkpoint {genrecon_ckpt}: {report}")
 
     # ------------------------------------------------------------------ conditioning
     def view_tokens(self, batch: dict[str, Any]) -> Tensor:
-        """Image tokens ``[B, N, T, C]`` of the batch's views (zeros for padded views)."""
-        return encode_views(self.image_encoder, batch["views"], batch["view_mask"])
+        """Image tokens ``[B, N, T, C]`` of the batch's views (zeros for padded views).
+
+        With the collate's host-side ``view_counts`` the real views are gathered by index, without the device
+        syncs of boolean-mask indexing (mask gather and scatter, and the scatter's backward); the same images
+        go through the encoder in the same chunks, so the tokens and gradients are identical.
+        """
+        counts = batch.get("view_counts")
+        if counts is None:
+            return encode_views(self.image_encoder, batch["views"], batch["view_mask"])
+        return encode_counted_views(self.image_encoder, batch["views"], counts)
 
     @staticmethod
     def cond_2d(tokens: Tensor) -> Tensor:
@@ -196,7 +237,7 @@ class SparseStructureFlowStage(FlowStage):
         cond_3d = None
         if self.model.has_cond_3d:
             cond_3d = self.model.cond_3d_from_views(tokens, batch["w2c"], batch["intrinsics"], batch["view_mask"],
-                                                    self.proj_batch_voxels)
+                                                    self.proj_batch_voxels, images=batch["views"])
         return {"x0": self.normalise(batch["ss_latent"], 1), "cond_3d": cond_3d, "batch_idx": None,
                 "model_fn": self.model}
 
@@ -215,7 +256,7 @@ class _SparseFlowStage(FlowStage):
         if not self.model.has_cond_3d:
             return None
         return self.model.cond_3d_from_views(batch["shape_coords"], tokens, batch["w2c"], batch["intrinsics"],
-                                             batch["view_mask"], self.proj_batch_voxels)
+                                             batch["view_mask"], self.proj_batch_voxels, images=batch["views"])
 
 
 class ShapeFlowStage(_SparseFlowStage):
@@ -224,10 +265,12 @@ class ShapeFlowStage(_SparseFlowStage):
     latent = "shape"
 
     def flow_inputs(self, batch: dict[str, Any], tokens: Tensor) -> dict[str, Any]:
-        coords = batch["shape_coords"]
+        coords, offsets = batch["shape_coords"], batch.get("shape_token_offsets")
 
         def model_fn(x_t: Tensor, t: Tensor, c2: Tensor, c3: Tensor | None) -> Tensor:
-            return self.model(x_t, t, c2, c3, coords=coords)
+            # Tokens stay in collate order through the objective and the sampler (CFG dropout and guidance
+            # zero conditions with torch.where), so the collate's offsets describe x_t as well.
+            return self.model(x_t, t, c2, c3, coords=coords, offsets=offsets)
 
         return {"x0": self.normalise(batch["shape_feats"], 1), "cond_3d": self._cond_3d(batch, tokens),
                 "batch_idx": coords[:, 0].long(), "model_fn": model_fn}
@@ -248,11 +291,11 @@ class TextureFlowStage(_SparseFlowStage):
         self.register_buffer("shape_std", std)
 
     def flow_inputs(self, batch: dict[str, Any], tokens: Tensor) -> dict[str, Any]:
-        coords = batch["shape_coords"]
+        coords, offsets = batch["shape_coords"], batch.get("shape_token_offsets")
         shape = (batch["shape_feats"] - self.shape_mean) / self.shape_std
 
         def model_fn(x_t: Tensor, t: Tensor, c2: Tensor, c3: Tensor | None) -> Tensor:
-            return self.model(x_t, t, c2, c3, coords=coords, concat_cond=shape)
+            return self.model(x_t, t, c2, c3, coords=coords, concat_cond=shape, offsets=offsets)
 
         return {"x0": self.normalise(batch["tex_feats"], 1), "cond_3d": self._cond_3d(batch, tokens),
                 "batch_idx": coords[:, 0].long(), "model_fn": model_fn}

@@ -103,3 +103,34 @@ def test_a_flow_without_its_decoder_is_skipped_with_a_warning(tiny_pipeline, cap
                                    f"--{flow.replace('_', '-')}", str(ckpts / f"{flow}.ckpt")])
     capsys.readouterr()
     assert result["results"] == {} and any(missing in w for w in result["warnings"])
+
+
+def test_cfg_sweep_scores_each_guidance_strength(tiny_pipeline, tmp_path):
+    root, ckpts = tiny_pipeline
+    ck = {s: str(ckpts / f"{s}.ckpt") for s in ("ss_vae", "tex_vae", "ss_flow", "tex_flow")}
+    result = _flow_quality().main([
+        "--latents", str(root / "latents"), "--max-chunks", "2", "--batch-size", "2", "--steps", "2",
+        "--samples", "5000", "--device", "cpu", "--cfg-sweep", "1", "3",
+        "--ss-vae", ck["ss_vae"], "--tex-vae", ck["tex_vae"], "--ss-flow", ck["ss_flow"], "--tex-flow", ck["tex_flow"],
+    ])
+    r = result["results"]
+    # The texture sampler's own strength is 1.0: the sweep's 1 adds no duplicate entry for it.
+    assert set(r) == {"ss_vae_roundtrip", "ss_flow", "ss_flow@cfg1", "ss_flow@cfg3", "tex_vae_roundtrip",
+                      "tex_flow", "tex_flow@cfg3"}
+    assert r["ss_flow"]["guidance_strength"] == 7.5 and r["ss_flow@cfg1"]["guidance_strength"] == 1.0
+    assert r["tex_flow"]["guidance_strength"] == 1.0 and r["tex_flow@cfg3"]["guidance_strength"] == 3.0
+    for name in ("ss_flow@cfg1", "ss_flow@cfg3"):
+        assert all(0.0 <= v <= 1.0 for v in r[name]["per_chunk"]["iou"])
+    assert all(math.isfinite(v) and v > 0 for v in r["tex_flow@cfg3"]["per_chunk"]["psnr_db"])
+
+
+def test_guidance_variants_set_the_sampler_while_sampling_and_restore_it():
+    from types import SimpleNamespace
+
+    fq = _flow_quality()
+    bench = fq.Benchmark.__new__(fq.Benchmark)
+    bench.args = SimpleNamespace(cfg_sweep=[1.0, 7.5, 3.0])
+    stage = SimpleNamespace(sampler=SimpleNamespace(guidance_strength=7.5))
+    seen = [(entry, g, stage.sampler.guidance_strength) for entry, g in bench.guidance_variants("ss_flow", stage)]
+    assert seen == [("ss_flow", 7.5, 7.5), ("ss_flow@cfg1", 1.0, 1.0), ("ss_flow@cfg3", 3.0, 3.0)]
+    assert stage.sampler.guidance_strength == 7.5

@@ -93,6 +93,17 @@ def test_a_restored_estimate_is_applied_on_resume():
     assert module.decay_steps == 7
 
 
+def test_refit_on_resume_measures_again_and_extends_the_decay():
+    module = _Regression(lr=1e-2, warmup_steps=5, min_lr_ratio=0.1, grad_clip_max=None)
+    budget = TimeBudgetDecay(measure_steps=10, refit_on_resume=True)
+    budget.load_state_dict({"decay_steps": 30})
+    budget.on_train_start(None, module)
+    assert module.decay_steps == 30 and budget.decay_steps is None  # old floor until the new fit
+    # A resumed run past its old decay end: the refit decays over the extended budget (the timer's 2 s).
+    _trainer([budget], max_time=timedelta(seconds=2), max_steps=10**7).fit(module)
+    assert budget.decay_steps is not None and budget.decay_steps > 30 and module.decay_steps == budget.decay_steps
+
+
 def test_the_final_step_is_checkpointed_when_the_budget_ends(tmp_path):
     from lightning.pytorch.callbacks import ModelCheckpoint
 

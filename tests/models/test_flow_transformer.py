@@ -1,6 +1,7 @@
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from genrecon.models.aggregator import ViewAggregator
 from genrecon.models.flow_transformer import DenseFlowTransformer, SparseFlowTransformer
@@ -337,3 +338,144 @@ def test_rope_table_survives_dtype_casts() -> None:
 def test_projection_needs_aggregator() -> None:
     with pytest.raises(ValueError, match="both"):
         _tiny(DenseFlowTransformer, projection=Projection(1, 2))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Host offsets: the packed layout without device syncs
+# ------------------------------------------------------------------------------------------------------------
+
+SYNC_OPS = ("_local_scalar_dense", "nonzero", "bincount", "is_nonzero")
+
+
+class _SyncOps(TorchDispatchMode):
+    """Counts the aten ops that read device values back to the host (a sync on CUDA)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ in SYNC_OPS:
+            self.seen.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def _packed_inputs(lengths=(5, 0, 9, 3), g=None):
+    coords = torch.cat(
+        [torch.cat([torch.full((n, 1), b), torch.randint(0, 4, (n, 3), generator=g)], 1) for b, n in enumerate(lengths)]
+    ).int()
+    offsets = tuple(int(x) for x in torch.tensor([0, *lengths]).cumsum(0))
+    return coords, offsets
+
+
+@pytest.mark.parametrize("use_checkpoint", [False, True])
+def test_sparse_offsets_give_bitwise_the_same_output_and_gradients(use_checkpoint: bool) -> None:
+    torch.manual_seed(7)
+    g = torch.Generator().manual_seed(8)
+    model = _tiny(SparseFlowTransformer, resolution=4, conditioned=True, use_checkpoint=use_checkpoint)
+    _randomise_outputs(model)
+    for linear in model.proj_linears:
+        nn.init.normal_(linear.weight, std=0.1)
+    coords, offsets = _packed_inputs(g=g)
+    tokens, w2c, K, mask = _views(4, g=g)
+    feats, t, c = torch.randn(len(coords), 4, generator=g), torch.rand(4, generator=g), torch.randn(4, 5, 32)
+    results = []
+    for kwargs in ({}, {"offsets": offsets}, {"offsets": list(offsets)}):
+        model.zero_grad(set_to_none=True)
+        cond_3d = model.cond_3d_from_views(coords, tokens, w2c, K, mask)
+        out = model(feats, t, c, cond_3d, coords=coords, **kwargs)
+        out.square().sum().backward()
+        results.append((out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (ref, ref_grads), *others = results
+    assert ref.abs().sum() > 0 and len(ref_grads) > 10
+    for out, grads in others:
+        assert torch.equal(out, ref)
+        assert grads.keys() == ref_grads.keys()
+        assert all(torch.equal(grads[n], ref_grads[n]) for n in ref_grads), "gradients differ"
+
+
+def test_sparse_samples_stay_bitwise_isolated() -> None:
+    torch.manual_seed(9)
+    model = _tiny(SparseFlowTransformer, resolution=4)
+    _randomise_outputs(model)
+    coords, offsets = _packed_inputs((6, 8, 5))
+    feats, t, c = torch.randn(19, 4), torch.rand(3), torch.randn(3, 5, 32)
+    out = model(feats, t, c, coords=coords, offsets=offsets)
+    feats2, t2, c2 = feats.clone(), t.clone(), c.clone()
+    feats2[6:14] += 1.0
+    t2[1] = 1 - t2[1]  # a different modulation row for sample 1 only
+    c2[1] *= 3
+    out2 = model(feats2, t2, c2, coords=coords, offsets=offsets)
+    assert torch.equal(out[:6], out2[:6]) and torch.equal(out[14:], out2[14:])
+    assert not torch.equal(out[6:14], out2[6:14])
+
+
+def test_sparse_forward_with_offsets_reads_nothing_back(monkeypatch) -> None:
+    torch.manual_seed(10)
+    model = _tiny(SparseFlowTransformer, resolution=4)
+    coords, offsets = _packed_inputs()
+    feats, t, c = torch.randn(len(coords), 4), torch.rand(4), torch.randn(4, 5, 32)
+    with _SyncOps() as without:
+        model(feats, t, c, coords=coords)
+    assert without.seen  # the detector sees the syncs of the fallback path
+
+    def no_readback(*args, **kwargs):
+        raise AssertionError("device value read back to the host")
+
+    monkeypatch.setattr(torch.Tensor, "tolist", no_readback)
+    monkeypatch.setattr(torch.Tensor, "item", no_readback)
+    with _SyncOps() as with_offsets:
+        out = model(feats, t, c, coords=coords, offsets=offsets)
+        out.sum().backward()
+    assert with_offsets.seen == []
+
+
+def test_sparse_offsets_must_fit_the_inputs() -> None:
+    model = _tiny(SparseFlowTransformer, resolution=4)
+    coords, _ = _packed_inputs((3, 4))
+    feats, t, c = torch.randn(7, 4), torch.rand(2), torch.randn(2, 5, 32)
+    with pytest.raises(ValueError, match="offsets"):
+        model(feats, t, c, coords=coords, offsets=(0, 3, 6))
+    with pytest.raises(ValueError, match="offsets"):
+        model(feats, t, c, coords=coords, offsets=(0, 3, 4, 7))
+    with pytest.raises(ValueError, match="offsets"):
+        model(feats, t, c, coords=coords, offsets=(0, 5, 4))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Photo-consistency cue (genrecon/models/photo_consistency.py)
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_photo_cue_adds_the_colour_statistics_to_the_fused_condition() -> None:
+    torch.manual_seed(4)
+    g = torch.Generator().manual_seed(5)
+    plain = _tiny(DenseFlowTransformer, conditioned=True)
+    cued = _tiny(DenseFlowTransformer, conditioned=True, photo_cue={"subdivisions": 2, "hidden": 16})
+    cued.load_state_dict(plain.state_dict(), strict=False)  # same base and aggregator; the cue is extra
+    assert {k.split(".")[0] for k in set(cued.state_dict()) - set(plain.state_dict())} == {"photo_cue"}
+    tokens, w2c, K, mask = _views(2, g=g)
+    images = torch.rand(2, tokens.shape[1], 3, 16, 16, generator=g)
+    with pytest.raises(ValueError, match="photo-consistency"):
+        cued.cond_3d_from_views(tokens, w2c, K, mask)
+    c_plain = plain.cond_3d_from_views(tokens, w2c, K, mask)
+    c_cued = cued.cond_3d_from_views(tokens, w2c, K, mask, batch_voxels=7, images=images)
+    points = torch.cat([coords_points(3)] * 2)
+    bidx = torch.arange(2).repeat_interleave(27)
+    cue = cued.photo_cue(images, points, bidx, w2c, K, mask).view(2, 27, -1)
+    torch.testing.assert_close(c_cued, c_plain + cue)
+    # The pathway stays inert at init: the zero-initialised injections hide the cue too.
+    _randomise_outputs(cued)
+    x, t, c = torch.randn(2, 4, 3, 3, 3, generator=g), torch.rand(2, generator=g), torch.randn(2, 5, 32, generator=g)
+    assert torch.equal(cued(x, t, c, c_cued), cued(x, t, c, None))
+
+
+def coords_points(resolution: int) -> torch.Tensor:
+    from genrecon.models.projection import voxel_centers
+
+    return voxel_centers(resolution)
+
+
+def test_photo_cue_needs_the_projection_pathway() -> None:
+    with pytest.raises(ValueError, match="projection pathway"):
+        _tiny(DenseFlowTransformer, photo_cue={"subdivisions": 2})

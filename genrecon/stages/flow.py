@@ -176,12 +176,18 @@ class FlowStage(Stage):
         raise NotImplementedError
 
     # ------------------------------------------------------------------ steps
-    def _loss(self, batch: dict[str, Any], train: bool, generator: torch.Generator | None = None):
+    def _loss(self, batch: dict[str, Any], train: bool, generator: torch.Generator | None = None,
+              unconditional: bool = False):
+        """The flow loss of ``batch``; ``unconditional`` zeroes both conditions (the CFG negative) for every
+        sample instead of a random p_uncond of them."""
         tokens = self.view_tokens(batch)
         inputs = self.flow_inputs(batch, tokens)
+        cond_2d, cond_3d = self.cond_2d(tokens), inputs["cond_3d"]
+        if unconditional:
+            cond_2d, cond_3d = torch.zeros_like(cond_2d), None
         return self.objective.loss(
-            inputs["model_fn"], inputs["x0"], self.cond_2d(tokens), inputs["cond_3d"],
-            batch_idx=inputs["batch_idx"], cfg_dropout=train, generator=generator,
+            inputs["model_fn"], inputs["x0"], cond_2d, cond_3d,
+            batch_idx=inputs["batch_idx"], cfg_dropout=train and not unconditional, generator=generator,
         )
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
@@ -194,6 +200,12 @@ class FlowStage(Stage):
         generator = torch.Generator(device=self.device).manual_seed(1000 + batch_idx)
         out = self._loss(batch, train=False, generator=generator)
         self.log("val/loss", out.loss, prog_bar=True, sync_dist=True, batch_size=out.t.numel())
+        # The same t and noise without any condition: how much the views lower the loss (cond_gain > 0 once
+        # the model uses them; ~0 while it has learnt only the unconditional prior).
+        generator = torch.Generator(device=self.device).manual_seed(1000 + batch_idx)
+        uncond = self._loss(batch, train=False, generator=generator, unconditional=True)
+        self.log_dict({"val/loss_uncond": uncond.loss, "val/cond_gain": uncond.loss - out.loss}, sync_dist=True,
+                      batch_size=out.t.numel())
         if batch_idx < self.sample_batches:
             metrics = self.sample_metrics(batch)
             if metrics:

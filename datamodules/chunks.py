@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from genrecon.data.batching import ViewSampling, collate, select_fields
+from genrecon.data.batching import ViewSampling, collate, sample_parts, select_fields
 from genrecon.data.shards import decode_chunk_sample, shard_urls
 
 
@@ -134,12 +134,14 @@ class ChunkStream(IterableDataset):
         skipped = n_role_batches - len(wanted)
         for _ in range(skipped * self.batch_size):
             next(stream)
+        views = "lazy" if "views" in self.fields else False
+        parts = sample_parts(self.fields)  # decode only what the fields read (e.g. no O-Voxel for the flows)
         for local in range(skipped, n_role_batches):
             items = []
             for i in range(self.batch_size):
                 raw = next(stream)
                 sample_rng = np.random.default_rng([self.seed, epoch, rank, role, local, i])
-                sample = decode_chunk_sample(raw, views="lazy" if "views" in self.fields else False)
+                sample = decode_chunk_sample(raw, views=views, parts=parts)
                 items.append(select_fields(sample, self.fields, self.views, sample_rng))
             yield collate(items)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,20 @@ def encode_png(image: np.ndarray) -> bytes:
 def decode_png(data: bytes) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as im:
         return np.asarray(im).copy()
+
+
+def _decode_pngs(pngs: list[bytes]) -> np.ndarray:
+    """Stack of decoded PNGs, written into one preallocated array (no list + ``np.stack``). Falls back to
+    ``np.stack`` (and its error) if the images differ in shape."""
+    out: np.ndarray | None = None
+    for j, data in enumerate(pngs):
+        arr = decode_png(data)
+        if out is None:
+            out = np.empty((len(pngs), *arr.shape), arr.dtype)
+        elif arr.shape != out.shape[1:] or arr.dtype != out.dtype:
+            return np.stack([decode_png(d) for d in pngs])
+        out[j] = arr
+    return out
 
 
 def encode_npy(array: np.ndarray) -> bytes:
@@ -86,7 +101,7 @@ class LazyViews:
         picked = np.arange(len(self._pngs))[idx]
         if len(picked) == 0:
             return np.zeros((0, 1, 1, 4), np.uint8)
-        return np.stack([decode_png(self._pngs[int(i)]) for i in picked])
+        return _decode_pngs([self._pngs[int(i)] for i in picked])
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         full = self[:]
@@ -150,12 +165,20 @@ def encode_chunk_sample(
     return sample
 
 
-def decode_chunk_sample(sample: dict[str, Any], views: bool | str = True) -> ChunkSample:
+DECODABLE_PARTS = ("occupancy", "ovoxel", "latents")
+
+
+def decode_chunk_sample(
+    sample: dict[str, Any], views: bool | str = True, parts: Collection[str] | None = None
+) -> ChunkSample:
     """Inverse of :func:`encode_chunk_sample` for a raw WebDataset sample (bytes values).
 
     ``views=False`` skips decoding the PNG views (the VAE stages never look at them); ``views`` is then
     ``[0, 1, 1, 4]`` while the cameras are still decoded. ``views="lazy"`` gives a :class:`LazyViews` that
-    decodes only the views a batch selects."""
+    decodes only the views a batch selects. ``parts`` (a subset of ``DECODABLE_PARTS``; default all) names
+    the other payloads to decode: a part left out is not decoded and comes back empty (occupancy
+    ``[0, 0, 0]``, ``ovoxel``/``latents`` ``{}``); meta and cameras are always decoded, and the required
+    members are always checked."""
     key = sample.get("__key__", "<unknown>")
     url = sample.get("__url__", "<unknown shard>")
     for name in REQUIRED_KEYS:
@@ -167,10 +190,24 @@ def decode_chunk_sample(sample: dict[str, Any], views: bool | str = True) -> Chu
     if views == "lazy":
         views = LazyViews([sample[VIEW_KEY.format(i)] for i in range(n)])
     elif n and views:
-        views = np.stack([decode_png(sample[VIEW_KEY.format(i)]) for i in range(n)])
+        views = _decode_pngs([sample[VIEW_KEY.format(i)] for i in range(n)])
     else:
         views = np.zeros((0, 1, 1, 4), np.uint8)
-    latents = decode_safetensors(sample["latents.safetensors"]) if "latents.safetensors" in sample else {}
+    parts = DECODABLE_PARTS if parts is None else tuple(parts)
+    unknown = set(parts) - set(DECODABLE_PARTS)
+    if unknown:
+        raise ValueError(f"unknown sample parts {sorted(unknown)}; known: {DECODABLE_PARTS}")
+    latents = (
+        decode_safetensors(sample["latents.safetensors"])
+        if "latents" in parts and "latents.safetensors" in sample
+        else {}
+    )
+    occupancy = (
+        unpack_occupancy(decode_npy(sample["occupancy.npy"]), int(meta["occupancy_resolution"]))
+        if "occupancy" in parts
+        else np.zeros((0, 0, 0), bool)
+    )
+    ovoxel = decode_safetensors(sample["ovoxel.safetensors"]) if "ovoxel" in parts else {}
     return ChunkSample(
         key=key,
         meta=meta,
@@ -179,8 +216,8 @@ def decode_chunk_sample(sample: dict[str, Any], views: bool | str = True) -> Chu
         intrinsics=cams["intrinsics"],
         coverage=cams["coverage"],
         chunk_from_world=cams["chunk_from_world"],
-        occupancy=unpack_occupancy(decode_npy(sample["occupancy.npy"]), int(meta["occupancy_resolution"])),
-        ovoxel=decode_safetensors(sample["ovoxel.safetensors"]),
+        occupancy=occupancy,
+        ovoxel=ovoxel,
         latents=latents,
     )
 

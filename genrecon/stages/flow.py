@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from genrecon.models.aggregator import ViewAggregator
+from genrecon.models.flow_transformer import DenseFlowTransformer
 from genrecon.models.image_encoder import ImageEncoder, encode_views
 from genrecon.models.projection import Projection
 from genrecon.objectives.rectified_flow import RectifiedFlow
@@ -88,6 +89,9 @@ class FlowStage(Stage):
         latent_stats: ``stats.json`` of the latent shards; None keeps latents unnormalised.
         proj_batch_voxels: voxels projected per batch (a memory knob only).
         sample_batches: validation batches on which the stage also samples and scores full generations.
+        compile_blocks: ``torch.compile`` each transformer block when training starts (regional compilation:
+            the blocks share one graph). Fuses the norm / modulation / RoPE element-wise work of a small
+            model's step. Dense models only: a packed block's layout changes every batch and would recompile.
     """
 
     new_parameter_prefixes = ("aggregator", "proj_linears", "photo_cue", "image_encoder")
@@ -107,6 +111,7 @@ class FlowStage(Stage):
         proj_batch_voxels: int = 8192,
         sample_batches: int = 1,
         finetune: dict[str, Any] | None = None,
+        compile_blocks: bool = False,
         **stage_kwargs: Any,
     ) -> None:
         super().__init__(**stage_kwargs)
@@ -125,6 +130,10 @@ class FlowStage(Stage):
         self.sampler = sampler
         self.proj_batch_voxels = proj_batch_voxels
         self.sample_batches = sample_batches
+        if compile_blocks and not isinstance(self.model, DenseFlowTransformer):
+            raise ValueError("compile_blocks is for the dense (sparse-structure) flow: packed blocks take a "
+                             "per-batch layout that would recompile every step")
+        self.compile_blocks = compile_blocks
         mean, std = load_latent_stats(latent_stats, self.latent, latent_channels)
         self.register_buffer("latent_mean", mean)
         self.register_buffer("latent_std", std)
@@ -141,6 +150,13 @@ class FlowStage(Stage):
         if genrecon_ckpt:
             report = load_genrecon_flow(genrecon_ckpt, self.model)
             self.print(f"loaded GenRecon checkpoint {genrecon_ckpt}: {report}")
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        # At fit start, not at build: inference rebuilds the stage from its checkpoint and should not compile.
+        if self.compile_blocks:
+            for block in self.model.blocks:
+                block.compile()
 
     # ------------------------------------------------------------------ conditioning
     def view_tokens(self, batch: dict[str, Any]) -> Tensor:

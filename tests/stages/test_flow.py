@@ -72,13 +72,13 @@ def test_flows_with_the_photo_cue_train_and_reload(tiny_latents, tmp_path, stage
     from genrecon.stages.loading import load_stage
 
     torch.manual_seed(0)
-    overrides = [o.replace("stage.max_steps=120", "stage.max_steps=80") for o in FLOW_OVERRIDES]
+    overrides = [o.replace("stage.max_steps=120", "stage.max_steps=50") for o in FLOW_OVERRIDES]
     _, series = run_train([f"stage={stage}", "preset.flow.photo_cue={subdivisions:2,hidden:32}",
                "++trainer.enable_checkpointing=true", "callbacks=default", "callbacks.progress_bar=null",
-               "callbacks.model_summary=null", "stage.checkpoint_every_n_steps=80", *overrides],
+               "callbacks.model_summary=null", "stage.checkpoint_every_n_steps=50", *overrides],
               tiny_latents, tmp_path)
     loss = series["train/loss"]
-    assert len(loss) == 80 and head_tail_ratio(loss, k=15) < 0.85, (np.mean(loss[:15]), np.mean(loss[-15:]))
+    assert len(loss) == 50 and head_tail_ratio(loss, k=10) < 0.85, (np.mean(loss[:10]), np.mean(loss[-10:]))
     ckpt = next((tmp_path / "checkpoints").glob("last*.ckpt"))
     module = load_stage(ckpt, expected_stage=stage, device="cpu")
     cue = module.model.photo_cue

@@ -210,15 +210,12 @@ class Pipeline:
         if not self.probe_json.is_file():
             self.log(f"{stage}: no probe results, default batch size")
             return []
-        import importlib.util
+        from flow_step import choose  # a sibling script (benchmarks/ is sys.path[0]); imported once, then cached
 
-        spec = importlib.util.spec_from_file_location("flow_step", ROOT / "benchmarks" / "flow_step.py")
-        flow_step = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(flow_step)
         probe = json.loads(self.probe_json.read_text())
         # The probe's limit is its usable share of one GPU (headroom x memory); jobs on one GPU split it.
         limit = probe["mem_limit_gb"] / max(1, sharing) if probe.get("mem_limit_gb") else None
-        best = flow_step.choose([r for r in probe["results"] if r["stage"] == stage], mem_limit_gb=limit).get(stage)
+        best = choose([r for r in probe["results"] if r["stage"] == stage], mem_limit_gb=limit).get(stage)
         if not best:
             self.log(f"{stage}: no probe configuration fits {limit} GB, default batch size")
             return []

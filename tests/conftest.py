@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -30,6 +32,15 @@ def compose_config(config_name: str, overrides: list[str] | None = None) -> Dict
     # ${hydra:...} interpolations (paths.output_dir) resolve only once HydraConfig is set, as in a real job.
     HydraConfig.instance().set_config(cfg)
     return cfg
+
+
+def load_script(relative_path: str) -> ModuleType:
+    """Import a repository script that is not in a package (``benchmarks/*.py``, ``scripts/slurm/*.py``)."""
+    path = ROOT / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture

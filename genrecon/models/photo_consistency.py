@@ -33,8 +33,15 @@ def sample_bilinear(images: Tensor, image_idx: Tensor, x: Tensor, y: Tensor) -> 
 
     images ``[M, 3, H, W]``, image_idx / x / y ``[Q]`` -> ``[Q, 3]`` float32.
     """
-    m, c, h, w = images.shape
-    flat = images.permute(0, 2, 3, 1).reshape(-1, c).float()  # [M·H·W, 3]
+    return _sample_pixels(_pixel_rows(images), images.shape[-2], images.shape[-1], image_idx, x, y)
+
+
+def _pixel_rows(images: Tensor) -> Tensor:
+    """``[M, C, H, W]`` -> ``[M·H·W, C]`` float32 rows, the layout the gathers read (one copy per call)."""
+    return images.permute(0, 2, 3, 1).reshape(-1, images.shape[1]).float()
+
+
+def _sample_pixels(flat: Tensor, h: int, w: int, image_idx: Tensor, x: Tensor, y: Tensor) -> Tensor:
     x, y = x.clamp(0, w - 1), y.clamp(0, h - 1)
     x0, y0 = x.floor(), y.floor()
     wx, wy = (x - x0)[:, None], (y - y0)[:, None]
@@ -91,7 +98,7 @@ class PhotoConsistency(nn.Module):
         s3 = self.subdivisions**3
         offsets = sub_offsets(self.subdivisions, 1.0 / self.resolution, points.device)
         real = view_mask.sum(dim=1).clamp(min=1).float()  # [B]
-        flat_images = images.reshape(b * n, *images.shape[2:])
+        pixels = _pixel_rows(images.reshape(b * n, *images.shape[2:]))  # once, shared by every token batch
         out = []
         for start in range(0, points.shape[0], self.batch_tokens):
             pts = points[start : start + self.batch_tokens].float()
@@ -100,7 +107,7 @@ class PhotoConsistency(nn.Module):
             sub_idx = idx.repeat_interleave(s3)
             u, v, valid = Projection._project(sub, sub_idx, w2c, K, view_mask)  # [Q, N]
             image_idx = (sub_idx[:, None] * n + torch.arange(n, device=sub.device)).flatten()
-            rgb = sample_bilinear(flat_images, image_idx, (u * w - 0.5).flatten(), (v * h - 0.5).flatten())
+            rgb = _sample_pixels(pixels, h, w, image_idx, (u * w - 0.5).flatten(), (v * h - 0.5).flatten())
             rgb = rgb.view(*u.shape, 3)
             weight = valid[..., None].float()
             count = weight.sum(dim=1)  # [Q, 1]

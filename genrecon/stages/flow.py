@@ -193,11 +193,11 @@ class FlowStage(Stage):
 
     # ------------------------------------------------------------------ steps
     def _loss(self, batch: dict[str, Any], train: bool, generator: torch.Generator | None = None,
-              unconditional: bool = False):
+              unconditional: bool = False, prepared: tuple[Tensor, dict[str, Any]] | None = None):
         """The flow loss of ``batch``; ``unconditional`` zeroes both conditions (the CFG negative) for every
-        sample instead of a random p_uncond of them."""
-        tokens = self.view_tokens(batch)
-        inputs = self.flow_inputs(batch, tokens)
+        sample instead of a random p_uncond of them. ``prepared``: (tokens, flow_inputs) already computed for
+        this batch, so a second loss on it does not encode and project the views again."""
+        tokens, inputs = prepared if prepared is not None else self._prepare(batch)
         cond_2d, cond_3d = self.cond_2d(tokens), inputs["cond_3d"]
         if unconditional:
             cond_2d, cond_3d = torch.zeros_like(cond_2d), None
@@ -206,6 +206,11 @@ class FlowStage(Stage):
             batch_idx=inputs["batch_idx"], cfg_dropout=train and not unconditional, generator=generator,
         )
 
+    def _prepare(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
+        """View tokens ``[B, N, T, C]`` and :meth:`flow_inputs` of the batch."""
+        tokens = self.view_tokens(batch)
+        return tokens, self.flow_inputs(batch, tokens)
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         out = self._loss(batch, train=True)
         self.log("train/loss", out.loss, prog_bar=True, batch_size=out.t.numel())
@@ -213,13 +218,14 @@ class FlowStage(Stage):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         # A fixed generator per batch: the validation loss is comparable across checkpoints.
+        prepared = self._prepare(batch)
         generator = torch.Generator(device=self.device).manual_seed(1000 + batch_idx)
-        out = self._loss(batch, train=False, generator=generator)
+        out = self._loss(batch, train=False, generator=generator, prepared=prepared)
         self.log("val/loss", out.loss, prog_bar=True, sync_dist=True, batch_size=out.t.numel())
         # The same t and noise without any condition: how much the views lower the loss (cond_gain > 0 once
         # the model uses them; ~0 while it has learnt only the unconditional prior).
         generator = torch.Generator(device=self.device).manual_seed(1000 + batch_idx)
-        uncond = self._loss(batch, train=False, generator=generator, unconditional=True)
+        uncond = self._loss(batch, train=False, generator=generator, unconditional=True, prepared=prepared)
         self.log_dict({"val/loss_uncond": uncond.loss, "val/cond_gain": uncond.loss - out.loss}, sync_dist=True,
                       batch_size=out.t.numel())
         if batch_idx < self.sample_batches:
@@ -234,8 +240,7 @@ class FlowStage(Stage):
     @torch.no_grad()
     def sample(self, batch: dict[str, Any], seed: int = 0) -> Tensor:
         """Generate the batch's latent (normalised) with the stage's sampler from seeded noise."""
-        tokens = self.view_tokens(batch)
-        inputs = self.flow_inputs(batch, tokens)
+        tokens, inputs = self._prepare(batch)
         generator = torch.Generator(device=self.device).manual_seed(seed)
         noise = torch.randn(inputs["x0"].shape, generator=generator, device=self.device, dtype=inputs["x0"].dtype)
         return self.sampler.sample(inputs["model_fn"], noise, self.cond_2d(tokens), inputs["cond_3d"],

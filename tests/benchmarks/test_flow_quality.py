@@ -3,25 +3,19 @@ the view choice of the datamodule's validation stream."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from datamodules.chunks import ChunkDataModule
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "flow_quality.py"
+from tests.conftest import load_script
 
 
 def _flow_quality():
-    spec = importlib.util.spec_from_file_location("flow_quality", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/flow_quality.py")
 
 
 def test_scores_all_three_flows_and_their_ablations(tiny_pipeline, tmp_path, capsys):

@@ -3,22 +3,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "flow_step.py"
+from tests.conftest import load_script
 
 
 def _flow_step():
-    spec = importlib.util.spec_from_file_location("flow_step", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/flow_step.py")
 
 
 FS = _flow_step()

@@ -3,20 +3,15 @@ features are what the docstring says (7 voxels x 5 statistics)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "occupancy_cue_probe.py"
+from tests.conftest import load_script
 
 
 def _probe():
-    spec = importlib.util.spec_from_file_location("occupancy_cue_probe", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/occupancy_cue_probe.py")
 
 
 def test_probe_scores_both_feature_sets(tiny_dataset, tmp_path):

@@ -1,7 +1,6 @@
 """benchmarks/quality.py: the mechanics of the quality benchmark on a tiny held-out room with tiny checkpoints
 (two variants, a broken third one, the TSDF reference), and its helpers."""
 
-import importlib.util
 import json
 import math
 import os
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, load_script
 
 SCRIPT = ROOT / "benchmarks" / "quality.py"
 # infer.py overrides that keep a tiny room fast on a CPU: one chunk, 2 sampling steps, every voxel occupied.
@@ -24,10 +23,7 @@ TINY_INFER = ["min_points_per_chunk=20", "points.radius_m=0.5", "occ_threshold=-
 
 
 def _load_module():
-    spec = importlib.util.spec_from_file_location("quality_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/quality.py")
 
 
 quality = _load_module()

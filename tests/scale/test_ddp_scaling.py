@@ -5,7 +5,6 @@ checkpoint."""
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import shutil
@@ -17,17 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, TINY_MODEL_OVERRIDES
+from tests.conftest import ROOT, TINY_MODEL_OVERRIDES, load_script
 from tests.scale.helpers import train_env
 
 SCRIPT = ROOT / "benchmarks" / "ddp_scaling.py"
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("ddp_scaling", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/ddp_scaling.py")
 
 
 def test_throughput_counts_samples_after_the_warmup_on_the_slowest_rank():

@@ -6,7 +6,6 @@ launcher's own behaviour (environment, kill-on-bad-exit, signals, no orphans).""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -16,7 +15,7 @@ import time
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, load_script
 from tests.scale.helpers import shard_of, tail, tiny_overrides, train_env, wait
 
 SRUN_LOCAL = ROOT / "scripts" / "slurm" / "srun_local.py"
@@ -27,10 +26,7 @@ CPU_SLURM = ["trainer.accelerator=cpu", "trainer.precision=32-true", "stage.data
 
 
 def _srun_local():
-    spec = importlib.util.spec_from_file_location("srun_local", SRUN_LOCAL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/slurm/srun_local.py")
 
 
 def _srun(args: list[str], log, timeout: float) -> int:

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PHASES = ("prepare", "vae", "encode", "ddp", "flow", "flow_quality", "quality")
+PHASES = ("prepare", "vae", "vae_variants", "encode", "ddp", "flow", "flow_quality", "quality")
 FLOWS = ("ss_flow", "ss_flow_noproj", "ss_flow_photo", "shape_flow", "shape_flow_noproj", "tex_flow",
          "tex_flow_photo")
 # The photo-consistency cue (genrecon/models/photo_consistency.py) switched on for the *_photo runs.
@@ -178,6 +178,24 @@ class Pipeline:
             gpu=gpu[s], env={"GENRECON_RUN_NAME": s}) for s in VAES])
         for s in VAES:
             self.collect_metrics(s)
+
+    def vae_variants(self) -> None:
+        """Texture VAEs that differ only in ``--tex-vae-variant NAME OVERRIDE...``, trained side by side (one per
+        GPU, round-robin) for ``--vae-minutes`` on the same shards, then scored by ``vae_quality.py``: an A/B
+        whose baseline is measured in the same run (give one variant no overrides)."""
+        a = self.args
+        names = [v[0] for v in a.tex_vae_variant]
+        common = [f"stage.val_every_n_steps={a.val_every}", "stage.val_batches=3", *a.tex_vae_args]
+        self.run([Job(f"tex_vae_{name}", self.train_args("tex_vae", a.vae_minutes, [*common, *overrides]),
+                      gpu=i, env={"GENRECON_RUN_NAME": f"tex_vae_{name}"})
+                  for i, (name, *overrides) in enumerate(a.tex_vae_variant)])
+        self.run([Job(f"vae_quality_{name}", self.python(
+            "benchmarks/vae_quality.py", "--shards", str(self.dataset / "shards"),
+            "--tex-vae", str(self.ckpt(f"tex_vae_{name}")),
+            "--out", str(self.results / f"vae_quality_{name}.json")), gpu=i) for i, name in enumerate(names)
+            if self.ckpt(f"tex_vae_{name}").is_file()])
+        for name in names:
+            self.collect_metrics(f"tex_vae_{name}")
 
     def encode(self) -> None:
         ckpts = {s: self.ckpt(s) for s in VAES}
@@ -383,6 +401,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ss-vae-args", action="append", default=[])
     p.add_argument("--shape-vae-args", action="append", default=[])
     p.add_argument("--tex-vae-args", action="append", default=[])
+    p.add_argument("--tex-vae-variant", nargs="+", action="append", default=[], metavar="NAME [OVERRIDE ...]",
+                   help="phase vae_variants: a texture VAE run named NAME with these overrides (repeatable)")
     p.add_argument("--flow-args", action="append", default=[])
     p.add_argument("--infer-args", action="append", default=[])
     p.add_argument("--flow-quality-args", action="append", default=[])

@@ -14,5 +14,10 @@ nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv,noheader 2
 for f in "$R"/metrics_*.csv; do [ -f "$f" ] && echo "$(basename "$f"): $(head -1 "$f" | cut -c1-200)" && tail -2 "$f" | cut -c1-300; done
 for f in "$R"/*.log; do case "$f" in *progress.log) continue;; esac
   grep -h "time budget\|Error\|error:\|Traceback" "$f" 2>/dev/null | tail -3 | sed "s|^|$(basename "$f"): |"; done
+# Live metrics of runs still training (the pipeline copies them into RESULTS only when a phase ends): if the
+# machine is lost between calls, the last copy still has every validation so far.
+mkdir -p "$R/live"
+for f in "$R"/../logs/train/runs/*/csv/version_*/metrics.csv; do
+  [ -f "$f" ] && cp "$f" "$R/live/metrics_$(basename "$(dirname "$(dirname "$(dirname "$f")")")").csv"; done
 mkdir -p "$OUT" && tar czf "$OUT/results.tar.gz" -C "$R" . 2>/dev/null
 ls -la "$OUT"

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from genrecon.data.augment import VoxelAugmentation, augment_voxels
 from genrecon.models.sc_vae import (
     ShapeLossWeights,
     ShapeVAEDecoder,
@@ -128,12 +129,17 @@ class TextureVAEStage(Stage):
         kl_weight: float = 1e-6,
         use_checkpoint: bool = False,
         conv_backend: str = "torch",
+        augment: dict[str, bool] | None = None,
+        augment_seed: int = 0,
         **stage_kwargs: Any,
     ) -> None:
         super().__init__(**stage_kwargs)
         self.save_hyperparameters()
         channels = list(channels)
         self.resolution = resolution
+        # Training-time turns, mirrors and colour-channel swaps (genrecon/data/augment.py); None: off.
+        self.augment = VoxelAugmentation(**augment) if augment is not None else None
+        self.augment_seed = int(augment_seed)
         self.encoder = TextureVAEEncoder(6, channels, latent_channels, list(encoder_blocks), use_checkpoint,
                                          conv_backend)
         self.decoder = TextureVAEDecoder(6, channels[::-1], latent_channels, list(decoder_blocks), use_checkpoint,
@@ -151,7 +157,17 @@ class TextureVAEStage(Stage):
         recon = self.decoder(post.z, guide_subs=post.subs)
         return texture_vae_losses(recon, x, post.mean.feats, post.logvar.feats, self.kl_weight), recon
 
+    def _augmented(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """The batch with each chunk transformed by its own draw; the draw depends only on the seed, the step
+        and the rank, so a resumed run sees the same augmentations as an uninterrupted one."""
+        seed = self.augment_seed * 1_000_003 + self.global_step * 1009 + self.global_rank
+        gen = torch.Generator().manual_seed(seed)
+        coords, pbr = augment_voxels(batch["ovoxel_coords"], batch["ovoxel_pbr"], self.resolution, gen, self.augment)
+        return {**batch, "ovoxel_coords": coords, "ovoxel_pbr": pbr}
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        if self.augment is not None:
+            batch = self._augmented(batch)
         losses, _ = self._step(batch, sample_posterior=True)
         self.log_dict({"train/l1": losses["l1"], "train/kl": losses["kl"]}, batch_size=len(batch["keys"]))
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=len(batch["keys"]))

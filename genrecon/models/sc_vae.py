@@ -113,14 +113,25 @@ class SparseResBlockC2S3d(nn.Module):
     ``forward(x, guide)`` returns ``(out, logits)``: children come from ``guide`` (``[·, 8]`` bool mask or
     logits, thresholded at 0, matched to ``x`` by coordinates) if given, else from the predicted logits;
     ``logits`` is the predicted ``[N, 8]`` tensor on ``x``'s coords, or None without ``pred_subdiv``.
+
+    ``skip="repeat"`` (a deviation, off by default) gives every child the same skip instead: ``x`` averaged
+    over groups of ``C/C'`` consecutive channels, i.e. nearest-neighbour upsampling. The published slice skip
+    hands each child a different eighth of the parent's channels, so a value the parent holds in one slice
+    reaches one child only until the convolutions learn to spread it.
     """
 
     def __init__(
-        self, channels: int, out_channels: int, pred_subdiv: bool = True, backend: str = "torch"
+        self, channels: int, out_channels: int, pred_subdiv: bool = True, backend: str = "torch",
+        skip: str = "slice",
     ) -> None:
         super().__init__()
         if (8 * out_channels) % channels:
             raise ValueError(f"C2S block needs C_in | 8·C_out, got {channels} → {out_channels}")
+        if skip not in ("slice", "repeat"):
+            raise ValueError(f"skip must be 'slice' or 'repeat', got {skip!r}")
+        if skip == "repeat" and channels % out_channels:
+            raise ValueError(f"skip='repeat' needs C_out | C_in, got {channels} → {out_channels}")
+        self.skip = skip
         self.channels, self.out_channels = channels, out_channels
         self.norm1 = SparseLayerNorm(channels, elementwise_affine=True)
         self.conv1 = SubmanifoldConv3d(channels, out_channels * 8, 3, backend=backend)
@@ -142,9 +153,12 @@ class SparseResBlockC2S3d(nn.Module):
             raise ValueError("this decoder does not predict subdivisions: pass guide_subs")
         n, c = len(x), self.out_channels
         h = self.conv1(_silu(self.norm1(x)))
-        skip = x.feats.to(h.feats.dtype).repeat_interleave(8 * c // self.channels, dim=1)
+        if self.skip == "slice":
+            skip = x.feats.to(h.feats.dtype).repeat_interleave(8 * c // self.channels, dim=1).view(n, 8, c)
+        else:
+            skip = x.feats.to(h.feats.dtype).view(n, c, self.channels // c).mean(-1)[:, None].expand(n, 8, c)
         # One channel-to-space pass for main path and skip: per child the channels are [h ‖ skip].
-        packed = torch.cat([h.feats.view(n, 8, c), skip.view(n, 8, c)], dim=2).view(n, 16 * c)
+        packed = torch.cat([h.feats.view(n, 8, c), skip], dim=2).view(n, 16 * c)
         fine = self.to_fine(x.replace(packed), mask)
         main, skip = fine.feats.split(c, dim=1)
         h = self.conv2(_silu(self.norm2(fine.replace(main))))
@@ -233,6 +247,7 @@ class SCVAEDecoder(nn.Module):
         num_blocks: ConvNeXt blocks per level (``[4, 16, 8, 4, 0]`` published).
         pred_subdiv: give every up block a ``to_subdiv`` head.
         use_checkpoint, backend: as in :class:`SCVAEEncoder`.
+        upsample_skip: ``"slice"`` (published) or ``"repeat"``; see :class:`SparseResBlockC2S3d`.
     """
 
     def __init__(
@@ -244,6 +259,7 @@ class SCVAEDecoder(nn.Module):
         pred_subdiv: bool = True,
         use_checkpoint: bool = False,
         backend: str = "torch",
+        upsample_skip: str = "slice",
     ) -> None:
         super().__init__()
         _check_levels(model_channels, num_blocks)
@@ -254,7 +270,8 @@ class SCVAEDecoder(nn.Module):
         for i, (ch, nb) in enumerate(zip(model_channels, num_blocks, strict=True)):
             level: list[nn.Module] = [SparseConvNeXtBlock3d(ch, backend=backend) for _ in range(nb)]
             if i < len(model_channels) - 1:
-                level.append(SparseResBlockC2S3d(ch, model_channels[i + 1], pred_subdiv, backend=backend))
+                level.append(SparseResBlockC2S3d(ch, model_channels[i + 1], pred_subdiv, backend=backend,
+                                                 skip=upsample_skip))
             self.blocks.append(nn.ModuleList(level))
         self.output_layer = nn.Linear(model_channels[-1], out_channels)
 
@@ -368,9 +385,11 @@ class TextureVAEDecoder(SCVAEDecoder):
         num_blocks: Sequence[int] = (4, 16, 8, 4, 0),
         use_checkpoint: bool = False,
         backend: str = "torch",
+        upsample_skip: str = "slice",
     ) -> None:
         super().__init__(
-            out_channels, model_channels, latent_channels, num_blocks, False, use_checkpoint, backend
+            out_channels, model_channels, latent_channels, num_blocks, False, use_checkpoint, backend,
+            upsample_skip,
         )
 
     def forward(self, z: SparseTensor, guide_subs: Sequence[SparseTensor]) -> SparseTensor:

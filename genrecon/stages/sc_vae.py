@@ -131,6 +131,7 @@ class TextureVAEStage(Stage):
         conv_backend: str = "torch",
         augment: dict[str, bool] | None = None,
         augment_seed: int = 0,
+        upsample_skip: str = "slice",
         **stage_kwargs: Any,
     ) -> None:
         super().__init__(**stage_kwargs)
@@ -143,7 +144,7 @@ class TextureVAEStage(Stage):
         self.encoder = TextureVAEEncoder(6, channels, latent_channels, list(encoder_blocks), use_checkpoint,
                                          conv_backend)
         self.decoder = TextureVAEDecoder(6, channels[::-1], latent_channels, list(decoder_blocks), use_checkpoint,
-                                         conv_backend)
+                                         conv_backend, upsample_skip)
         self.kl_weight = kl_weight
 
     @staticmethod

@@ -153,3 +153,43 @@ def test_tiny_shape_vae_overfits() -> None:
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_repeat_skip_gives_every_child_the_parents_grouped_mean() -> None:
+    from genrecon.models.sc_vae import SparseResBlockC2S3d
+
+    torch.manual_seed(0)
+    parent = SparseTensor(torch.tensor([[0, 1, 1, 1], [0, 2, 1, 1]], dtype=torch.int32), torch.randn(2, 16))
+    every_child = torch.ones(2, 8, dtype=torch.bool)
+    for skip in ("slice", "repeat"):
+        block = SparseResBlockC2S3d(16, 8, pred_subdiv=False, skip=skip)
+        out, _ = block(parent, parent.replace(every_child))
+        assert len(out) == 16 and out.feats.shape[1] == 8
+        # conv2 starts at zero, so at initialisation the output is the skip alone.
+        for p in range(2):
+            children = out.feats[(out.coords[:, 1:] // 2 == parent.coords[p, 1:]).all(1)]
+            same = torch.allclose(children, children[:1].expand_as(children))
+            if skip == "repeat":
+                assert same
+                torch.testing.assert_close(children[0], parent.feats[p].view(8, 2).mean(1))
+            else:
+                assert not same  # each child holds its own slice of the parent's channels
+    with pytest.raises(ValueError, match="skip"):
+        SparseResBlockC2S3d(16, 8, skip="nearest")
+
+
+def test_texture_decoder_with_repeat_skip_trains() -> None:
+    enc, dec = TextureVAEEncoder(6, **TINY_ENC), TextureVAEDecoder(6, **TINY_DEC, upsample_skip="repeat")
+    gen = torch.Generator().manual_seed(0)
+    x = _shell_voxels()
+    x = x.replace(torch.rand(len(x), 6, generator=gen) * 2 - 1)
+    opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=3e-3)
+    losses = []
+    for _ in range(30):
+        post = enc(x, sample_posterior=False)
+        out = texture_vae_losses(dec(post.z, guide_subs=post.subs), x, post.mean.feats, post.logvar.feats)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(float(out["l1"]))
+    assert losses[-1] < 0.8 * losses[0]

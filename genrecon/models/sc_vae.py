@@ -456,13 +456,17 @@ def shape_vae_losses(
 
 
 def texture_vae_losses(
-    recon: SparseTensor, target: SparseTensor, mean: Tensor, logvar: Tensor, kl_weight: float = 1e-6
+    recon: SparseTensor, target: SparseTensor, mean: Tensor, logvar: Tensor, kl_weight: float = 1e-6,
+    l2_weight: float = 0.0,
 ) -> dict[str, Tensor]:
-    """Texture-VAE losses: ``{"l1", "kl", "loss"}`` with ``loss = l1 + kl_weight·kl``. ``recon`` and
-    ``target`` are ``[K, 6]`` in the same (``[-1, 1]``) space on the same voxels (matched by coordinate)."""
-    l1 = F.l1_loss(recon.feats.float(), feats_at(target, recon).float())
+    """Texture-VAE losses: ``{"l1", "l2", "kl", "loss"}`` with ``loss = l1 + l2_weight·l2 + kl_weight·kl``
+    (``l2`` is the mean squared error; published: L1 only). ``recon`` and ``target`` are ``[K, 6]`` in the same
+    (``[-1, 1]``) space on the same voxels (matched by coordinate)."""
+    pred, true = recon.feats.float(), feats_at(target, recon).float()
+    l1 = F.l1_loss(pred, true)
+    l2 = F.mse_loss(pred, true) if l2_weight else l1.new_zeros(())
     kl = gaussian_kl(mean, logvar)
-    return {"l1": l1, "kl": kl, "loss": l1 + kl_weight * kl}
+    return {"l1": l1, "l2": l2, "kl": kl, "loss": l1 + l2_weight * l2 + kl_weight * kl}
 
 
 # ====================================================================== mesh extraction

@@ -129,6 +129,7 @@ class TextureVAEStage(Stage):
         kl_weight: float = 1e-6,
         use_checkpoint: bool = False,
         conv_backend: str = "torch",
+        l2_weight: float = 0.0,
         augment: dict[str, bool] | None = None,
         augment_seed: int = 0,
         upsample_skip: str = "slice",
@@ -146,6 +147,7 @@ class TextureVAEStage(Stage):
         self.decoder = TextureVAEDecoder(6, channels[::-1], latent_channels, list(decoder_blocks), use_checkpoint,
                                          conv_backend, upsample_skip)
         self.kl_weight = kl_weight
+        self.l2_weight = l2_weight
 
     @staticmethod
     def _input(batch: dict[str, Any], device: torch.device | None = None) -> SparseTensor:
@@ -156,7 +158,8 @@ class TextureVAEStage(Stage):
         x = self._input(batch)
         post = self.encoder(x, sample_posterior=sample_posterior)
         recon = self.decoder(post.z, guide_subs=post.subs)
-        return texture_vae_losses(recon, x, post.mean.feats, post.logvar.feats, self.kl_weight), recon
+        return texture_vae_losses(recon, x, post.mean.feats, post.logvar.feats, self.kl_weight,
+                                  self.l2_weight), recon
 
     def _augmented(self, batch: dict[str, Any]) -> dict[str, Any]:
         """The batch with each chunk transformed by its own draw; the draw depends only on the seed, the step

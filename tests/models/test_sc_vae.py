@@ -136,6 +136,13 @@ def test_texture_losses() -> None:
     losses = texture_vae_losses(shuffled, target, zeros, zeros)
     assert losses["l1"] == 0 and losses["kl"] == 0
     assert torch.equal(feats_at(target, shuffled), shuffled.feats)
+    # The optional MSE term: off by default, weighted when on, on the coordinate-matched voxels.
+    off = shuffled.replace(shuffled.feats + 0.5)
+    plain = texture_vae_losses(off, target, zeros, zeros)
+    with_l2 = texture_vae_losses(off, target, zeros, zeros, l2_weight=2.0)
+    assert plain["l2"] == 0 and torch.isclose(plain["loss"], plain["l1"])
+    torch.testing.assert_close(with_l2["l2"], torch.tensor(0.25))
+    torch.testing.assert_close(with_l2["loss"], with_l2["l1"] + 0.5)
 
 
 def test_tiny_shape_vae_overfits() -> None:

@@ -135,7 +135,7 @@ class ChunkStream(IterableDataset):
         for _ in range(skipped * self.batch_size):
             next(stream)
         views = "lazy" if "views" in self.fields else False
-        parts = sample_parts(self.fields)  # decode only what the fields read (e.g. no O-Voxel for the flows)
+        parts = sample_parts(self.fields, self.views)  # decode only what is read (e.g. no O-Voxel for flows)
         for local in range(skipped, n_role_batches):
             items = []
             for i in range(self.batch_size):
@@ -215,6 +215,8 @@ class ChunkDataModule(L.LightningDataModule):
         val_batches: validation batches per rank (fixed, so ranks never wait on each other).
         max_views, min_view_coverage: per-sample view sampling (published: 1-16 views, 40 % coverage).
         eval_views: if set, validation uses exactly this many views per sample (e.g. 8).
+        min_voxel_share: also require the chunk's voxels on this share of a view's pixels (a deviation; 0 =
+            published; see :class:`genrecon.data.batching.ViewSampling`). Training and validation alike.
     """
 
     def __init__(
@@ -230,6 +232,7 @@ class ChunkDataModule(L.LightningDataModule):
         min_view_coverage: float = 0.4,
         eval_views: int | None = None,
         shuffle_buffer: int = 64,
+        min_voxel_share: float = 0.0,
     ) -> None:
         super().__init__()
         self.shards = Path(shards)
@@ -239,8 +242,10 @@ class ChunkDataModule(L.LightningDataModule):
         self.seed = seed
         self.batches_per_epoch = batches_per_epoch
         self.val_batches = val_batches
-        self.train_views = ViewSampling(max_views=max_views, min_coverage=min_view_coverage)
-        self.val_views = ViewSampling(max_views=max_views, min_coverage=min_view_coverage, fixed_count=eval_views)
+        self.train_views = ViewSampling(max_views=max_views, min_coverage=min_view_coverage,
+                                        min_voxel_share=min_voxel_share)
+        self.val_views = ViewSampling(max_views=max_views, min_coverage=min_view_coverage, fixed_count=eval_views,
+                                      min_voxel_share=min_voxel_share)
         self.shuffle_buffer = shuffle_buffer
 
     def manifest(self) -> dict[str, Any]:

@@ -46,14 +46,27 @@ FIELDS = ("occupancy", "ovoxel", "views", "ss_latent", "shape_latent", "tex_late
 @dataclass
 class ViewSampling:
     """Per-sample view sampling as published: n ~ U{1..max_views}, without replacement, among the views whose
-    projected chunk box covers at least ``min_coverage`` of the image."""
+    projected chunk box covers at least ``min_coverage`` of the image.
+
+    ``min_voxel_share > 0`` (a deviation, off by default) also requires that the chunk's occupied voxels
+    project onto at least that share of the view's pixels (:func:`genrecon.geometry.cameras.voxel_view_share`):
+    on synthetic rooms 14 % of the views that pass the box rule show the chunk on under 5 % of their pixels.
+    """
 
     max_views: int = 16
     min_coverage: float = 0.4
     fixed_count: int | None = None  # evaluation: always this many views (fewer if not available)
+    min_voxel_share: float = 0.0
 
-    def choose(self, coverage: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        eligible = np.nonzero(coverage >= self.min_coverage)[0]
+    def choose(
+        self, coverage: np.ndarray, rng: np.random.Generator, voxel_share: np.ndarray | None = None
+    ) -> np.ndarray:
+        ok = coverage >= self.min_coverage
+        if self.min_voxel_share > 0:
+            if voxel_share is None:
+                raise ValueError("min_voxel_share > 0 needs each view's voxel share (voxel_view_share)")
+            ok &= voxel_share >= self.min_voxel_share
+        eligible = np.nonzero(ok)[0]
         if eligible.size == 0:
             return eligible
         if self.fixed_count is not None:
@@ -77,7 +90,12 @@ def select_fields(sample: ChunkSample, fields: Sequence[str], views: ViewSamplin
         vox = OVoxel.unpack(sample.ovoxel, int(sample.meta["ovoxel_resolution"]))
         out["ovoxel"] = vox
     if "views" in fields:
-        idx = views.choose(sample.coverage, rng)
+        share = None
+        if views.min_voxel_share > 0:
+            from genrecon.geometry.cameras import voxel_view_share
+
+            share = voxel_view_share(sample.occupancy, sample.w2c, sample.intrinsics)
+        idx = views.choose(sample.coverage, rng, share)
         out["views"] = sample.views[idx]
         out["w2c"] = sample.w2c[idx]
         out["intrinsics"] = sample.intrinsics[idx]
@@ -89,11 +107,13 @@ def select_fields(sample: ChunkSample, fields: Sequence[str], views: ViewSamplin
     return out
 
 
-def sample_parts(fields: Sequence[str]) -> tuple[str, ...]:
+def sample_parts(fields: Sequence[str], views: ViewSampling | None = None) -> tuple[str, ...]:
     """The payloads (:data:`genrecon.data.shards.DECODABLE_PARTS`) that :func:`select_fields` reads for
-    ``fields``: the loader decodes only these (views are decoded lazily, the selected ones only)."""
+    ``fields`` with view sampling ``views``: the loader decodes only these (views are decoded lazily, the
+    selected ones only)."""
     parts = []
-    if "occupancy" in fields:
+    voxel_rule = "views" in fields and views is not None and views.min_voxel_share > 0
+    if "occupancy" in fields or voxel_rule:
         parts.append("occupancy")
     if "ovoxel" in fields:
         parts.append("ovoxel")

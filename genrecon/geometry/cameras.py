@@ -311,3 +311,35 @@ def projected_box_coverage(w2c: Array, K: Array, box_points: Array) -> Array:
     hi_v = torch.where(front, uv[..., 1], -inf).amax(-1)
     area = (hi_u - lo_u).clamp(min=0.0) * (hi_v - lo_v).clamp(min=0.0)
     return torch.where(front.any(-1), area, torch.zeros_like(area))
+
+
+def voxel_view_share(occupancy: np.ndarray, w2c: np.ndarray, K: np.ndarray, size: int = 32) -> np.ndarray:
+    """Share of each view's pixels onto which some occupied voxel centre projects. numpy.
+
+    Args:
+        occupancy: ``[R, R, R]`` bool grid over the unit cube ``[-0.5, 0.5)³`` (chunk frame, ij order).
+        w2c: ``[N, 4, 4]``; K: ``[N, 3, 3]`` in the same frame.
+        size: the views are scored on a ``size × size`` pixel grid; pick it so a voxel spans about a pixel
+            (32 for 64³ grids at room distances), since only voxel centres are drawn.
+    Returns:
+        ``[N]`` float64 in [0, 1]. Occlusion by geometry outside the grid is ignored, so this is an upper
+        bound on how much of the chunk a view shows. Published view selection uses the projected box only
+        (:func:`projected_box_coverage`); a camera inside or beside the chunk can pass that rule while
+        seeing almost none of it.
+    """
+    occupancy = np.asarray(occupancy, dtype=bool)
+    r = occupancy.shape[0]
+    idx = np.argwhere(occupancy)
+    shares = np.zeros(len(w2c))
+    if len(idx) == 0:
+        return shares
+    centres = (idx + 0.5) / r - 0.5
+    for n in range(len(w2c)):
+        cam = centres @ np.asarray(w2c[n, :3, :3], dtype=np.float64).T + np.asarray(w2c[n, :3, 3], np.float64)
+        front = cam[:, 2] > MIN_DEPTH
+        ray = cam[front] / cam[front, 2:3]
+        uv = ray @ np.asarray(K[n, :2, :], dtype=np.float64).T
+        inside = (uv >= 0).all(1) & (uv < 1).all(1)
+        pix = np.floor(uv[inside] * size).astype(np.int64)
+        shares[n] = len(np.unique(pix[:, 1] * size + pix[:, 0])) / (size * size)
+    return shares

@@ -3,6 +3,7 @@
 from itertools import pairwise
 
 import numpy as np
+import pytest
 import torch
 
 from genrecon.data.batching import collate, token_offsets
@@ -63,3 +64,18 @@ def test_collate_emits_offsets_consistent_with_the_batch_column() -> None:
 def test_token_offsets() -> None:
     assert token_offsets([]) == (0,)
     assert token_offsets([3, 0, np.int64(2)]) == (0, 3, 3, 5)
+
+
+def test_voxel_share_rule_drops_views_that_see_nothing_of_the_chunk():
+    from genrecon.data.batching import ViewSampling, sample_parts
+
+    rng = np.random.default_rng(0)
+    views = ViewSampling(max_views=4, fixed_count=4, min_voxel_share=0.1)
+    coverage = np.ones(4)
+    chosen = views.choose(coverage, rng, np.array([0.5, 0.0, 0.3, 0.05]))
+    assert chosen.tolist() == [0, 2]
+    with pytest.raises(ValueError, match="voxel share"):
+        views.choose(coverage, rng)
+    # The rule reads the occupancy grid, so the loader decodes it even when the fields do not ask for it.
+    assert "occupancy" in sample_parts(["ss_latent", "views"], views)
+    assert "occupancy" not in sample_parts(["ss_latent", "views"], ViewSampling())

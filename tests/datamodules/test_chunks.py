@@ -66,3 +66,23 @@ def test_same_seed_same_stream_and_resume_skips_consumed_batches(tmp_path):
     assert keys(skip=2) == full[2:]
     with_workers = keys(workers=2)
     assert keys(skip=3, workers=2) == with_workers[3:]
+
+
+def test_voxel_share_rule_keeps_only_views_that_show_the_chunk(tiny_dataset):
+    """With the rule on, every chosen view shows the chunk's voxels on at least that share of its pixels."""
+    from genrecon.geometry.cameras import voxel_view_share
+
+    shards = str(tiny_dataset / "shards")
+    plain = ChunkDataModule(shards, fields=["occupancy", "views"], batch_size=3, eval_views=8)
+    strict = ChunkDataModule(shards, fields=["views"], batch_size=3, eval_views=8, min_voxel_share=0.3)
+    for dm in (plain, strict):
+        dm.setup("fit")
+    full = next(iter(plain.val_dataloader()))
+    kept = next(iter(strict.val_dataloader()))
+    assert kept["keys"] == full["keys"] and "occupancy" not in kept
+    assert kept["view_mask"].sum() < full["view_mask"].sum()
+    for i in range(len(kept["keys"])):
+        n = int(kept["view_mask"][i].sum())
+        share = voxel_view_share(full["occupancy"][i, 0].numpy() > 0, kept["w2c"][i, :n].double().numpy(),
+                                 kept["intrinsics"][i, :n].double().numpy())
+        assert np.all(share >= 0.3)

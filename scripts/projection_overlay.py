@@ -7,9 +7,10 @@ One row per view: the stored image, the depth of the nearest occupied voxel unde
 farther; black = no voxel), and the two blended. If the frames agree, the splats sit on the rendered
 surfaces. Each voxel is splatted as 4³ points, so the depth image has no holes at the grid's resolution.
 
-``--coverage`` instead prints JSON: over every stored view of the split's chunks, the share of pixels onto
-which some occupied voxel of the chunk projects (occlusion by geometry outside the chunk not removed, so an
-upper bound on what the view shows of the chunk).
+``--coverage`` instead prints JSON: over every stored view of the split's chunks, the share of a 32×32 pixel
+grid onto which some occupied voxel centre of the chunk projects (``voxel_view_share``, the measure of the
+datamodule's ``min_voxel_share`` rule; occlusion by geometry outside the chunk is not removed, so an upper
+bound on what the view shows of the chunk).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from PIL import Image
 
 from genrecon.data.batching import ViewSampling, collate, select_fields
 from genrecon.data.shards import decode_chunk_sample, shard_urls
+from genrecon.geometry.cameras import voxel_view_share
 from genrecon.models.projection import voxel_centers
 
 
@@ -71,23 +73,17 @@ def _chunks(shards: str, split: str):
     yield from wds.DataPipeline(wds.SimpleShardList(shard_urls(shards, split)), wds.tarfile_to_samples())
 
 
-def view_coverage(shards: str, split: str, max_chunks: int, size: int = 128, sub: int = 2) -> dict:
-    """Per stored view, the pixel share covered by the chunk's occupied voxels; summary statistics."""
+def view_coverage(shards: str, split: str, max_chunks: int) -> dict:
+    """Summary of :func:`genrecon.geometry.cameras.voxel_view_share` (the measure of the datamodule's
+    ``min_voxel_share`` rule) over every stored view of up to ``max_chunks`` chunks."""
     shares = []
-    axis = (torch.arange(sub, dtype=torch.float32) + 0.5) / sub - 0.5
     chunks = 0
     for raw in _chunks(shards, split):
         if chunks >= max_chunks:
             break
         chunks += 1
         sample = decode_chunk_sample(raw, views=False)
-        occ = torch.from_numpy(np.asarray(sample.occupancy, dtype=bool))
-        r = occ.shape[0]
-        offsets = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3) / r
-        points = (voxel_centers(r)[occ.flatten()][:, None] + offsets[None]).reshape(-1, 3)
-        for w2c, K in zip(sample.w2c, sample.intrinsics):
-            depth = voxel_depth(points, torch.from_numpy(w2c).float(), torch.from_numpy(K).float(), size, size)
-            shares.append(float(torch.isfinite(depth).float().mean()))
+        shares.extend(voxel_view_share(sample.occupancy, sample.w2c, sample.intrinsics).tolist())
     if not shares:
         raise FileNotFoundError(f"no '{split}' views in {shards}")
     a = np.asarray(shares)

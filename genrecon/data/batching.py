@@ -50,7 +50,7 @@ class ViewSampling:
 
     ``min_voxel_share > 0`` (a deviation, off by default) also requires that the chunk's occupied voxels
     project onto at least that share of the view's pixels (:func:`genrecon.geometry.cameras.voxel_view_share`):
-    on synthetic rooms 14 % of the views that pass the box rule show the chunk on under 5 % of their pixels.
+    on synthetic rooms 13 % of the views that pass the box rule show the chunk on under 5 % of their pixels.
     """
 
     max_views: int = 16

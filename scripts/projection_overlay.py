@@ -26,20 +26,16 @@ from PIL import Image
 
 from genrecon.data.batching import ViewSampling, collate, select_fields
 from genrecon.data.shards import decode_chunk_sample, shard_urls
-from genrecon.geometry.cameras import voxel_view_share
+from genrecon.geometry.cameras import MIN_DEPTH, project_points, voxel_view_share
 from genrecon.models.projection import voxel_centers
 
 
 def voxel_depth(points: torch.Tensor, w2c: torch.Tensor, K: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Nearest camera depth ``[H, W]`` of ``points [P, 3]`` (chunk frame) seen from one OpenCV camera with
     normalised intrinsics; ``inf`` where no point lands."""
-    cam = points @ w2c[:3, :3].T + w2c[:3, 3]
-    z = cam[:, 2]
-    front = z > 1e-6
-    cam, z = cam[front], z[front]
-    u = (K[0, 0] * cam[:, 0] / z + K[0, 1] * cam[:, 1] / z + K[0, 2]) * width
-    v = (K[1, 1] * cam[:, 1] / z + K[1, 2]) * height
-    inside = (u >= 0) & (u < width) & (v >= 0) & (v < height)
+    uv, z = project_points(points, w2c, K)
+    u, v = uv[:, 0] * width, uv[:, 1] * height
+    inside = (z > MIN_DEPTH) & (u >= 0) & (u < width) & (v >= 0) & (v < height)
     depth = torch.full((height * width,), float("inf"))
     depth.scatter_reduce_(0, v[inside].long() * width + u[inside].long(), z[inside], "amin")
     return depth.view(height, width)

@@ -334,12 +334,9 @@ def voxel_view_share(occupancy: np.ndarray, w2c: np.ndarray, K: np.ndarray, size
     if len(idx) == 0:
         return shares
     centres = (idx + 0.5) / r - 0.5
+    uv, depth = project_points(centres[None], np.asarray(w2c, np.float64), np.asarray(K, np.float64))  # [N, M]
     for n in range(len(w2c)):
-        cam = centres @ np.asarray(w2c[n, :3, :3], dtype=np.float64).T + np.asarray(w2c[n, :3, 3], np.float64)
-        front = cam[:, 2] > MIN_DEPTH
-        ray = cam[front] / cam[front, 2:3]
-        uv = ray @ np.asarray(K[n, :2, :], dtype=np.float64).T
-        inside = (uv >= 0).all(1) & (uv < 1).all(1)
-        pix = np.floor(uv[inside] * size).astype(np.int64)
+        inside = (depth[n] > MIN_DEPTH) & (uv[n] >= 0).all(1) & (uv[n] < 1).all(1)
+        pix = np.floor(uv[n][inside] * size).astype(np.int64)
         shares[n] = len(np.unique(pix[:, 1] * size + pix[:, 0])) / (size * size)
     return shares

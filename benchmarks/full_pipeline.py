@@ -10,7 +10,8 @@ reuse earlier outputs under ``--root``):
    the step-time probe of the flow stages on synthetic batches (``benchmarks/flow_step.py``), from which
    ``--flow-batch auto`` picks each flow's batch size, attention backend and activation checkpointing.
 2. ``vae``      the three VAEs side by side for ``--vae-minutes`` of wall clock each (``train.py``), the learning
-   rate decayed over the budget (``callbacks.time_budget``).
+   rate decayed over the budget (``callbacks.time_budget``); ``--tex-vae-variant`` runs train beside the main
+   texture VAE on its GPU and are scored by ``vae_quality.py`` (an A/B measured in the same run).
 3. ``encode``   latent shards + statistics (``prepare.py steps=[encode]``), beside it the held-out VAE quality
    (``benchmarks/vae_quality.py``).
 4. ``ddp``      shape-flow DDP scaling over all GPUs, resumed on N and on 1 GPU (``benchmarks/ddp_scaling.py``),
@@ -43,14 +44,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PHASES = ("prepare", "vae", "vae_variants", "encode", "ddp", "flow", "flow_quality", "quality")
-FLOWS = ("ss_flow", "ss_flow_noproj", "ss_flow_photo", "shape_flow", "shape_flow_noproj", "tex_flow",
-         "tex_flow_photo")
+FLOWS = ("ss_flow", "ss_flow_noproj", "ss_flow_photo", "ss_flow_aux", "ss_flow_depth", "shape_flow",
+         "shape_flow_noproj", "tex_flow", "tex_flow_photo", "tex_flow_aux", "tex_flow_depth")
 # The photo-consistency cue (genrecon/models/photo_consistency.py) switched on for the *_photo runs.
 PHOTO_CUE = "preset.flow.photo_cue={subdivisions:4,hidden:256}"
+# The auxiliary view read-outs switched on for the *_aux runs: the SS flow's occupancy head
+# (SparseStructureFlowStage) and the texture flow's latent head (FlowStage).
+OCC_AUX = "stage.module.occupancy_aux_weight=1.0"
+LATENT_AUX = "stage.module.latent_aux_weight=1.0"
+# The ray-depth cue (genrecon/models/depth_cue.py) on top of the auxiliary heads for the *_depth runs.
+DEPTH_CUE = "preset.flow.depth_cue={bins:64,max_depth:4.0}"
 # Where each flow job runs when there are two or more GPUs: each flow beside its variants (equal conditions),
 # the texture flows beside the extended texture VAE.
-FLOW_GPU = {"ss_flow": 0, "ss_flow_noproj": 0, "ss_flow_photo": 0, "shape_flow": 1, "shape_flow_noproj": 1,
-            "tex_flow": 1, "tex_flow_photo": 1, "tex_vae_long": 1}
+FLOW_GPU = {"ss_flow": 0, "ss_flow_noproj": 0, "ss_flow_photo": 0, "ss_flow_aux": 0, "ss_flow_depth": 0,
+            "shape_flow": 1, "shape_flow_noproj": 1, "tex_flow": 1, "tex_flow_photo": 1, "tex_flow_aux": 1,
+            "tex_flow_depth": 1, "tex_vae_long": 1}
 VAES = ("ss_vae", "shape_vae", "tex_vae")
 STAGES = ("ss_vae", "shape_vae", "tex_vae", "ss_flow", "shape_flow", "tex_flow")
 
@@ -173,29 +181,41 @@ class Pipeline:
         # GPU 0: the SS-VAE (small, dense) beside the shape VAE; the texture VAE, the slowest to converge,
         # has a GPU of its own when there are two.
         gpu = {"ss_vae": 0, "shape_vae": 0, "tex_vae": 1}
-        self.run([Job(s, self.train_args(s, a.vae_minutes, [
+        jobs = [Job(s, self.train_args(s, a.vae_minutes, [
             f"stage.val_every_n_steps={a.val_every}", "stage.val_batches=3", *extra[s]]),
-            gpu=gpu[s], env={"GENRECON_RUN_NAME": s}) for s in VAES])
+            gpu=gpu[s], env={"GENRECON_RUN_NAME": s}) for s in VAES]
+        # --tex-vae-variant runs train beside the main texture VAE on its GPU (the same share each): an A/B of
+        # the VAE the latents are encoded with against variants with only their own overrides.
+        jobs += [self.tex_variant_job(name, overrides, gpu=1, common=[]) for name, *overrides in a.tex_vae_variant]
+        self.run(jobs)
         for s in VAES:
             self.collect_metrics(s)
+        self.score_tex_variants()
+
+    def tex_variant_job(self, name: str, overrides: list[str], gpu: int, common: list[str]) -> Job:
+        a = self.args
+        return Job(f"tex_vae_{name}", self.train_args("tex_vae", a.vae_minutes, [
+            f"stage.val_every_n_steps={a.val_every}", "stage.val_batches=3", *common, *overrides]),
+            gpu=gpu, env={"GENRECON_RUN_NAME": f"tex_vae_{name}"})
+
+    def score_tex_variants(self) -> None:
+        """Held-out quality (``vae_quality.py``) of every trained ``--tex-vae-variant``, one job per GPU."""
+        names = [v[0] for v in self.args.tex_vae_variant if self.ckpt(f"tex_vae_{v[0]}").is_file()]
+        self.run([Job(f"vae_quality_{name}", self.python(
+            "benchmarks/vae_quality.py", "--shards", str(self.dataset / "shards"),
+            "--tex-vae", str(self.ckpt(f"tex_vae_{name}")),
+            "--out", str(self.results / f"vae_quality_{name}.json")), gpu=i) for i, name in enumerate(names)])
+        for name in names:
+            self.collect_metrics(f"tex_vae_{name}")
 
     def vae_variants(self) -> None:
         """Texture VAEs that differ only in ``--tex-vae-variant NAME OVERRIDE...``, trained side by side (one per
         GPU, round-robin) for ``--vae-minutes`` on the same shards, then scored by ``vae_quality.py``: an A/B
         whose baseline is measured in the same run (give one variant no overrides)."""
         a = self.args
-        names = [v[0] for v in a.tex_vae_variant]
-        common = [f"stage.val_every_n_steps={a.val_every}", "stage.val_batches=3", *a.tex_vae_args]
-        self.run([Job(f"tex_vae_{name}", self.train_args("tex_vae", a.vae_minutes, [*common, *overrides]),
-                      gpu=i, env={"GENRECON_RUN_NAME": f"tex_vae_{name}"})
+        self.run([self.tex_variant_job(name, overrides, gpu=i, common=a.tex_vae_args)
                   for i, (name, *overrides) in enumerate(a.tex_vae_variant)])
-        self.run([Job(f"vae_quality_{name}", self.python(
-            "benchmarks/vae_quality.py", "--shards", str(self.dataset / "shards"),
-            "--tex-vae", str(self.ckpt(f"tex_vae_{name}")),
-            "--out", str(self.results / f"vae_quality_{name}.json")), gpu=i) for i, name in enumerate(names)
-            if self.ckpt(f"tex_vae_{name}").is_file()])
-        for name in names:
-            self.collect_metrics(f"tex_vae_{name}")
+        self.score_tex_variants()
 
     def encode(self) -> None:
         ckpts = {s: self.ckpt(s) for s in VAES}
@@ -245,8 +265,10 @@ class Pipeline:
         a = self.args
         noproj = ["stage.module.projection_conditioning=false"]
         ss = [f"stage.module.ss_vae_ckpt={self.ckpt('ss_vae')}"]
-        extra = {"ss_flow": ss, "ss_flow_noproj": ss + noproj, "ss_flow_photo": ss + [PHOTO_CUE], "shape_flow": [],
-                 "shape_flow_noproj": noproj, "tex_flow": [], "tex_flow_photo": [PHOTO_CUE]}
+        extra = {"ss_flow": ss, "ss_flow_noproj": ss + noproj, "ss_flow_photo": ss + [PHOTO_CUE],
+                 "ss_flow_aux": ss + [OCC_AUX], "ss_flow_depth": ss + [OCC_AUX, DEPTH_CUE], "shape_flow": [],
+                 "shape_flow_noproj": noproj, "tex_flow": [], "tex_flow_photo": [PHOTO_CUE],
+                 "tex_flow_aux": [LATENT_AUX], "tex_flow_depth": [LATENT_AUX, DEPTH_CUE]}
         runs = [f for f in FLOWS if f in a.flows]
         if a.tex_vae_extend_minutes > 0:
             runs.append("tex_vae_long")
@@ -310,10 +332,15 @@ class Pipeline:
                  "shape_flow_noproj": "--shape-flow-ablation", "tex_flow": "--tex-flow"}
         families = {"flow_quality": {run: run for run in flags},
                     "flow_quality_photo": {"ss_flow": "ss_flow_photo", "ss_flow_noproj": "ss_flow_noproj",
-                                           "tex_flow": "tex_flow_photo"}}
+                                           "tex_flow": "tex_flow_photo"},
+                    "flow_quality_aux": {"ss_flow": "ss_flow_aux", "ss_flow_noproj": "ss_flow_noproj",
+                                         "tex_flow": "tex_flow_aux"},
+                    "flow_quality_depth": {"ss_flow": "ss_flow_depth", "ss_flow_noproj": "ss_flow_noproj",
+                                           "tex_flow": "tex_flow_depth"}}
         jobs = []
         for name, runs in families.items():
-            if name != "flow_quality" and not any(have(r) for r in runs.values() if r.endswith("_photo")):
+            # A variant family is scored only when one of its variant runs (a run not named after its slot) exists.
+            if name != "flow_quality" and not any(have(r) for slot, r in runs.items() if r != slot):
                 continue
             ckpts = [x for slot, run in runs.items() if have(run) for x in (flags[slot], str(self.ckpt(run)))]
             if not ckpts:
@@ -402,7 +429,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shape-vae-args", action="append", default=[])
     p.add_argument("--tex-vae-args", action="append", default=[])
     p.add_argument("--tex-vae-variant", nargs="+", action="append", default=[], metavar="NAME [OVERRIDE ...]",
-                   help="phase vae_variants: a texture VAE run named NAME with these overrides (repeatable)")
+                   help="a texture VAE run named NAME with these overrides (repeatable). Phase vae_variants: "
+                        "the variants alone, one per GPU, each also with --tex-vae-args; phase vae: beside the "
+                        "main texture VAE on its GPU, with their own overrides only")
     p.add_argument("--flow-args", action="append", default=[])
     p.add_argument("--infer-args", action="append", default=[])
     p.add_argument("--flow-quality-args", action="append", default=[])

@@ -24,6 +24,7 @@ class ViewAggregator(nn.Module):
     def __init__(self, channels: int, hidden: int | None = None) -> None:
         super().__init__()
         hidden = hidden or channels
+        self.channels = channels
         self.feature_mlp = nn.Sequential(
             nn.Linear(3 * channels, hidden),
             nn.ReLU(),
@@ -80,6 +81,7 @@ def project_and_aggregate(
     view_mask: Tensor,
     batch_voxels: int = 4096,
     checkpoint: bool = False,
+    depth_cue: nn.Module | None = None,
 ) -> Tensor:
     """Projection + aggregation streamed over voxels → ``[K, C]``.
 
@@ -87,10 +89,16 @@ def project_and_aggregate(
     K ``[B, N, 3, 3]``, view_mask ``[B, N]``. Only ``batch_voxels × N × C`` gathered features exist
     at a time. With ``checkpoint`` and gradients enabled, each batch's activations are recomputed
     in backward instead of stored, so training memory stays bounded too.
+    ``depth_cue`` (:class:`genrecon.models.depth_cue.DepthCue`): ``tokens`` are then its extended tokens
+    ``[B, N, T, C + D]``, and each per-view feature gets the depth evidence at the voxel's camera depth.
     """
 
     def run(pts: Tensor, idx: Tensor) -> Tensor:
-        feats, valid = projection(pts, idx, tokens, w2c, K, view_mask)
+        if depth_cue is None:
+            feats, valid = projection(pts, idx, tokens, w2c, K, view_mask)
+        else:
+            gathered, valid, depth = projection(pts, idx, tokens, w2c, K, view_mask, return_depth=True)
+            feats = depth_cue(gathered, depth)
         return aggregator(feats, valid)
 
     outputs = []
@@ -101,5 +109,5 @@ def project_and_aggregate(
         else:
             outputs.append(run(pts, idx))
     if not outputs:
-        return tokens.new_zeros(0, tokens.shape[-1])
+        return tokens.new_zeros(0, aggregator.channels)
     return torch.cat(outputs)

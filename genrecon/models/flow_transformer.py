@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genrecon.models.aggregator import project_and_aggregate
+from genrecon.models.depth_cue import DepthCue
 from genrecon.models.photo_consistency import PhotoConsistency
 from genrecon.models.projection import coords_to_points, voxel_centers
 from genrecon.modules.attention import PackedLayout
@@ -64,13 +65,17 @@ class _FlowTransformer(nn.Module):
         projection: nn.Module | None = None,
         aggregator: nn.Module | None = None,
         photo_cue: dict[str, Any] | None = None,
+        depth_cue: dict[str, Any] | None = None,
     ) -> None:
         """projection / aggregator: GenRecon's conditioning pathway, given together or not at all.
         attn_backend: see genrecon.modules.attention; "auto" is resolved for attn_device
         (None = CUDA if available, else CPU).
         photo_cue: keyword arguments of :class:`genrecon.models.photo_consistency.PhotoConsistency` (e.g.
         ``{subdivisions: 4, hidden: 256}``) to add the views' colour statistics to the fused 3-D condition;
-        None (the published design) leaves it out. Needs the projection pathway."""
+        None (the published design) leaves it out. Needs the projection pathway.
+        depth_cue: keyword arguments of :class:`genrecon.models.depth_cue.DepthCue` (e.g. ``{bins: 64,
+        max_depth: 4.0}``) to add each view's predicted depth evidence at the voxel to its per-view feature;
+        None (published) leaves it out. Needs the projection pathway."""
         super().__init__()
         if (projection is None) != (aggregator is None):
             raise ValueError(
@@ -134,6 +139,9 @@ class _FlowTransformer(nn.Module):
         self.photo_cue = (
             PhotoConsistency(resolution, cond_channels, **photo_cue) if photo_cue is not None else None
         )
+        if depth_cue is not None and aggregator is None:
+            raise ValueError("depth_cue is part of the projection pathway: it needs projection and aggregator")
+        self.depth_cue = DepthCue(cond_channels, **depth_cue) if depth_cue is not None else None
 
     @property
     def has_cond_3d(self) -> bool:
@@ -188,6 +196,8 @@ class _FlowTransformer(nn.Module):
         if self.photo_cue is not None and images is None:
             raise ValueError("this model adds the photo-consistency cue: pass the views as images=[B, N, 3, H, W]")
         trains = any(p.requires_grad for p in self.aggregator.parameters())
+        if self.depth_cue is not None:
+            tokens = self.depth_cue.extend_tokens(tokens)  # [B, N, T, C + D]
         cond = project_and_aggregate(
             self.projection,
             self.aggregator,
@@ -199,6 +209,7 @@ class _FlowTransformer(nn.Module):
             view_mask,
             batch_voxels=batch_voxels,
             checkpoint=trains,
+            depth_cue=self.depth_cue,
         )
         if self.photo_cue is not None:
             cond = cond + self.photo_cue(images, points, batch_idx, w2c, K, view_mask).to(cond.dtype)

@@ -51,12 +51,14 @@ class Projection(nn.Module):
         w2c: Tensor,
         K: Tensor,
         view_mask: Tensor,
-    ) -> tuple[Tensor, Tensor]:
+        return_depth: bool = False,
+    ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
         """Project and gather.
 
         points ``[K, 3]`` (chunk frame), batch_idx ``[K]`` long, tokens ``[B, N, T, C]``,
         w2c ``[B, N, 4, 4]``, K ``[B, N, 3, 3]`` (normalised), view_mask ``[B, N]`` bool →
-        feats ``[K, N, C]`` (tokens' dtype, zero where invalid), valid ``[K, N]`` bool.
+        feats ``[K, N, C]`` (tokens' dtype, zero where invalid), valid ``[K, N]`` bool, and with
+        ``return_depth`` the camera-space depth ``[K, N]`` (float32 or wider; meaningless where invalid).
 
         A (point, view) is valid iff the view is real, the depth is > 1e-6 and (u, v) ∈ [0, 1)².
         Padded views have zero extrinsics, hence depth 0, hence invalid even without the mask.
@@ -66,20 +68,21 @@ class Projection(nn.Module):
             raise ValueError(
                 f"tokens have T={tokens.shape[2]}, expected G + P² = {self.num_global_tokens} + {p}²"
             )
-        u, v, valid = self._project(points, batch_idx, w2c, K, view_mask)
+        u, v, valid, depth = self._project(points, batch_idx, w2c, K, view_mask)
         if self.sampling == "nearest":
             col = (u * p).floor().clamp(0, p - 1).long()
             row = (v * p).floor().clamp(0, p - 1).long()
             feats = self._gather(tokens, batch_idx, row * p + col)
         else:
             feats = self._bilinear(tokens, batch_idx, u * p - 0.5, v * p - 0.5)
-        return torch.where(valid[..., None], feats, feats.new_zeros(())), valid
+        feats = torch.where(valid[..., None], feats, feats.new_zeros(()))
+        return (feats, valid, depth) if return_depth else (feats, valid)
 
     @staticmethod
     def _project(
         points: Tensor, batch_idx: Tensor, w2c: Tensor, K: Tensor, view_mask: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """→ u, v ``[K, N]`` (float32 or wider) and valid ``[K, N]``."""
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """→ u, v ``[K, N]`` (float32 or wider), valid ``[K, N]`` and the camera depth ``[K, N]``."""
         dtype = torch.promote_types(points.dtype, torch.float32)
         extr = w2c[batch_idx].to(dtype)  # [K, N, 4, 4]
         intr = K[batch_idx].to(dtype)  # [K, N, 3, 3]
@@ -91,7 +94,7 @@ class Projection(nn.Module):
         uv = (intr[..., :2, :] @ ray[..., None]).squeeze(-1)  # rows (fx, s, cx), (0, fy, cy) of K
         u, v = uv.unbind(-1)
         inside = (u >= 0) & (u < 1) & (v >= 0) & (v < 1)
-        return u, v, view_mask[batch_idx] & in_front & inside
+        return u, v, view_mask[batch_idx] & in_front & inside, depth
 
     def _gather(self, tokens: Tensor, batch_idx: Tensor, patch: Tensor) -> Tensor:
         """patch ``[K, N]`` in [0, P²) → tokens ``[K, N, C]``."""

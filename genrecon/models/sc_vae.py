@@ -39,6 +39,11 @@ from genrecon.modules.sparse.tensor import SparseTensor, feats_at
 SHAPE_CHANNELS = 6  # vertex offset - 0.5 (3) ‖ edge flags - 0.5 (3), see OVoxel.shape_features
 SHAPE_OUT_CHANNELS = 7  # vertex offset (3) ‖ edge-flag logits (3) ‖ split weight (1)
 PBR_CHANNELS = 6  # base colour (3), metallic, roughness, alpha, as uint8/255·2 - 1 in [-1, 1]
+# Initial posterior log-variance with ``mean_shortcut`` (σ ≈ 0.05): sampling then keeps the block-mean code.
+SHORTCUT_LOGVAR = -6.0
+# Initial weight scale of the decoder's output layer with ``mean_shortcut``: the output starts within ~1e-4 of
+# the block mean.
+SHORTCUT_OUTPUT_STD = 1e-5
 
 
 def _zero_(module: nn.Module) -> nn.Module:
@@ -49,6 +54,26 @@ def _zero_(module: nn.Module) -> nn.Module:
 
 def _silu(x: SparseTensor) -> SparseTensor:
     return x.replace(F.silu(x.feats))
+
+
+def parent_rows(fine: SparseTensor, coarse: SparseTensor, factor: int) -> Tensor:
+    """Row in ``coarse`` of each voxel of ``fine``'s ``factor``³ block: ``[K_fine]`` int64 (every parent must
+    exist, as it does between an SC-VAE's input and latent)."""
+    coords = fine.coords.clone()
+    coords[:, 1:] = torch.div(coords[:, 1:], factor, rounding_mode="floor")
+    rows = coarse.lookup(coords)
+    if bool((rows < 0).any()):
+        raise ValueError(f"{int((rows < 0).sum())} of {len(fine)} voxels have no parent at 1/{factor} resolution")
+    return rows
+
+
+def block_mean(fine: SparseTensor, coarse: SparseTensor, factor: int) -> Tensor:
+    """Mean of ``fine.feats`` over each coarse voxel's ``factor``³ block: ``[N_coarse, C]`` (0 if empty)."""
+    rows = parent_rows(fine, coarse, factor)
+    feats = fine.feats.float()
+    total = feats.new_zeros(len(coarse), feats.shape[1]).index_add_(0, rows, feats)
+    count = torch.bincount(rows, minlength=len(coarse)).clamp_(min=1).to(feats.dtype)
+    return total / count[:, None]
 
 
 # ====================================================================== blocks
@@ -199,6 +224,9 @@ class SCVAEEncoder(nn.Module):
         num_blocks: ConvNeXt blocks per level (``[0, 4, 8, 16, 4]`` published).
         use_checkpoint: gradient checkpointing per block.
         backend: sparse conv backend (see :class:`SubmanifoldConv3d`).
+        mean_shortcut: add each latent cell's input mean to its first ``in_channels`` latent channels and start
+            ``to_latent`` at zero (log-variance at ``SHORTCUT_LOGVAR``), so the code starts as the block mean
+            (a deviation, off; see :class:`SCVAEDecoder`).
     """
 
     def __init__(
@@ -209,10 +237,15 @@ class SCVAEEncoder(nn.Module):
         num_blocks: Sequence[int],
         use_checkpoint: bool = False,
         backend: str = "torch",
+        mean_shortcut: bool = False,
     ) -> None:
         super().__init__()
         _check_levels(model_channels, num_blocks)
+        if mean_shortcut and in_channels > latent_channels:
+            raise ValueError(f"mean_shortcut needs in_channels ≤ latent_channels, got {in_channels} > {latent_channels}")
         self.use_checkpoint = use_checkpoint
+        self.mean_shortcut = mean_shortcut
+        self.factor = 2 ** (len(model_channels) - 1)
         self.input_layer = nn.Linear(in_channels, model_channels[0])
         self.blocks = nn.ModuleList()
         for i, (ch, nb) in enumerate(zip(model_channels, num_blocks, strict=True)):
@@ -221,6 +254,9 @@ class SCVAEEncoder(nn.Module):
                 level.append(SparseResBlockS2C3d(ch, model_channels[i + 1], backend=backend))
             self.blocks.append(nn.ModuleList(level))
         self.to_latent = nn.Linear(model_channels[-1], 2 * latent_channels)
+        if mean_shortcut:
+            _zero_(self.to_latent)
+            nn.init.constant_(self.to_latent.bias[latent_channels:], SHORTCUT_LOGVAR)
 
     def forward(self, x: SparseTensor, sample_posterior: bool = True) -> SCVAEPosterior:
         h = x.replace(self.input_layer(x.feats))
@@ -232,6 +268,8 @@ class SCVAEEncoder(nn.Module):
                     subs.append(h.replace(child_mask(h)))
         stats = self.to_latent(F.layer_norm(h.feats.float(), h.feats.shape[-1:]))
         mean, logvar = stats.chunk(2, dim=1)
+        if self.mean_shortcut:
+            mean = mean + F.pad(block_mean(x, h, self.factor), (0, mean.shape[1] - x.feats.shape[1]))
         z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean) if sample_posterior else mean
         return SCVAEPosterior(h.replace(z), h.replace(mean), h.replace(logvar), subs[::-1])
 
@@ -248,6 +286,10 @@ class SCVAEDecoder(nn.Module):
         pred_subdiv: give every up block a ``to_subdiv`` head.
         use_checkpoint, backend: as in :class:`SCVAEEncoder`.
         upsample_skip: ``"slice"`` (published) or ``"repeat"``; see :class:`SparseResBlockC2S3d`.
+        mean_shortcut: add the first ``out_channels`` latent channels of each voxel's latent cell to its output
+            and start ``output_layer`` near zero (a deviation, off). With the encoder's shortcut the untrained VAE
+            is then the block-mean code (29.6 dB held out, ``benchmarks/texture_code_bound.py``), and training
+            learns only the residual detail, instead of first learning to carry colour through every level.
     """
 
     def __init__(
@@ -260,9 +302,13 @@ class SCVAEDecoder(nn.Module):
         use_checkpoint: bool = False,
         backend: str = "torch",
         upsample_skip: str = "slice",
+        mean_shortcut: bool = False,
     ) -> None:
         super().__init__()
         _check_levels(model_channels, num_blocks)
+        if mean_shortcut and out_channels > latent_channels:
+            raise ValueError(f"mean_shortcut needs out_channels ≤ latent_channels, got {out_channels} > {latent_channels}")
+        self.mean_shortcut = mean_shortcut
         self.pred_subdiv = pred_subdiv
         self.use_checkpoint = use_checkpoint
         self.from_latent = nn.Linear(latent_channels, model_channels[0])
@@ -274,6 +320,13 @@ class SCVAEDecoder(nn.Module):
                                                  skip=upsample_skip))
             self.blocks.append(nn.ModuleList(level))
         self.output_layer = nn.Linear(model_channels[-1], out_channels)
+        if mean_shortcut:
+            # Near zero, not zero: with slice skips the finest features can start constant over channels (each
+            # voxel gets one value of its ancestors, replicated), so their LayerNorm is 0; a zero output layer
+            # would then pass no gradient back and neither it nor the zero-initialised convs could ever move
+            # (measured: the tiny preset stayed exactly at the block mean). Adam scales the tiny gradients up.
+            nn.init.normal_(self.output_layer.weight, std=SHORTCUT_OUTPUT_STD)
+            nn.init.zeros_(self.output_layer.bias)
 
     @property
     def num_upsamples(self) -> int:
@@ -297,6 +350,9 @@ class SCVAEDecoder(nn.Module):
                 else:
                     h = _call(block, self.use_checkpoint, h)
         out = self.output_layer(F.layer_norm(h.feats.float(), h.feats.shape[-1:]).to(h.feats.dtype))
+        if self.mean_shortcut:
+            rows = parent_rows(h, z, 2**self.num_upsamples)
+            out = out + z.feats[rows, : out.shape[1]].to(out.dtype)
         return h.replace(out), subs
 
 
@@ -368,8 +424,10 @@ class TextureVAEEncoder(SCVAEEncoder):
         num_blocks: Sequence[int] = (0, 4, 8, 16, 4),
         use_checkpoint: bool = False,
         backend: str = "torch",
+        mean_shortcut: bool = False,
     ) -> None:
-        super().__init__(in_channels, model_channels, latent_channels, num_blocks, use_checkpoint, backend)
+        super().__init__(in_channels, model_channels, latent_channels, num_blocks, use_checkpoint, backend,
+                         mean_shortcut)
 
 
 class TextureVAEDecoder(SCVAEDecoder):
@@ -386,10 +444,11 @@ class TextureVAEDecoder(SCVAEDecoder):
         use_checkpoint: bool = False,
         backend: str = "torch",
         upsample_skip: str = "slice",
+        mean_shortcut: bool = False,
     ) -> None:
         super().__init__(
             out_channels, model_channels, latent_channels, num_blocks, False, use_checkpoint, backend,
-            upsample_skip,
+            upsample_skip, mean_shortcut,
         )
 
     def forward(self, z: SparseTensor, guide_subs: Sequence[SparseTensor]) -> SparseTensor:

@@ -176,6 +176,14 @@ def gaussian_kl(mean: Tensor, logvar: Tensor) -> Tensor:
     return 0.5 * torch.mean(mean.float().pow(2) + logvar.float().exp() - logvar.float() - 1.0)
 
 
+def soft_dice_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """Soft Dice loss over all elements with +1 smoothing: ``1 - (2·Σpt + 1) / (Σp + Σt + 1)``, ``p = σ(logits)``.
+    Unlike BCE it is not minimised by predicting "empty" everywhere on sparse occupancy."""
+    p = torch.sigmoid(logits.float())
+    target = target.to(p.dtype)
+    return 1.0 - (2.0 * (p * target).sum() + 1.0) / (p.sum() + target.sum() + 1.0)
+
+
 def ss_vae_losses(
     logits: Tensor, target: Tensor, mean: Tensor, logvar: Tensor, kl_weight: float = 1e-3
 ) -> dict[str, Tensor]:
@@ -193,7 +201,6 @@ def ss_vae_losses(
     logits = logits.float()
     target = target.to(logits.dtype)
     bce = F.binary_cross_entropy_with_logits(logits, target)
-    p = torch.sigmoid(logits)
-    dice = 1.0 - (2.0 * (p * target).sum() + 1.0) / (p.sum() + target.sum() + 1.0)
+    dice = soft_dice_loss(logits, target)
     kl = gaussian_kl(mean, logvar)
     return {"bce": bce, "dice": dice, "kl": kl, "loss": bce + dice + kl_weight * kl}

@@ -133,6 +133,7 @@ class TextureVAEStage(Stage):
         augment: dict[str, bool] | None = None,
         augment_seed: int = 0,
         upsample_skip: str = "slice",
+        mean_shortcut: bool = False,
         **stage_kwargs: Any,
     ) -> None:
         super().__init__(**stage_kwargs)
@@ -143,9 +144,9 @@ class TextureVAEStage(Stage):
         self.augment = VoxelAugmentation(**augment) if augment is not None else None
         self.augment_seed = int(augment_seed)
         self.encoder = TextureVAEEncoder(6, channels, latent_channels, list(encoder_blocks), use_checkpoint,
-                                         conv_backend)
+                                         conv_backend, mean_shortcut)
         self.decoder = TextureVAEDecoder(6, channels[::-1], latent_channels, list(decoder_blocks), use_checkpoint,
-                                         conv_backend, upsample_skip)
+                                         conv_backend, upsample_skip, mean_shortcut)
         self.kl_weight = kl_weight
         self.l2_weight = l2_weight
 

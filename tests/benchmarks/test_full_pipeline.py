@@ -35,3 +35,61 @@ def test_vae_variants_train_side_by_side_then_score_each(tmp_path, monkeypatch):
     assert [j.name for j in score] == ["vae_quality_base", "vae_quality_wide"]
     assert str(pipe.ckpt("tex_vae_wide")) in score[1].argv
     assert str(pipe.results / "vae_quality_wide.json") in score[1].argv
+
+
+def test_vae_phase_trains_variants_beside_the_main_texture_vae(tmp_path, monkeypatch):
+    """In phase vae a variant shares the main texture VAE's GPU and takes only its own overrides, so the A/B
+    compares the encode-time VAE (with --tex-vae-args) against the variant under the same conditions."""
+    fp = load_script("benchmarks/full_pipeline.py")
+    args = fp.parse_args(["--root", str(tmp_path), "--gpus", "2", "--phases", "vae",
+                          "--tex-vae-args", "stage.module.mean_shortcut=true", "--tex-vae-variant", "published"])
+    pipe = fp.Pipeline(args)
+    batches = []
+
+    def fake_run(jobs):
+        batches.append(jobs)
+        for job in jobs:
+            if job.name.startswith(("tex_vae", "ss_vae", "shape_vae")):
+                pipe.ckpt(job.name).parent.mkdir(parents=True, exist_ok=True)
+                pipe.ckpt(job.name).touch()
+        return {job.name: 0 for job in jobs}
+
+    monkeypatch.setattr(pipe, "run", fake_run)
+    pipe.vae()
+    train, score = batches
+    by_name = {j.name: j for j in train}
+    assert sorted(by_name) == ["shape_vae", "ss_vae", "tex_vae", "tex_vae_published"]
+    assert by_name["tex_vae"].gpu == by_name["tex_vae_published"].gpu == 1
+    assert "stage.module.mean_shortcut=true" in by_name["tex_vae"].argv
+    assert "stage.module.mean_shortcut=true" not in by_name["tex_vae_published"].argv
+    assert [j.name for j in score] == ["vae_quality_published"]
+
+
+def test_flow_phase_places_the_aux_runs_beside_their_baselines(tmp_path, monkeypatch):
+    fp = load_script("benchmarks/full_pipeline.py")
+    args = fp.parse_args(["--root", str(tmp_path), "--gpus", "2", "--phases", "flow", "flow_quality",
+                          "--flows", "ss_flow", "ss_flow_noproj", "ss_flow_aux", "tex_flow", "tex_flow_aux"])
+    pipe = fp.Pipeline(args)
+    batches = []
+
+    def fake_run(jobs):
+        batches.append(jobs)
+        for job in jobs:
+            pipe.ckpt(job.name).parent.mkdir(parents=True, exist_ok=True)
+            pipe.ckpt(job.name).touch()
+        return {job.name: 0 for job in jobs}
+
+    monkeypatch.setattr(pipe, "run", fake_run)
+    pipe.flow()
+    by_name = {j.name: j for j in batches[0]}
+    assert {n: j.gpu for n, j in by_name.items()} == {"ss_flow": 0, "ss_flow_noproj": 0, "ss_flow_aux": 0,
+                                                      "tex_flow": 1, "tex_flow_aux": 1}
+    assert fp.OCC_AUX in by_name["ss_flow_aux"].argv and fp.OCC_AUX not in by_name["ss_flow"].argv
+    assert fp.LATENT_AUX in by_name["tex_flow_aux"].argv and fp.LATENT_AUX not in by_name["tex_flow"].argv
+    pipe.flow_quality()
+    names = {j.name: j.argv for j in batches[1]}
+    assert sorted(names) == ["flow_quality", "flow_quality_aux"]  # no photo run: no photo family
+    aux = names["flow_quality_aux"]
+    assert aux[aux.index("--ss-flow") + 1] == str(pipe.ckpt("ss_flow_aux"))
+    assert aux[aux.index("--ss-flow-ablation") + 1] == str(pipe.ckpt("ss_flow_noproj"))
+    assert aux[aux.index("--tex-flow") + 1] == str(pipe.ckpt("tex_flow_aux"))

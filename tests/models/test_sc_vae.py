@@ -200,3 +200,55 @@ def test_texture_decoder_with_repeat_skip_trains() -> None:
         opt.step()
         losses.append(float(out["l1"]))
     assert losses[-1] < 0.8 * losses[0]
+
+
+def _block_mean_reference(x: SparseTensor, factor: int) -> torch.Tensor:
+    """Per-voxel mean of its ``factor``³ block, by a Python loop over blocks."""
+    out = torch.empty_like(x.feats)
+    keys = [tuple([int(c[0])] + [int(v) // factor for v in c[1:]]) for c in x.coords]
+    for key in set(keys):
+        rows = torch.tensor([i for i, k in enumerate(keys) if k == key])
+        out[rows] = x.feats[rows].mean(0)
+    return out
+
+
+def test_mean_shortcut_starts_as_the_block_mean_code() -> None:
+    """With ``mean_shortcut`` the untrained VAE (posterior mean) returns each voxel's block mean (to 1e-3): the
+    encoder puts the block means in the first channels, the decoder adds them back, all else starts at or
+    near 0."""
+    torch.manual_seed(0)
+    enc = TextureVAEEncoder(6, **TINY_ENC, mean_shortcut=True)
+    dec = TextureVAEDecoder(6, **TINY_DEC, mean_shortcut=True)
+    gen = torch.Generator().manual_seed(1)
+    x = _shell_voxels()
+    x = x.replace(torch.rand(len(x), 6, generator=gen) * 2 - 1)
+    post = enc(x, sample_posterior=False)
+    assert torch.all(post.mean.feats[:, 6:] == 0)
+    out = dec(post.mean, guide_subs=post.subs)
+    torch.testing.assert_close(feats_at(out, x), _block_mean_reference(x, 4), rtol=0, atol=1e-3)
+    assert float(post.logvar.feats.max()) < -5  # sampling keeps the code: σ ≈ 0.05
+    # Off by default: the published layers start random, and the output is no block mean.
+    plain = TextureVAEDecoder(6, **TINY_DEC)
+    assert plain.output_layer.weight.abs().sum() > 0 and not TextureVAEEncoder(6, **TINY_ENC).mean_shortcut
+    with pytest.raises(ValueError, match="latent_channels"):
+        TextureVAEEncoder(6, **{**TINY_ENC, "latent_channels": 4}, mean_shortcut=True)
+
+
+def test_mean_shortcut_vae_improves_on_the_block_mean() -> None:
+    """Training from the block-mean start lowers the L1 below it: the residual path learns the detail (here
+    colour gradients inside each block, which one mean per block cannot hold)."""
+    torch.manual_seed(0)
+    enc = TextureVAEEncoder(6, **TINY_ENC, mean_shortcut=True)
+    dec = TextureVAEDecoder(6, **TINY_DEC, mean_shortcut=True)
+    x = _shell_voxels()
+    xyz = x.coords[:, 1:].float() / 16
+    x = x.replace(torch.cat([torch.sin(6.0 * xyz), torch.cos(5.0 * xyz.flip(1))], 1) * 0.8)
+    block_l1 = float((_block_mean_reference(x, 4) - x.feats).abs().mean())
+    opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=3e-3)
+    for _ in range(50):
+        post = enc(x, sample_posterior=False)
+        out = texture_vae_losses(dec(post.z, guide_subs=post.subs), x, post.mean.feats, post.logvar.feats)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+    assert float(out["l1"]) < 0.97 * block_l1, (float(out["l1"]), block_l1)

@@ -1,0 +1,81 @@
+"""Ray-depth cue (a deviation, off by default): depth evidence per (voxel, view), a pathway unchanged at init."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from genrecon.models.depth_cue import DepthCue
+from genrecon.models.flow_transformer import DenseFlowTransformer
+from genrecon.models.presets import flow_preset
+from genrecon.models.projection import Projection
+from tests.models.test_photo_consistency import EYES, _cameras
+
+
+def test_evidence_reads_the_distribution_at_the_depth() -> None:
+    cue = DepthCue(channels=4, bins=8, max_depth=4.0)  # bin width 0.5, centres at 0.25, 0.75, ...
+    logits = torch.full((8,), -1e4)
+    logits[3] = 0.0  # all mass in bin 3, centre 1.75
+    depth = torch.tensor([1.75, 2.0, 2.25, 0.3, 9.0])
+    p = cue.evidence(logits.expand(5, 8), depth)
+    torch.testing.assert_close(p, torch.tensor([8.0, 4.0, 0.0, 0.0, 0.0]))  # linear between centres
+    uniform = cue.evidence(torch.zeros(5, 8), depth)
+    torch.testing.assert_close(uniform, torch.ones(5))  # no information: density 1 everywhere
+    with pytest.raises(ValueError, match="bins"):
+        DepthCue(4, bins=1)
+
+
+def test_projection_returns_the_camera_depth() -> None:
+    w2c, K, mask = _cameras(1, EYES[:2])
+    proj = Projection(num_global_tokens=0, patch_grid=2)
+    tokens = torch.zeros(1, 2, 4, 3)
+    pts = torch.tensor([[0.0, 0.0, 0.0], [0.1, -0.2, 0.05]])
+    _, valid, depth = proj(pts, torch.zeros(2, dtype=torch.long), tokens, w2c, K, mask, return_depth=True)
+    assert valid.all()
+    cam = (w2c[0, :, None, :3, :3] @ pts[None, :, :, None]).squeeze(-1) + w2c[0, :, None, :3, 3]  # [N, K, 3]
+    torch.testing.assert_close(depth, cam[..., 2].T)
+    assert torch.allclose(depth[0], torch.tensor([2.0, 2.0]).hypot(torch.tensor([0.3, 0.3])), atol=1e-5)
+
+
+def _model(depth_cue: dict | None) -> DenseFlowTransformer:
+    from genrecon.models.aggregator import ViewAggregator
+
+    torch.manual_seed(0)
+    cfg = {**flow_preset("tiny"), "cond_channels": 16}
+    return DenseFlowTransformer(resolution=4, in_channels=8, out_channels=8, **cfg, attn_device="cpu",
+                                projection=Projection(0, 4), aggregator=ViewAggregator(16), depth_cue=depth_cue)
+
+
+def test_untrained_cue_leaves_the_pathway_as_published_and_trains() -> None:
+    plain, cued = _model(None), _model({"bins": 16, "max_depth": 4.0})
+    cued.load_state_dict(plain.state_dict(), strict=False)  # same shared weights; the cue's own stay as built
+    w2c, K, mask = _cameras(2, EYES)
+    gen = torch.Generator().manual_seed(1)
+    tokens = torch.randn(2, 4, 16, 16, generator=gen, requires_grad=True)
+    a = plain.cond_3d_from_views(tokens, w2c, K, mask, 16)
+    b = cued.cond_3d_from_views(tokens, w2c, K, mask, 16)
+    torch.testing.assert_close(a, b)  # zero-initialised to_feature
+    # The cue's output layer learns from the first step, and once open it passes gradient to the depth head.
+    b.square().sum().backward()
+    assert cued.depth_cue.to_feature.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        torch.nn.init.normal_(cued.depth_cue.to_feature.weight, std=0.5)
+    cued.zero_grad()
+    cued.cond_3d_from_views(tokens, w2c, K, mask, 16).square().sum().backward()
+    assert cued.depth_cue.head.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="depth_cue"):
+        DenseFlowTransformer(resolution=4, in_channels=8, out_channels=8, **flow_preset("tiny"), attn_device="cpu",
+                             depth_cue={"bins": 8})
+
+
+def test_cue_is_independent_of_view_order() -> None:
+    model = _model({"bins": 16})
+    with torch.no_grad():
+        torch.nn.init.normal_(model.depth_cue.to_feature.weight, std=0.5)
+        torch.nn.init.normal_(model.aggregator.feature_mlp[4].weight, std=0.2)
+    w2c, K, mask = _cameras(1, EYES)
+    tokens = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(2))
+    perm = torch.tensor([2, 0, 3, 1])
+    a = model.cond_3d_from_views(tokens, w2c, K, mask, 16)
+    b = model.cond_3d_from_views(tokens[:, perm], w2c[:, perm], K[:, perm], mask[:, perm], 16)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

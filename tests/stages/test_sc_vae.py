@@ -35,8 +35,9 @@ def test_texture_vae_reconstruction_loss_halves(tiny_dataset, tmp_path):
 
 def test_texture_vae_default_learns_past_its_block_mean_start(tiny_dataset, tmp_path):
     """The default (mean shortcut + repeat skips) starts as the block-mean code, so its first losses are
-    already low; training lowers them further and validation ends well above the published design's
-    start."""
-    metrics, series = run_train(["stage=tex_vae", *VAE_OVERRIDES], tiny_dataset, tmp_path)
-    assert head_tail_ratio(series["train/l1"]) < 0.9, (series["train/l1"][:5], series["train/l1"][-5:])
+    already low; it still halves them (in 120 steps; 80 leave it near 0.55) and validates well above the
+    published design's 80-step PSNR (~16 dB)."""
+    longer = ["stage.max_steps=120", "stage.val_every_n_steps=120"]
+    metrics, series = run_train(["stage=tex_vae", *VAE_OVERRIDES, *longer], tiny_dataset, tmp_path)
+    assert head_tail_ratio(series["train/l1"]) < 0.5, (series["train/l1"][:5], series["train/l1"][-5:])
     assert metrics["val/base_color_psnr"] > 20.0

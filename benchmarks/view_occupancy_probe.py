@@ -10,7 +10,9 @@ occupancy block), in plain PyTorch on the CPU, on 8 views per chunk (the evaluat
 line is the baseline measured on the same chunks: the position prior (each voxel's occupancy frequency over the
 training chunks, thresholded where the training IoU is best). A head far above it reads real occupancy from
 the views; one near it has learnt only where rooms usually have floors and walls. ``depth_cue`` in the config
-adds the ray-depth evidence of ``genrecon/models/depth_cue.py`` (a deviation) to the pathway. Prints JSON lines.
+adds the ray-depth evidence of ``genrecon/models/depth_cue.py`` (a deviation) to the pathway; ``position`` adds a
+learnt per-voxel embedding to the head's input, so the head can learn the prior too and the question becomes
+whether the views add to it. Prints JSON lines.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from genrecon.pipelines.sampler import EulerSampler
 from genrecon.stages.flow import SparseStructureFlowStage
 
 DEFAULTS = {"width": 128, "depth": 4, "num_heads": 4, "patch_size": 16, "lr": 1e-3, "latent_resolution": 16,
-            "depth_cue": None}
+            "depth_cue": None, "position": False}
 
 
 def load(shards: str, split: str, views: int) -> list[dict]:
@@ -74,10 +76,15 @@ def build(cfg: dict, image_size: int, occupancy_resolution: int) -> SparseStruct
         occupancy_resolution=occupancy_resolution, sample_batches=0)
 
 
-def head_logits(stage: SparseStructureFlowStage, batch: dict) -> tuple[torch.Tensor, dict]:
-    """Occupancy-head logits ``[B, r³, f³]`` of a batch and the ``prepared`` pair the stage's terms take."""
+def head_logits(stage: SparseStructureFlowStage, batch: dict, position: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, dict]:
+    """Occupancy-head logits ``[B, r³, f³]`` of a batch and the ``prepared`` pair the stage's terms take.
+    ``position`` ``[r³, C]``: a learnt per-voxel embedding added to the fused feature (the flow transformer
+    knows each token's position; the bare head does not)."""
     tokens = stage.view_tokens(batch)
     cond = stage.model.cond_3d_from_views(tokens, batch["w2c"], batch["intrinsics"], batch["view_mask"], 4096)
+    if position is not None:
+        cond = cond + position
     prepared = (tokens, {"cond_3d": cond})
     return stage.occupancy_head(cond).float(), prepared
 
@@ -106,15 +113,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(json.dumps(lines[0]), flush=True)
 
     cue = [] if stage.model.depth_cue is None else list(stage.model.depth_cue.parameters())
+    position = (torch.nn.Parameter(torch.zeros(cfg["latent_resolution"] ** 3, cfg["width"]))
+                if cfg["position"] else None)
     params = [*stage.image_encoder.parameters(), *stage.model.aggregator.parameters(),
-              *stage.occupancy_head.parameters(), *cue]
+              *stage.occupancy_head.parameters(), *cue, *([position] if position is not None else [])]
     opt = torch.optim.AdamW(params, lr=float(cfg["lr"]), weight_decay=0.0)
     val_batches = [collate(val[i : i + args.batch]) for i in range(0, len(val), args.batch)]
     rng = np.random.default_rng(args.seed)
     t0 = time.perf_counter()
     for step in range(args.steps + 1):
         batch = collate([train[i] for i in rng.choice(len(train), min(args.batch, len(train)), replace=False)])
-        loss = stage.auxiliary_losses(batch, head_logits(stage, batch)[1])["occ_aux"]
+        loss = stage.auxiliary_losses(batch, head_logits(stage, batch, position)[1])["occ_aux"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -122,7 +131,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             with torch.no_grad():
                 inter = union = 0
                 for vb in val_batches:
-                    pred, true = head_logits(stage, vb)[0] > 0, stage.occupancy_blocks(vb["occupancy"]) > 0.5
+                    pred = head_logits(stage, vb, position)[0] > 0
+                    true = stage.occupancy_blocks(vb["occupancy"]) > 0.5
                     inter += int((pred & true).sum())
                     union += int((pred | true).sum())
             line = {"step": step, "loss": round(float(loss.detach()), 4), "val_iou": round(inter / max(1, union), 4),

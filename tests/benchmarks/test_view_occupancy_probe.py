@@ -12,7 +12,7 @@ from tests.conftest import load_script
 def test_probe_prints_the_prior_then_a_falling_loss(tiny_dataset, tmp_path):
     probe = load_script("benchmarks/view_occupancy_probe.py")
     out = tmp_path / "probe.jsonl"
-    config = {"width": 32, "depth": 1, "num_heads": 2, "patch_size": 8, "depth_cue": {"bins": 8}}
+    config = {"width": 32, "depth": 1, "num_heads": 2, "patch_size": 8, "depth_cue": {"bins": 8}, "position": True}
     lines = probe.main(["--shards", str(tiny_dataset / "shards"), "--steps", "12", "--every", "6", "--views", "2",
                         "--threads", "1", "--config", json.dumps(config), "--out", str(out)])
     assert [json.loads(x) for x in out.read_text().splitlines()] == lines

@@ -60,6 +60,7 @@ FLOW_GPU = {"ss_flow": 0, "ss_flow_noproj": 0, "ss_flow_photo": 0, "ss_flow_aux"
             "shape_flow": 1, "shape_flow_noproj": 1, "tex_flow": 1, "tex_flow_photo": 1, "tex_flow_aux": 1,
             "tex_flow_depth": 1, "tex_vae_long": 1}
 VAES = ("ss_vae", "shape_vae", "tex_vae")
+MAIN_FLOWS = ("ss_flow", "shape_flow", "tex_flow")
 STAGES = ("ss_vae", "shape_vae", "tex_vae", "ss_flow", "shape_flow", "tex_flow")
 
 
@@ -339,8 +340,10 @@ class Pipeline:
                                            "tex_flow": "tex_flow_depth"}}
         jobs = []
         for name, runs in families.items():
-            # A variant family is scored only when one of its variant runs (a run not named after its slot) exists.
-            if name != "flow_quality" and not any(have(r) for slot, r in runs.items() if r != slot):
+            # A variant family is scored only when one of its variant runs (a run not named after its slot) exists,
+            # the base family only when a main flow does: ablations alone are scored within the variant families.
+            mains = [r for slot, r in runs.items() if r != slot] if name != "flow_quality" else list(MAIN_FLOWS)
+            if not any(have(r) for r in mains):
                 continue
             ckpts = [x for slot, run in runs.items() if have(run) for x in (flags[slot], str(self.ckpt(run)))]
             if not ckpts:

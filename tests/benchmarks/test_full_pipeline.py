@@ -93,3 +93,21 @@ def test_flow_phase_places_the_aux_runs_beside_their_baselines(tmp_path, monkeyp
     assert aux[aux.index("--ss-flow") + 1] == str(pipe.ckpt("ss_flow_aux"))
     assert aux[aux.index("--ss-flow-ablation") + 1] == str(pipe.ckpt("ss_flow_noproj"))
     assert aux[aux.index("--tex-flow") + 1] == str(pipe.ckpt("tex_flow_aux"))
+
+
+def test_flow_quality_skips_the_base_family_without_a_main_flow(tmp_path, monkeypatch):
+    """With only variant runs and the ablation trained, the ablation is scored inside the variant families; a
+    base family of the ablation alone would only repeat that work on a GPU the variants need."""
+    fp = load_script("benchmarks/full_pipeline.py")
+    pipe = fp.Pipeline(fp.parse_args(["--root", str(tmp_path), "--gpus", "2", "--phases", "flow_quality"]))
+    for run in ("ss_flow_aux", "ss_flow_depth", "ss_flow_noproj", "tex_flow_aux", "tex_flow_depth"):
+        pipe.ckpt(run).parent.mkdir(parents=True, exist_ok=True)
+        pipe.ckpt(run).touch()
+    batches = []
+    monkeypatch.setattr(pipe, "run", lambda jobs: batches.append(jobs) or {j.name: 0 for j in jobs})
+    pipe.flow_quality()
+    jobs = {j.name: j for j in batches[0]}
+    assert sorted(jobs) == ["flow_quality_aux", "flow_quality_depth"]
+    assert [j.gpu for j in batches[0]] == [0, 1]
+    depth = jobs["flow_quality_depth"].argv
+    assert depth[depth.index("--ss-flow-ablation") + 1] == str(pipe.ckpt("ss_flow_noproj"))

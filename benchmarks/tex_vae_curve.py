@@ -27,6 +27,7 @@ from genrecon.data.augment import VoxelAugmentation, augment_voxels
 from genrecon.data.batching import ViewSampling, collate, select_fields
 from genrecon.data.shards import decode_chunk_sample, shard_urls
 from genrecon.stages.sc_vae import TextureVAEStage, feats_at
+from genrecon.utils.jsonl import JsonLinesLog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from texture_code_bound import blocks  # a sibling script, importable once its folder is on sys.path
@@ -85,10 +86,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     model = TextureVAEStage(resolution=resolution, **{**TINY, **cfg.get("model", {})})
     factor = 2 ** (len(model.decoder.blocks) - 1)
     val_batch, train_batch = collate(val), collate(train[:3])
-    lines = [{"baseline": "block_mean", "factor": factor, "val_psnr": round(block_mean_psnr(val, factor), 2),
-              "train_psnr": round(block_mean_psnr(train[:3], factor), 2), "train_chunks": len(train),
-              "val_chunks": len(val), "config": cfg}]
-    print(json.dumps(lines[0]), flush=True)
+    log = JsonLinesLog(args.out)
+    log.add({"baseline": "block_mean", "factor": factor, "val_psnr": round(block_mean_psnr(val, factor), 2),
+             "train_psnr": round(block_mean_psnr(train[:3], factor), 2), "train_chunks": len(train),
+             "val_chunks": len(val), "config": cfg})
 
     opt = torch.optim.AdamW(model.parameters(), lr=float(cfg.get("lr", 1e-3)), weight_decay=0.0)
     augment = VoxelAugmentation() if cfg.get("augment") else None
@@ -105,15 +106,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         losses["loss"].backward()
         opt.step()
         if step % args.every == 0:
-            line = {"step": step, "train_l1": round(float(losses["l1"].detach()), 4),
-                    "val_psnr": round(vae_psnr(model, val_batch), 2),
-                    "train_psnr": round(vae_psnr(model, train_batch), 2),
-                    "seconds": round(time.perf_counter() - t0, 1)}
-            lines.append(line)
-            print(json.dumps(line), flush=True)
-    if args.out:
-        Path(args.out).write_text("".join(json.dumps(x) + "\n" for x in lines))
-    return lines
+            log.add({"step": step, "train_l1": round(float(losses["l1"].detach()), 4),
+                     "val_psnr": round(vae_psnr(model, val_batch), 2),
+                     "train_psnr": round(vae_psnr(model, train_batch), 2),
+                     "seconds": round(time.perf_counter() - t0, 1)})
+    return log.close()
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ import argparse
 import json
 import time
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,6 +33,7 @@ from genrecon.models.image_encoder import SmallViT
 from genrecon.objectives.rectified_flow import RectifiedFlow
 from genrecon.pipelines.sampler import EulerSampler
 from genrecon.stages.flow import SparseStructureFlowStage
+from genrecon.utils.jsonl import JsonLinesLog
 
 DEFAULTS = {"width": 128, "depth": 4, "num_heads": 4, "patch_size": 16, "lr": 1e-3, "latent_resolution": 16,
             "depth_cue": None, "position": False}
@@ -108,9 +108,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     train, val = load(args.shards, "train", args.views), load(args.shards, "val", args.views)
     image_size, occ_res = int(train[0]["views"].shape[1]), int(np.asarray(train[0]["occupancy"]).shape[-1])
     stage = build(cfg, image_size, occ_res)
-    lines = [{"baseline": "position_prior", **position_prior(train, val), "train_chunks": len(train),
-              "val_chunks": len(val), "config": cfg}]
-    print(json.dumps(lines[0]), flush=True)
+    log = JsonLinesLog(args.out)
+    log.add({"baseline": "position_prior", **position_prior(train, val), "train_chunks": len(train),
+             "val_chunks": len(val), "config": cfg})
 
     cue = [] if stage.model.depth_cue is None else list(stage.model.depth_cue.parameters())
     position = (torch.nn.Parameter(torch.zeros(cfg["latent_resolution"] ** 3, cfg["width"]))
@@ -135,13 +135,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     true = stage.occupancy_blocks(vb["occupancy"]) > 0.5
                     inter += int((pred & true).sum())
                     union += int((pred | true).sum())
-            line = {"step": step, "loss": round(float(loss.detach()), 4), "val_iou": round(inter / max(1, union), 4),
-                    "seconds": round(time.perf_counter() - t0, 1)}
-            lines.append(line)
-            print(json.dumps(line), flush=True)
-    if args.out:
-        Path(args.out).write_text("".join(json.dumps(x) + "\n" for x in lines))
-    return lines
+            log.add({"step": step, "loss": round(float(loss.detach()), 4), "val_iou": round(inter / max(1, union), 4),
+                     "seconds": round(time.perf_counter() - t0, 1)})
+    return log.close()
 
 
 if __name__ == "__main__":

@@ -44,8 +44,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PHASES = ("prepare", "vae", "vae_variants", "encode", "ddp", "flow", "flow_quality", "quality")
-FLOWS = ("ss_flow", "ss_flow_noproj", "ss_flow_photo", "ss_flow_aux", "ss_flow_depth", "shape_flow",
-         "shape_flow_noproj", "tex_flow", "tex_flow_photo", "tex_flow_aux", "tex_flow_depth")
+FLOWS = ("ss_flow", "ss_flow_noproj", "ss_flow_photo", "ss_flow_aux", "ss_flow_depth", "ss_flow_dsup", "shape_flow",
+         "shape_flow_noproj", "tex_flow", "tex_flow_photo", "tex_flow_aux", "tex_flow_depth", "tex_flow_dsup")
 # The photo-consistency cue (genrecon/models/photo_consistency.py) switched on for the *_photo runs.
 PHOTO_CUE = "preset.flow.photo_cue={subdivisions:4,hidden:256}"
 # The auxiliary view read-outs switched on for the *_aux runs: the SS flow's occupancy head
@@ -54,11 +54,13 @@ OCC_AUX = "stage.module.occupancy_aux_weight=1.0"
 LATENT_AUX = "stage.module.latent_aux_weight=1.0"
 # The ray-depth cue (genrecon/models/depth_cue.py) on top of the auxiliary heads for the *_depth runs.
 DEPTH_CUE = "preset.flow.depth_cue={bins:64,max_depth:4.0}"
+# ... and with that cue's depth head supervised by the chunk's surface depths for the *_dsup runs.
+DEPTH_SUP = "stage.module.depth_supervision_weight=1.0"
 # Where each flow job runs when there are two or more GPUs: each flow beside its variants (equal conditions),
 # the texture flows beside the extended texture VAE.
 FLOW_GPU = {"ss_flow": 0, "ss_flow_noproj": 0, "ss_flow_photo": 0, "ss_flow_aux": 0, "ss_flow_depth": 0,
-            "shape_flow": 1, "shape_flow_noproj": 1, "tex_flow": 1, "tex_flow_photo": 1, "tex_flow_aux": 1,
-            "tex_flow_depth": 1, "tex_vae_long": 1}
+            "ss_flow_dsup": 0, "shape_flow": 1, "shape_flow_noproj": 1, "tex_flow": 1, "tex_flow_photo": 1,
+            "tex_flow_aux": 1, "tex_flow_depth": 1, "tex_flow_dsup": 1, "tex_vae_long": 1}
 VAES = ("ss_vae", "shape_vae", "tex_vae")
 MAIN_FLOWS = ("ss_flow", "shape_flow", "tex_flow")
 STAGES = ("ss_vae", "shape_vae", "tex_vae", "ss_flow", "shape_flow", "tex_flow")
@@ -267,9 +269,11 @@ class Pipeline:
         noproj = ["stage.module.projection_conditioning=false"]
         ss = [f"stage.module.ss_vae_ckpt={self.ckpt('ss_vae')}"]
         extra = {"ss_flow": ss, "ss_flow_noproj": ss + noproj, "ss_flow_photo": ss + [PHOTO_CUE],
-                 "ss_flow_aux": ss + [OCC_AUX], "ss_flow_depth": ss + [OCC_AUX, DEPTH_CUE], "shape_flow": [],
+                 "ss_flow_aux": ss + [OCC_AUX], "ss_flow_depth": ss + [OCC_AUX, DEPTH_CUE],
+                 "ss_flow_dsup": ss + [OCC_AUX, DEPTH_CUE, DEPTH_SUP], "shape_flow": [],
                  "shape_flow_noproj": noproj, "tex_flow": [], "tex_flow_photo": [PHOTO_CUE],
-                 "tex_flow_aux": [LATENT_AUX], "tex_flow_depth": [LATENT_AUX, DEPTH_CUE]}
+                 "tex_flow_aux": [LATENT_AUX], "tex_flow_depth": [LATENT_AUX, DEPTH_CUE],
+                 "tex_flow_dsup": [LATENT_AUX, DEPTH_CUE, DEPTH_SUP]}
         runs = [f for f in FLOWS if f in a.flows]
         if a.tex_vae_extend_minutes > 0:
             runs.append("tex_vae_long")
@@ -337,7 +341,9 @@ class Pipeline:
                     "flow_quality_aux": {"ss_flow": "ss_flow_aux", "ss_flow_noproj": "ss_flow_noproj",
                                          "tex_flow": "tex_flow_aux"},
                     "flow_quality_depth": {"ss_flow": "ss_flow_depth", "ss_flow_noproj": "ss_flow_noproj",
-                                           "tex_flow": "tex_flow_depth"}}
+                                           "tex_flow": "tex_flow_depth"},
+                    "flow_quality_dsup": {"ss_flow": "ss_flow_dsup", "ss_flow_noproj": "ss_flow_noproj",
+                                          "tex_flow": "tex_flow_dsup"}}
         jobs = []
         for name, runs in families.items():
             # A variant family is scored only when one of its variant runs (a run not named after its slot) exists,

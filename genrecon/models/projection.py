@@ -78,6 +78,13 @@ class Projection(nn.Module):
         feats = torch.where(valid[..., None], feats, feats.new_zeros(()))
         return (feats, valid, depth) if return_depth else (feats, valid)
 
+    def project(
+        self, points: Tensor, batch_idx: Tensor, w2c: Tensor, K: Tensor, view_mask: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Where points ``[K, 3]`` land in every view of their sample: u, v ``[K, N]``, valid ``[K, N]`` and the
+        camera depth ``[K, N]`` (the rule of :meth:`forward`)."""
+        return self._project(points, batch_idx, w2c, K, view_mask)
+
     @staticmethod
     def _project(
         points: Tensor, batch_idx: Tensor, w2c: Tensor, K: Tensor, view_mask: Tensor

@@ -18,9 +18,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genrecon.models.aggregator import ViewAggregator
+from genrecon.models.depth_cue import DepthCue, patch_depth_targets
 from genrecon.models.flow_transformer import DenseFlowTransformer
 from genrecon.models.image_encoder import ImageEncoder, encode_views
-from genrecon.models.projection import Projection
+from genrecon.models.projection import Projection, coords_to_points
 from genrecon.models.ss_vae import soft_dice_loss
 from genrecon.objectives.rectified_flow import RectifiedFlow
 from genrecon.pipelines.sampler import EulerSampler
@@ -100,6 +101,14 @@ class FlowStage(Stage):
             injection layers, so an untrained pathway gets no signal from it; this term gives them a direct one.
             Validation logs ``val/latent_aux_r2``, the share of the latent's variance the views explain
             linearly.
+        depth_supervision_weight: > 0 (a deviation, off by default; needs ``preset.flow.depth_cue``) trains the
+            depth cue's head directly: for every patch of every view, the cross-entropy of its depth distribution
+            against the depths of the chunk's own surface points seen through the patch
+            (:func:`genrecon.models.depth_cue.patch_depth_targets`; :meth:`surface_points` says which points).
+            No depth maps are needed: the targets come from the batch's structure. Validation logs
+            ``val/depth_aux_hit``, the target mass within one bin of the predicted mode.
+        depth_supervision_subcells: z-buffer cells per patch edge for those targets (surface points must project
+            less than a cell apart: 2 for the 64³ occupancy, 1 for 32³ latent cells at 256-pixel views).
     """
 
     new_parameter_prefixes = ("aggregator", "proj_linears", "photo_cue", "depth_cue", "image_encoder", "latent_head")
@@ -121,6 +130,8 @@ class FlowStage(Stage):
         finetune: dict[str, Any] | None = None,
         compile_blocks: bool = False,
         latent_aux_weight: float = 0.0,
+        depth_supervision_weight: float = 0.0,
+        depth_supervision_subcells: int = 2,
         **stage_kwargs: Any,
     ) -> None:
         super().__init__(**stage_kwargs)
@@ -149,6 +160,10 @@ class FlowStage(Stage):
             if not self.model.has_cond_3d:
                 raise ValueError("latent_aux_weight needs the projection conditioning (projection_conditioning)")
             self.latent_head = nn.Linear(self.model.cond_channels, latent_channels)
+        self.depth_supervision_weight = float(depth_supervision_weight)
+        self.depth_supervision_subcells = int(depth_supervision_subcells)
+        if self.depth_supervision_weight > 0 and getattr(self.model, "depth_cue", None) is None:
+            raise ValueError("depth_supervision_weight trains the depth cue: set preset.flow.depth_cue")
         mean, std = load_latent_stats(latent_stats, self.latent, latent_channels)
         self.register_buffer("latent_mean", mean)
         self.register_buffer("latent_std", std)
@@ -239,12 +254,34 @@ class FlowStage(Stage):
         inputs = prepared[1]
         return self.latent_head(inputs["cond_3d"]).float(), self.latent_tokens(inputs["x0"]).float()
 
+    def surface_points(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """The chunk's surface as points ``[K, 3]`` (chunk frame) with their sample ``[K]``: the depth targets."""
+        raise NotImplementedError(f"{type(self).__name__} has no surface points for depth supervision")
+
+    def _depth_supervision(self, batch: dict[str, Any], tokens: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
+        """(patch depth logits, target distributions, has-target mask) of the batch's views; None when off."""
+        if self.depth_supervision_weight <= 0:
+            return None
+        projection, cue = self.model.projection, self.model.depth_cue
+        points, batch_idx = self.surface_points(batch)
+        with torch.no_grad():
+            u, v, valid, depth = projection.project(points, batch_idx, batch["w2c"], batch["intrinsics"],
+                                                    batch["view_mask"])
+            target, has = patch_depth_targets(u, v, depth, valid, batch_idx, tokens.shape[0],
+                                              projection.patch_grid, self.depth_supervision_subcells, cue.bins,
+                                              cue.max_depth)
+        return cue.patch_logits(tokens, projection.num_global_tokens), target, has
+
     def auxiliary_losses(self, batch: dict[str, Any], prepared: tuple[Tensor, dict[str, Any]]) -> dict[str, Tensor]:
         """Extra training terms ``{name: weighted loss}`` on the batch's prepared conditioning."""
+        out = {}
         aux = self._latent_aux(prepared)
-        if aux is None:
-            return {}
-        return {"latent_aux": self.latent_aux_weight * F.mse_loss(*aux)}
+        if aux is not None:
+            out["latent_aux"] = self.latent_aux_weight * F.mse_loss(*aux)
+        depth = self._depth_supervision(batch, prepared[0])
+        if depth is not None:
+            out["depth_aux"] = self.depth_supervision_weight * DepthCue.supervision_loss(*depth)
+        return out
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         prepared = self._prepare(batch)
@@ -282,13 +319,17 @@ class FlowStage(Stage):
 
     def auxiliary_metrics(self, batch: dict[str, Any], prepared: tuple[Tensor, dict[str, Any]]) -> dict[str, Tensor]:
         """Validation metrics of the auxiliary terms."""
+        out = {}
         aux = self._latent_aux(prepared)
-        if aux is None:
-            return {}
-        pred, target = aux
-        residual = (pred - target).pow(2).sum()
-        total = (target - target.flatten(0, -2).mean(0)).pow(2).sum().clamp(min=1e-12)
-        return {"latent_aux_r2": 1.0 - residual / total}
+        if aux is not None:
+            pred, target = aux
+            residual = (pred - target).pow(2).sum()
+            total = (target - target.flatten(0, -2).mean(0)).pow(2).sum().clamp(min=1e-12)
+            out["latent_aux_r2"] = 1.0 - residual / total
+        depth = self._depth_supervision(batch, prepared[0])
+        if depth is not None:
+            out["depth_aux_hit"] = DepthCue.mode_hit(*depth)
+        return out
 
     @torch.no_grad()
     def sample(self, batch: dict[str, Any], seed: int = 0) -> Tensor:
@@ -348,6 +389,14 @@ class SparseStructureFlowStage(FlowStage):
         return {"x0": self.normalise(batch["ss_latent"], 1), "cond_3d": cond_3d, "batch_idx": None,
                 "model_fn": self.model}
 
+    def surface_points(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """Centres of the occupied voxels of ``occupancy [B, 1, R, R, R]``."""
+        if "occupancy" not in batch:
+            raise KeyError("depth supervision of ss_flow needs the 'occupancy' field in stage.datamodule.fields")
+        occ = batch["occupancy"]
+        idx = torch.nonzero(occ[:, 0] > 0.5)  # [K, 4] (b, x, y, z)
+        return coords_to_points(idx[:, 1:], occ.shape[-1]), idx[:, 0]
+
     def occupancy_blocks(self, occupancy: Tensor) -> Tensor:
         """``[B, 1, R, R, R]`` occupancy → ``[B, r³, f³]``: each latent voxel's block, in token order
         (x·r² + y·r + z) and x-major within the block."""
@@ -393,6 +442,11 @@ class SparseStructureFlowStage(FlowStage):
 
 
 class _SparseFlowStage(FlowStage):
+    def surface_points(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """Centres of the active latent cells (the coarse structure the stage generates on)."""
+        coords = batch["shape_coords"]
+        return coords_to_points(coords[:, 1:], self.model.resolution), coords[:, 0].long()
+
     def _cond_3d(self, batch: dict[str, Any], tokens: Tensor) -> Tensor | None:
         if not self.model.has_cond_3d:
             return None

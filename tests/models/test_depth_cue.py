@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from genrecon.models.depth_cue import DepthCue
+from genrecon.models.depth_cue import DepthCue, patch_depth_targets
 from genrecon.models.flow_transformer import DenseFlowTransformer
 from genrecon.models.presets import flow_preset
 from genrecon.models.projection import Projection
@@ -79,3 +79,70 @@ def test_cue_is_independent_of_view_order() -> None:
     a = model.cond_3d_from_views(tokens, w2c, K, mask, 16)
     b = model.cond_3d_from_views(tokens[:, perm], w2c[:, perm], K[:, perm], mask[:, perm], 16)
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------ depth supervision targets (patch_depth_targets)
+def _plane_scene() -> tuple[torch.Tensor, ...]:
+    """One camera at the origin looking along +z (f = 0.5); a near plane z = 1 over the left half of the image
+    (u ∈ [0.25, 0.5)) in front of a far plane z = 1.5 filling it."""
+    g = torch.linspace(-0.99, 0.99, 200)
+    xx, yy = (a.flatten() for a in torch.meshgrid(g, g, indexing="ij"))
+    near = torch.stack([xx * 0.5, yy * 0.5, torch.ones_like(xx)], -1)
+    far = torch.stack([xx * 1.5, yy * 1.5, torch.full_like(xx, 1.5)], -1)
+    points = torch.cat([near[near[:, 0] < 0], far])
+    w2c = torch.eye(4)[None, None]
+    K = torch.tensor([[0.5, 0, 0.5], [0, 0.5, 0.5], [0, 0, 1.0]])[None, None]
+    batch_idx = torch.zeros(len(points), dtype=torch.long)
+    u, v, valid, depth = Projection(0, 4).project(points, batch_idx, w2c, K, torch.ones(1, 1, dtype=torch.bool))
+    return u, v, valid, depth, batch_idx
+
+
+def test_patch_targets_hold_the_nearest_surface_of_each_patch() -> None:
+    u, v, valid, depth, batch_idx = _plane_scene()
+    target, has = patch_depth_targets(u, v, depth, valid, batch_idx, 1, 4, 4, 8, 2.0)
+    assert target.shape == (1, 1, 16, 8) and bool(has.all())
+    torch.testing.assert_close(target.sum(-1), torch.ones(1, 1, 16))
+    # Bins of 0.25: the near plane (z = 1) is bin 4, the far one (z = 1.5) bin 6; the near plane hides the far
+    # one in patch column 1, rows 1-2 (v ∈ [0.25, 0.75)).
+    expected = torch.full((4, 4), 6)
+    expected[1:3, 1] = 4
+    assert torch.equal(target[0, 0].argmax(-1).view(4, 4), expected)
+
+
+def test_patch_targets_match_a_per_cell_loop() -> None:
+    gen = torch.Generator().manual_seed(0)
+    b, n, p, s, bins, max_depth = 2, 3, 3, 2, 5, 3.0
+    k = 400
+    u, v = torch.rand(k, n, generator=gen), torch.rand(k, n, generator=gen)
+    depth = torch.rand(k, n, generator=gen) * 4.0  # some beyond max_depth: last bin
+    valid = torch.rand(k, n, generator=gen) < 0.7
+    batch_idx = torch.randint(0, b, (k,), generator=gen)
+    target, has = patch_depth_targets(u, v, depth, valid, batch_idx, b, p, s, bins, max_depth)
+    cells = p * s
+    for bi in range(b):
+        for ni in range(n):
+            for pr in range(p):
+                for pc in range(p):
+                    hist = torch.zeros(bins)
+                    for sr in range(s):
+                        for sc in range(s):
+                            row, col = pr * s + sr, pc * s + sc
+                            hit = (valid[:, ni] & (batch_idx == bi) & ((v[:, ni] * cells).floor() == row)
+                                   & ((u[:, ni] * cells).floor() == col))
+                            if hit.any():
+                                z = depth[hit, ni].min()
+                                hist[min(int(z / max_depth * bins), bins - 1)] += 1
+                    assert bool(has[bi, ni, pr * p + pc]) == bool(hist.sum() > 0)
+                    if hist.sum() > 0:
+                        torch.testing.assert_close(target[bi, ni, pr * p + pc], hist / hist.sum())
+
+
+def test_supervision_loss_is_masked_cross_entropy_and_mode_hit_counts_near_mass() -> None:
+    target = torch.tensor([[[[0.0, 1.0, 0.0, 0.0], [0.5, 0.0, 0.0, 0.5]]]])  # [1, 1, 2, 4]
+    logits = torch.log(torch.tensor([[[[0.1, 0.7, 0.1, 0.1], [0.25, 0.25, 0.25, 0.25]]]]))
+    has = torch.tensor([[[True, False]]])
+    loss = DepthCue.supervision_loss(logits, target, has)
+    assert float(loss) == pytest.approx(-torch.log(torch.tensor(0.7)).item(), rel=1e-5)
+    assert float(DepthCue.mode_hit(logits, target, has)) == pytest.approx(1.0)
+    far = torch.log(torch.tensor([[[[0.1, 0.1, 0.1, 0.7], [0.25] * 4]]]))
+    assert float(DepthCue.mode_hit(far, target, has)) == pytest.approx(0.0)

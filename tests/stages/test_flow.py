@@ -88,8 +88,8 @@ def test_flows_with_the_photo_cue_train_and_reload(tiny_latents, tmp_path, stage
 
 
 def test_ss_flow_with_the_depth_cue_and_aux_heads_trains_and_reloads(tiny_latents, tmp_path):
-    """The ray-depth cue and both auxiliary heads (all deviations, off by default) train through train.py: the
-    flow loss falls, the aux terms are logged, the cue leaves its zero start, and the checkpoint rebuilds
+    """The ray-depth cue, its depth supervision and both auxiliary heads (all deviations, off by default) train
+    through train.py: the flow loss and the depth term fall, the aux terms are logged, the cue leaves its zero start, and the checkpoint rebuilds
     strictly from the file alone."""
     from genrecon.stages.loading import load_stage
 
@@ -97,13 +97,17 @@ def test_ss_flow_with_the_depth_cue_and_aux_heads_trains_and_reloads(tiny_latent
     overrides = [o.replace("stage.max_steps=120", "stage.max_steps=50") for o in FLOW_OVERRIDES]
     metrics, series = run_train([
         "stage=ss_flow", "preset.flow.depth_cue={bins:16,max_depth:4.0}", "stage.module.occupancy_aux_weight=1.0",
-        "stage.module.latent_aux_weight=1.0", "++trainer.enable_checkpointing=true", "callbacks=default",
+        "stage.module.latent_aux_weight=1.0", "stage.module.depth_supervision_weight=1.0",
+        "++trainer.enable_checkpointing=true", "callbacks=default",
         "callbacks.progress_bar=null", "callbacks.model_summary=null", "stage.checkpoint_every_n_steps=50",
         *overrides, "stage.val_every_n_steps=50"], tiny_latents, tmp_path)
     loss = series["train/loss"]
     assert len(loss) == 50 and head_tail_ratio(loss, k=10) < 0.9, (np.mean(loss[:10]), np.mean(loss[-10:]))
     assert len(series["train/occ_aux"]) == 50 and len(series["train/latent_aux"]) == 50
+    depth = series["train/depth_aux"]  # the cue's depth head learns the chunks' surface depths
+    assert len(depth) == 50 and head_tail_ratio(depth, k=10) < 0.8, (np.mean(depth[:10]), np.mean(depth[-10:]))
     assert 0.0 <= metrics["val/occ_aux_iou"] <= 1.0 and np.isfinite(metrics["val/latent_aux_r2"])
+    assert 0.0 < metrics["val/depth_aux_hit"] <= 1.0
     module = load_stage(next((tmp_path / "checkpoints").glob("last*.ckpt")), expected_stage="ss_flow", device="cpu")
     assert module.model.depth_cue is not None and module.model.depth_cue.bins == 16
     assert module.model.depth_cue.to_feature.weight.abs().sum() > 0

@@ -2,6 +2,9 @@
 # Follow a background `benchmarks/full_pipeline.py` run for up to SECONDS (the device tool's calls last at most
 # 10 minutes, the pipeline longer), then copy what it has produced so far to OUT_DIR.
 #   bash benchmarks/watch_run.sh RESULTS_DIR OUT_DIR [SECONDS]
+# Start the pipeline from a copy of the repository (cp -r . /tmp/repo && cd /tmp/repo && setsid nohup ...): the
+# device tool copies the working tree again at every call, and a job that imports while that happens fails
+# (session 6: a flow died with ModuleNotFoundError 13 s after its start).
 R=$1; OUT=$2; T=${3:-560}
 end=$(( $(date +%s) + T )); seen=0
 while [ "$(date +%s)" -lt "$end" ] && [ ! -f "$R/DONE" ]; do

@@ -1,0 +1,174 @@
+"""How much of a chunk can its views show at all? Upper bounds from exact depth (issues 5 and 6).
+
+The flows must produce a chunk's 64³ occupancy (issue 5, target IoU 0.7) and its base colour (issue 6, target
+22 dB) from a few posed views. Whatever no view sees has to come from the learnt prior. This measures, with the
+renderer's exact depth maps, what the views show:
+
+- **occupancy**: every depth pixel of the chosen views is lifted to 3-D and voxelised into the chunk's 64³ grid.
+  The IoU of that against the true occupancy bounds what the views alone can say, even with perfect depth.
+  Noisy depth (relative noise ``--depth-noise``) shows how fast it falls with depth error;
+- **texture**: an O-Voxel is visible in a view when its centre lies within 1.5 voxel edges of the depth under it.
+  The script gives the visible share of the O-Voxels and the PSNR of the visible voxels' mean rendered colour
+  against their base colour, raw and after one least-squares gain per chunk (shading scales the colour).
+  The baseline is one constant colour per chunk, its mean base colour.
+
+Each bound is given for ``--views`` views per chunk, drawn like the flows' evaluation, and for every stored
+view. It needs the room folders of ``prepare.py`` (full renders with depth, ``scene.json``) beside the shards.
+
+    python benchmarks/view_evidence_bound.py --data data/synthetic_small [--views 8] [--out bound.json]
+
+Prints one JSON object. The texture PSNR here is per O-Voxel, not the surface-probe PSNR of flow_quality.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import webdataset as wds
+from PIL import Image
+
+from genrecon.data.shards import decode_chunk_sample, shard_urls
+from genrecon.geometry.ovoxel import OVoxel
+from genrecon.render.shading import load_depth_png
+
+
+def _psnr(pred: np.ndarray, true: np.ndarray) -> float:
+    return -10.0 * math.log10(max(float(np.mean((pred - true) ** 2)), 1e-10))
+
+
+def _iou(pred: np.ndarray, true: np.ndarray) -> tuple[float, float, float]:
+    inter = float((pred & true).sum())
+    return inter / max(float((pred | true).sum()), 1), inter / max(float(true.sum()), 1), inter / max(float(pred.sum()), 1)
+
+
+class RoomViews:
+    """The full renders and world cameras of one room folder (cached per room)."""
+
+    def __init__(self, folder: Path) -> None:
+        meta = json.loads((folder / "scene.json").read_text())
+        self.folder = folder
+        self.w2c = np.asarray(meta["w2c"], np.float64)
+        self.K = np.asarray(meta["intrinsics"], np.float64)  # normalised
+
+    def depth(self, i: int) -> np.ndarray:
+        return load_depth_png(self.folder / "views" / f"depth_{i:03d}.png")
+
+    def rgb(self, i: int) -> np.ndarray:
+        return np.asarray(Image.open(self.folder / "views" / f"rgba_{i:03d}.png"))[..., :3].astype(np.float32) / 255
+
+
+def occupancy_from_depth(room: RoomViews, views: list[int], chunk_from_world: np.ndarray, resolution: int,
+                         noise: float, rng: np.random.Generator) -> np.ndarray:
+    """``[R, R, R]`` bool: the voxels hit by the lifted depth pixels of ``views``."""
+    occ = np.zeros((resolution,) * 3, bool)
+    for i in views:
+        depth = room.depth(i)
+        h, w = depth.shape
+        rows, cols = np.nonzero(depth > 0)
+        z = depth[rows, cols].astype(np.float64)
+        if noise:
+            z = z * (1.0 + noise * rng.standard_normal(len(z)))
+        u, v = (cols + 0.5) / w, (rows + 0.5) / h
+        K = room.K[i]
+        cam = np.stack([(u - K[0, 2]) / K[0, 0] * z, (v - K[1, 2]) / K[1, 1] * z, z, np.ones_like(z)], 1)
+        local = cam @ np.linalg.inv(room.w2c[i]).T @ chunk_from_world.T
+        ijk = np.floor((local[:, :3] + 0.5) * resolution).astype(np.int64)
+        inside = ((ijk >= 0) & (ijk < resolution)).all(1)
+        occ[tuple(ijk[inside].T)] = True
+    return occ
+
+
+def visible_colours(room: RoomViews, views: list[int], vox: OVoxel, chunk_from_world: np.ndarray,
+                    edge_m: float) -> tuple[np.ndarray, np.ndarray]:
+    """Mean rendered colour ``[K, 3]`` of each O-Voxel over the views that see it, and the seen mask ``[K]``."""
+    centres = (vox.coords + 0.5) / vox.resolution - 0.5
+    world = np.c_[centres, np.ones(len(centres))] @ np.linalg.inv(chunk_from_world).T
+    tolerance = 1.5 * edge_m / vox.resolution
+    total, count = np.zeros((len(centres), 3)), np.zeros(len(centres))
+    for i in views:
+        depth, rgb = room.depth(i), room.rgb(i)
+        h, w = depth.shape
+        cam = world @ room.w2c[i].T
+        z = cam[:, 2]
+        front = z > 1e-6
+        K = room.K[i]
+        u = K[0, 0] * cam[:, 0] / np.where(front, z, 1) + K[0, 2]
+        v = K[1, 1] * cam[:, 1] / np.where(front, z, 1) + K[1, 2]
+        ok = front & (u >= 0) & (u < 1) & (v >= 0) & (v < 1)
+        col, row = np.clip((u * w).astype(np.int64), 0, w - 1), np.clip((v * h).astype(np.int64), 0, h - 1)
+        seen = ok & (depth[row, col] > 0) & (np.abs(depth[row, col] - z) < tolerance)
+        total[seen] += rgb[row[seen], col[seen]]
+        count[seen] += 1
+    return total / np.maximum(count, 1)[:, None], count > 0
+
+
+def chunk_bounds(sample: Any, room: RoomViews, views: int, noise: list[float], rng: np.random.Generator) -> dict:
+    meta = sample.meta
+    all_views = [int(i) for i in meta["room_view_index"]]
+    chosen = sorted(rng.choice(all_views, size=views, replace=False).tolist()) if len(all_views) > views else all_views
+    out: dict[str, Any] = {"key": sample.key, "views_stored": len(all_views)}
+    truth = sample.occupancy
+    for name, vs in (("n", chosen), ("all", all_views)):
+        for sigma in [0.0, *noise] if name == "n" else [0.0]:
+            occ = occupancy_from_depth(room, vs, sample.chunk_from_world, truth.shape[0], sigma, rng)
+            iou, recall, precision = _iou(occ, truth)
+            tag = f"{name}_noise{sigma:g}" if sigma else name
+            out[f"occ_iou_{tag}"], out[f"occ_recall_{tag}"], out[f"occ_precision_{tag}"] = iou, recall, precision
+    vox = OVoxel.unpack(sample.ovoxel, int(meta["ovoxel_resolution"]))
+    base = vox.attributes[:, :3]
+    out["tex_constant_psnr"] = _psnr(base.mean(0, keepdims=True), base)
+    for name, vs in (("n", chosen), ("all", all_views)):
+        mean, seen = visible_colours(room, vs, vox, sample.chunk_from_world, float(meta["edge_m"]))
+        out[f"tex_visible_share_{name}"] = float(seen.mean())
+        if seen.any():
+            gain = float((mean[seen] * base[seen]).sum() / max((mean[seen] ** 2).sum(), 1e-12))
+            out[f"tex_visible_psnr_{name}"] = _psnr(mean[seen], base[seen])
+            out[f"tex_visible_gain_psnr_{name}"] = _psnr(np.clip(gain * mean[seen], 0, 1), base[seen])
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="a prepared dataset folder (shards/ and scenes/)")
+    p.add_argument("--views", type=int, default=8)
+    p.add_argument("--depth-noise", type=float, nargs="*", default=[0.01, 0.03])
+    p.add_argument("--split", default="all", choices=("train", "val", "all"))
+    p.add_argument("--max-chunks", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    data = Path(args.data)
+    splits = ("train", "val") if args.split == "all" else (args.split,)
+    urls = [u for s in splits for u in shard_urls(data / "shards", s)]
+    if not urls:
+        raise SystemExit(f"{data / 'shards'}: no shards of split {args.split}")
+    rng = np.random.default_rng(args.seed)
+    rooms: dict[str, RoomViews] = {}
+    chunks = []
+    for raw in wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples()):
+        sample = decode_chunk_sample(raw, views=False)
+        scene = sample.meta["scene_id"]
+        folder = data / "scenes" / scene
+        if not (folder / "scene.json").is_file():
+            raise SystemExit(f"{folder}: no scene.json (the bound needs prepare.py's room folders)")
+        room = rooms.setdefault(scene, RoomViews(folder))
+        chunks.append(chunk_bounds(sample, room, args.views, args.depth_noise, rng))
+        if args.max_chunks and len(chunks) >= args.max_chunks:
+            break
+    keys = [k for k in chunks[0] if k not in ("key",)]
+    summary = {k: round(float(np.mean([c[k] for c in chunks if k in c])), 4) for k in keys}
+    result = {"data": str(data), "views": args.views, "chunks": len(chunks), "rooms": len(rooms),
+              "mean": summary, "per_chunk": chunks}
+    print(json.dumps({k: v for k, v in result.items() if k != "per_chunk"}, indent=1))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -311,7 +311,7 @@ class Benchmark:
             meta = self.flow_meta(name, stage, path, load_s, ablation)
             threshold = float(getattr(stage, "occ_threshold", 0.0))
             meta["occ_threshold"] = threshold
-            for entry, strength in self.guidance_variants(name, stage):
+            for entry, settings in self.sampler_variants(name, stage):
                 start, sample_s, ious, occupied = time.perf_counter(), 0.0, [], []
                 with torch.no_grad():
                     for k, idx, batch in self.batches():
@@ -324,7 +324,7 @@ class Benchmark:
                         if entry == name:
                             for j, i in enumerate(idx):
                                 self.keep(name, i, (pred[j, 0].cpu().numpy(), ious[i]))
-                self.record(entry, dict(meta, guidance_strength=strength),
+                self.record(entry, dict(meta, **settings),
                             {"iou": ious, "occupied_fraction": occupied}, time.perf_counter() - start, sample_s)
             del stage
             self.free()
@@ -418,7 +418,7 @@ class Benchmark:
             stage, load_s = self.load(a.tex_flow, "tex_flow")
             meta = self.flow_meta("tex_flow", stage, a.tex_flow, load_s, False)
             meta["guide"] = "texture-encoder child masks of the ground-truth O-Voxel (the true voxels)"
-            for entry, strength in self.guidance_variants("tex_flow", stage):
+            for entry, settings in self.sampler_variants("tex_flow", stage):
                 start, sample_s, psnr = time.perf_counter(), 0.0, []
                 with torch.no_grad():
                     for k, idx, batch in self.batches():
@@ -428,24 +428,34 @@ class Benchmark:
                         guide = [g.to(self.device) for g in guides[k]]
                         column = "tex_flow" if entry == "tex_flow" else "_sweep"
                         self.tex_scores(vae.decode(latent, guide), batch, idx, column, psnr)
-                self.record(entry, dict(meta, guidance_strength=strength), {"psnr_db": psnr},
+                self.record(entry, dict(meta, **settings), {"psnr_db": psnr},
                             time.perf_counter() - start, sample_s)
             self.figure.pop("_sweep", None)
             del stage
         del vae
         self.free()
 
-    def guidance_variants(self, name: str, stage) -> Iterator[tuple[str, float]]:
-        """Yield (entry, strength): the stage's own guidance strength as ``name``, then each ``--cfg-sweep``
-        value as ``name@cfg<g>``, with the stage's sampler set to it while the caller samples."""
-        own = float(stage.sampler.guidance_strength)
-        variants = [(name, own)] + [(f"{name}@cfg{g:g}", g) for g in self.args.cfg_sweep if g != own]
+    def sampler_variants(self, name: str, stage) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Yield (entry, sampler settings): the stage's own sampler as ``name``, then each ``--cfg-sweep`` value
+        as ``name@cfg<g>`` and, with ``--x0-estimate``, one Euler step from the noise as ``name@x0``, with the
+        stage's sampler set to them while the caller samples.
+
+        One step gives the model's estimate of E[x0 | views] rather than a sample: per-voxel errors (PSNR, IoU)
+        reward the posterior mean, a sample pays its spread on top (about twice the posterior variance)."""
+        sampler = stage.sampler
+        own = {"guidance_strength": float(sampler.guidance_strength), "steps": int(sampler.steps)}
+        variants = [(name, own)] + [(f"{name}@cfg{g:g}", dict(own, guidance_strength=g))
+                                    for g in self.args.cfg_sweep if g != own["guidance_strength"]]
+        if self.args.x0_estimate:
+            variants.append((f"{name}@x0", dict(own, steps=1)))
         try:
-            for entry, strength in variants:
-                stage.sampler.guidance_strength = strength
-                yield entry, strength
+            for entry, settings in variants:
+                for key, value in settings.items():
+                    setattr(sampler, key, value)
+                yield entry, settings
         finally:
-            stage.sampler.guidance_strength = own
+            for key, value in own.items():
+                setattr(sampler, key, value)
 
     def free(self) -> None:
         gc.collect()
@@ -674,6 +684,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--figure-size", type=int, default=192)
     p.add_argument("--cfg-sweep", type=float, nargs="*", default=[],
                    help="also score the SS and texture flows at these guidance strengths (entries name@cfg<g>)")
+    p.add_argument("--x0-estimate", action="store_true",
+                   help="also score the SS and texture flows sampled in one Euler step, the model's posterior-mean "
+                        "estimate (entries name@x0)")
     args = p.parse_args(argv)
     args.command = " ".join(["benchmarks/flow_quality.py", *(sys.argv[1:] if argv is None else argv)])
     if args.max_chunks < 1 or args.batch_size < 1 or args.views < 1 or args.samples < 1:

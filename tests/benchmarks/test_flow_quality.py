@@ -104,27 +104,30 @@ def test_cfg_sweep_scores_each_guidance_strength(tiny_pipeline, tmp_path):
     ck = {s: str(ckpts / f"{s}.ckpt") for s in ("ss_vae", "tex_vae", "ss_flow", "tex_flow")}
     result = _flow_quality().main([
         "--latents", str(root / "latents"), "--max-chunks", "2", "--batch-size", "2", "--steps", "2",
-        "--samples", "5000", "--device", "cpu", "--cfg-sweep", "1", "3",
+        "--samples", "5000", "--device", "cpu", "--cfg-sweep", "1", "3", "--x0-estimate",
         "--ss-vae", ck["ss_vae"], "--tex-vae", ck["tex_vae"], "--ss-flow", ck["ss_flow"], "--tex-flow", ck["tex_flow"],
     ])
     r = result["results"]
     # The texture sampler's own strength is 1.0: the sweep's 1 adds no duplicate entry for it.
-    assert set(r) == {"ss_vae_roundtrip", "ss_flow", "ss_flow@cfg1", "ss_flow@cfg3", "tex_vae_roundtrip",
-                      "tex_flow", "tex_flow@cfg3"}
+    assert set(r) == {"ss_vae_roundtrip", "ss_flow", "ss_flow@cfg1", "ss_flow@cfg3", "ss_flow@x0", "tex_vae_roundtrip",
+                      "tex_flow", "tex_flow@cfg3", "tex_flow@x0"}
     assert r["ss_flow"]["guidance_strength"] == 7.5 and r["ss_flow@cfg1"]["guidance_strength"] == 1.0
+    assert r["ss_flow"]["steps"] == 2 and r["ss_flow@x0"]["steps"] == 1 and r["tex_flow@x0"]["steps"] == 1
     assert r["tex_flow"]["guidance_strength"] == 1.0 and r["tex_flow@cfg3"]["guidance_strength"] == 3.0
     for name in ("ss_flow@cfg1", "ss_flow@cfg3"):
         assert all(0.0 <= v <= 1.0 for v in r[name]["per_chunk"]["iou"])
     assert all(math.isfinite(v) and v > 0 for v in r["tex_flow@cfg3"]["per_chunk"]["psnr_db"])
 
 
-def test_guidance_variants_set_the_sampler_while_sampling_and_restore_it():
+def test_sampler_variants_set_the_sampler_while_sampling_and_restore_it():
     from types import SimpleNamespace
 
     fq = _flow_quality()
     bench = fq.Benchmark.__new__(fq.Benchmark)
-    bench.args = SimpleNamespace(cfg_sweep=[1.0, 7.5, 3.0])
-    stage = SimpleNamespace(sampler=SimpleNamespace(guidance_strength=7.5))
-    seen = [(entry, g, stage.sampler.guidance_strength) for entry, g in bench.guidance_variants("ss_flow", stage)]
-    assert seen == [("ss_flow", 7.5, 7.5), ("ss_flow@cfg1", 1.0, 1.0), ("ss_flow@cfg3", 3.0, 3.0)]
-    assert stage.sampler.guidance_strength == 7.5
+    bench.args = SimpleNamespace(cfg_sweep=[1.0, 7.5, 3.0], x0_estimate=True)
+    stage = SimpleNamespace(sampler=SimpleNamespace(guidance_strength=7.5, steps=12))
+    seen = [(entry, settings["guidance_strength"], settings["steps"], stage.sampler.guidance_strength,
+             stage.sampler.steps) for entry, settings in bench.sampler_variants("ss_flow", stage)]
+    assert seen == [("ss_flow", 7.5, 12, 7.5, 12), ("ss_flow@cfg1", 1.0, 12, 1.0, 12), ("ss_flow@cfg3", 3.0, 12, 3.0, 12),
+                    ("ss_flow@x0", 7.5, 1, 7.5, 1)]
+    assert stage.sampler.guidance_strength == 7.5 and stage.sampler.steps == 12

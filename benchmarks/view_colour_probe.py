@@ -20,33 +20,25 @@ near ``constant`` reads nothing. Prints JSON lines.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import time
 
 import numpy as np
 import torch
-import webdataset as wds
 
-from genrecon.data.batching import ViewSampling, collate, select_fields
-from genrecon.data.shards import decode_chunk_sample, shard_urls
+from genrecon.data.batching import collate
 from genrecon.models.aggregator import ViewAggregator, project_and_aggregate
 from genrecon.models.image_encoder import SmallViT, encode_views
 from genrecon.models.photo_consistency import sample_bilinear
 from genrecon.models.projection import Projection, coords_to_points
 from genrecon.utils.jsonl import JsonLinesLog
+from genrecon.utils.probe_cli import load_probe_chunks, probe_arguments
 
 DEFAULTS = {"width": 128, "depth": 4, "num_heads": 4, "patch_size": 16, "lr": 1e-3, "cells": 32}
 
 
 def load(shards: str, split: str, views: int) -> list[dict]:
-    sampling, rng, items = ViewSampling(max_views=views, fixed_count=views), np.random.default_rng(0), []
-    for raw in wds.DataPipeline(wds.SimpleShardList(shard_urls(shards, split)), wds.tarfile_to_samples()):
-        items.append(select_fields(decode_chunk_sample(raw), ["views", "ovoxel"], sampling, rng))
-    if not items:
-        raise FileNotFoundError(f"no '{split}' chunks in {shards}")
-    return items
+    return load_probe_chunks(shards, split, views, ["views", "ovoxel"])
 
 
 def cell_colours(batch: dict, cells: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,23 +69,10 @@ def psnr(mse: float) -> float:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shards", required=True)
-    parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--every", type=int, default=100)
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--views", type=int, default=8)
-    parser.add_argument("--config", default="{}", help=f"JSON overriding {DEFAULTS}")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", help="also write the JSON lines to this file")
-    args = parser.parse_args(argv)
-    cfg = {**DEFAULTS, **json.loads(args.config)}
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+    args, cfg = probe_arguments(__doc__, DEFAULTS, steps=600, argv=argv)
 
     train, val = load(args.shards, "train", args.views), load(args.shards, "val", args.views)
-    chunks = lambda items: [collate(items[i : i + args.batch]) for i in range(0, len(items), args.batch)]  # noqa: E731
+    chunks = lambda items: [collate(items[i : i + args.batch]) for i in range(0, len(items), args.batch)]
     train_batches, val_batches = chunks(train), chunks(val)
     cells = int(cfg["cells"])
     targets = {id(b): cell_colours(b, cells) for b in train_batches + val_batches}

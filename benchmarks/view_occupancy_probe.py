@@ -17,35 +17,27 @@ whether the views add to it. Prints JSON lines.
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from functools import partial
 
 import numpy as np
 import torch
-import webdataset as wds
 
-from genrecon.data.batching import ViewSampling, collate, select_fields
-from genrecon.data.shards import decode_chunk_sample, shard_urls
+from genrecon.data.batching import collate
 from genrecon.models.flow_transformer import DenseFlowTransformer
 from genrecon.models.image_encoder import SmallViT
 from genrecon.objectives.rectified_flow import RectifiedFlow
 from genrecon.pipelines.sampler import EulerSampler
 from genrecon.stages.flow import SparseStructureFlowStage
 from genrecon.utils.jsonl import JsonLinesLog
+from genrecon.utils.probe_cli import load_probe_chunks, probe_arguments
 
 DEFAULTS = {"width": 128, "depth": 4, "num_heads": 4, "patch_size": 16, "lr": 1e-3, "latent_resolution": 16,
             "depth_cue": None, "position": False}
 
 
 def load(shards: str, split: str, views: int) -> list[dict]:
-    sampling, rng, items = ViewSampling(max_views=views, fixed_count=views), np.random.default_rng(0), []
-    for raw in wds.DataPipeline(wds.SimpleShardList(shard_urls(shards, split)), wds.tarfile_to_samples()):
-        items.append(select_fields(decode_chunk_sample(raw), ["views", "occupancy"], sampling, rng))
-    if not items:
-        raise FileNotFoundError(f"no '{split}' chunks in {shards}")
-    return items
+    return load_probe_chunks(shards, split, views, ["views", "occupancy"])
 
 
 def iou(pred: np.ndarray | torch.Tensor, true: np.ndarray | torch.Tensor) -> float:
@@ -90,20 +82,7 @@ def head_logits(stage: SparseStructureFlowStage, batch: dict, position: torch.Te
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shards", required=True)
-    parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--every", type=int, default=100)
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--views", type=int, default=8)
-    parser.add_argument("--config", default="{}", help=f"JSON overriding {DEFAULTS}")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", help="also write the JSON lines to this file")
-    args = parser.parse_args(argv)
-    cfg = {**DEFAULTS, **json.loads(args.config)}
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+    args, cfg = probe_arguments(__doc__, DEFAULTS, steps=1000, argv=argv)
 
     train, val = load(args.shards, "train", args.views), load(args.shards, "val", args.views)
     image_size, occ_res = int(train[0]["views"].shape[1]), int(np.asarray(train[0]["occupancy"]).shape[-1])

@@ -31,3 +31,18 @@ def run_train(overrides: list[str], dataset_root: Path, out: Path) -> tuple[dict
 def head_tail_ratio(values: list[float], k: int = 5) -> float:
     """Mean of the last ``k`` values over the mean of the first ``k``."""
     return (sum(values[-k:]) / k) / (sum(values[:k]) / k)
+
+
+def fit_auxiliary_term(stage, batch: dict, name: str, steps: int = 30, lr: float = 3e-3) -> list[float]:
+    """Adam steps on one batch minimising the stage's auxiliary term ``name``; returns the term per step."""
+    import torch
+
+    opt = torch.optim.Adam(stage.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = stage.auxiliary_losses(batch, stage._prepare(batch))[name]
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses

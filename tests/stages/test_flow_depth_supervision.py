@@ -15,6 +15,7 @@ from genrecon.objectives.rectified_flow import RectifiedFlow
 from genrecon.pipelines.sampler import EulerSampler
 from genrecon.stages import flow
 from genrecon.stages.flow import SparseStructureFlowStage
+from tests.stages.helpers import fit_auxiliary_term
 from tests.stages.test_flow_host_layout import SIZE
 from tests.stages.test_flow_host_layout import _batch as sparse_batch
 from tests.stages.test_flow_occupancy_aux import _batch
@@ -68,14 +69,7 @@ def test_targets_come_from_the_occupied_voxels_and_the_term_can_be_fitted() -> N
     torch.testing.assert_close(points[:, 0], torch.full((128,), 5.5 / 8 - 0.5))
     logits, target, has = stage._depth_supervision(batch, stage._prepare(batch)[0])
     assert logits.shape == target.shape == (2, 2, 16, 8) and has.any() and not has.all()
-    opt = torch.optim.Adam(stage.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(30):
-        opt.zero_grad()
-        loss = stage.auxiliary_losses(batch, stage._prepare(batch))["depth_aux"]
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fit_auxiliary_term(stage, batch, "depth_aux")
     assert losses[-1] < 0.5 * losses[0], losses
     logged = _capture(stage)
     with torch.no_grad():

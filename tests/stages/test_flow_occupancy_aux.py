@@ -15,6 +15,7 @@ from genrecon.objectives.rectified_flow import RectifiedFlow
 from genrecon.pipelines.sampler import EulerSampler
 from genrecon.stages import flow
 from genrecon.stages.flow import SparseStructureFlowStage
+from tests.stages.helpers import fit_auxiliary_term
 from tests.stages.test_flow_host_layout import SIZE
 from tests.stages.test_flow_host_layout import _batch as sparse_batch
 
@@ -89,14 +90,7 @@ def test_validation_logs_the_heads_iou_and_the_term_can_be_fitted() -> None:
     # voxels' projections, while z, the depth, would not).
     batch["occupancy"] = torch.zeros_like(batch["occupancy"])
     batch["occupancy"][:, :, :3] = 1.0
-    opt = torch.optim.Adam(stage.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(30):  # one batch: the term falls as the head, aggregator and encoder fit it
-        opt.zero_grad()
-        loss = stage.auxiliary_losses(batch, stage._prepare(batch))["occ_aux"]
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fit_auxiliary_term(stage, batch, "occ_aux")  # one batch: the term falls as the head, aggregator and encoder fit it
     assert losses[-1] < 0.5 * losses[0], losses
 
 

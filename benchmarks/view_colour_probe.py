@@ -55,7 +55,7 @@ def cell_colours(batch: dict, cells: int) -> tuple[torch.Tensor, torch.Tensor]:
 def pixel_readout(batch: dict, active: torch.Tensor, cells: int) -> torch.Tensor:
     """Mean pixel colour ``[L, 3]`` under each cell centre over the views it projects into (0 if none)."""
     points, b = coords_to_points(active[:, 1:], cells), active[:, 0]
-    u, v, valid, _ = Projection(0, 1).project(points, b, batch["w2c"], batch["intrinsics"], batch["view_mask"])
+    u, v, valid, _ = Projection.project(points, b, batch["w2c"], batch["intrinsics"], batch["view_mask"])
     views = batch["views"]
     n, h, w = views.shape[1], views.shape[-2], views.shape[-1]
     image = (b[:, None] * n + torch.arange(n)).flatten()

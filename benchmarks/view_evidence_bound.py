@@ -33,6 +33,7 @@ import webdataset as wds
 from PIL import Image
 
 from genrecon.data.shards import decode_chunk_sample, shard_urls
+from genrecon.geometry.cameras import MIN_DEPTH, project_points, unproject_points, w2c_in_chunk_frame
 from genrecon.geometry.ovoxel import OVoxel
 from genrecon.render.shading import load_depth_png
 
@@ -73,11 +74,11 @@ def occupancy_from_depth(room: RoomViews, views: list[int], chunk_from_world: np
         z = depth[rows, cols].astype(np.float64)
         if noise:
             z = z * (1.0 + noise * rng.standard_normal(len(z)))
-        u, v = (cols + 0.5) / w, (rows + 0.5) / h
-        K = room.K[i]
-        cam = np.stack([(u - K[0, 2]) / K[0, 0] * z, (v - K[1, 2]) / K[1, 1] * z, z, np.ones_like(z)], 1)
-        local = cam @ np.linalg.inv(room.w2c[i]).T @ chunk_from_world.T
-        ijk = np.floor((local[:, :3] + 0.5) * resolution).astype(np.int64)
+        uv = np.stack([(cols + 0.5) / w, (rows + 0.5) / h], 1)
+        # Depth is in metres; the chunk-frame camera measures chunk units, so lift in the world frame.
+        world = unproject_points(uv, z, room.w2c[i], room.K[i])
+        local = world @ chunk_from_world[:3, :3].T + chunk_from_world[:3, 3]
+        ijk = np.floor((local + 0.5) * resolution).astype(np.int64)
         inside = ((ijk >= 0) & (ijk < resolution)).all(1)
         occ[tuple(ijk[inside].T)] = True
     return occ
@@ -87,19 +88,14 @@ def visible_colours(room: RoomViews, views: list[int], vox: OVoxel, chunk_from_w
                     edge_m: float) -> tuple[np.ndarray, np.ndarray]:
     """Mean rendered colour ``[K, 3]`` of each O-Voxel over the views that see it, and the seen mask ``[K]``."""
     centres = (vox.coords + 0.5) / vox.resolution - 0.5
-    world = np.c_[centres, np.ones(len(centres))] @ np.linalg.inv(chunk_from_world).T
-    tolerance = 1.5 * edge_m / vox.resolution
+    tolerance = 1.5 / vox.resolution  # chunk units, like the chunk-frame camera's depth
     total, count = np.zeros((len(centres), 3)), np.zeros(len(centres))
     for i in views:
-        depth, rgb = room.depth(i), room.rgb(i)
+        depth, rgb = room.depth(i) / edge_m, room.rgb(i)
         h, w = depth.shape
-        cam = world @ room.w2c[i].T
-        z = cam[:, 2]
-        front = z > 1e-6
-        K = room.K[i]
-        u = K[0, 0] * cam[:, 0] / np.where(front, z, 1) + K[0, 2]
-        v = K[1, 1] * cam[:, 1] / np.where(front, z, 1) + K[1, 2]
-        ok = front & (u >= 0) & (u < 1) & (v >= 0) & (v < 1)
+        uv, z = project_points(centres, w2c_in_chunk_frame(room.w2c[i], chunk_from_world), room.K[i])
+        u, v = uv[:, 0], uv[:, 1]
+        ok = (z > MIN_DEPTH) & (u >= 0) & (u < 1) & (v >= 0) & (v < 1)
         col, row = np.clip((u * w).astype(np.int64), 0, w - 1), np.clip((v * h).astype(np.int64), 0, h - 1)
         seen = ok & (depth[row, col] > 0) & (np.abs(depth[row, col] - z) < tolerance)
         total[seen] += rgb[row[seen], col[seen]]

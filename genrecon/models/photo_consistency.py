@@ -105,7 +105,7 @@ class PhotoConsistency(nn.Module):
             idx = batch_idx[start : start + self.batch_tokens].long()
             sub = (pts[:, None, :] + offsets).reshape(-1, 3)  # [Q, 3], Q = p·S³
             sub_idx = idx.repeat_interleave(s3)
-            u, v, valid, _ = Projection._project(sub, sub_idx, w2c, K, view_mask)  # [Q, N]
+            u, v, valid, _ = Projection.project(sub, sub_idx, w2c, K, view_mask)  # [Q, N]
             image_idx = (sub_idx[:, None] * n + torch.arange(n, device=sub.device)).flatten()
             rgb = _sample_pixels(pixels, h, w, image_idx, (u * w - 0.5).flatten(), (v * h - 0.5).flatten())
             rgb = rgb.view(*u.shape, 3)

@@ -68,7 +68,7 @@ class Projection(nn.Module):
             raise ValueError(
                 f"tokens have T={tokens.shape[2]}, expected G + P² = {self.num_global_tokens} + {p}²"
             )
-        u, v, valid, depth = self._project(points, batch_idx, w2c, K, view_mask)
+        u, v, valid, depth = self.project(points, batch_idx, w2c, K, view_mask)
         if self.sampling == "nearest":
             col = (u * p).floor().clamp(0, p - 1).long()
             row = (v * p).floor().clamp(0, p - 1).long()
@@ -78,18 +78,12 @@ class Projection(nn.Module):
         feats = torch.where(valid[..., None], feats, feats.new_zeros(()))
         return (feats, valid, depth) if return_depth else (feats, valid)
 
-    def project(
-        self, points: Tensor, batch_idx: Tensor, w2c: Tensor, K: Tensor, view_mask: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Where points ``[K, 3]`` land in every view of their sample: u, v ``[K, N]``, valid ``[K, N]`` and the
-        camera depth ``[K, N]`` (the rule of :meth:`forward`)."""
-        return self._project(points, batch_idx, w2c, K, view_mask)
-
     @staticmethod
-    def _project(
+    def project(
         points: Tensor, batch_idx: Tensor, w2c: Tensor, K: Tensor, view_mask: Tensor
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """→ u, v ``[K, N]`` (float32 or wider), valid ``[K, N]`` and the camera depth ``[K, N]``."""
+        """Where points ``[K, 3]`` land in every view of their sample (the rule of :meth:`forward`): u, v
+        ``[K, N]`` (float32 or wider), valid ``[K, N]`` and the camera depth ``[K, N]``."""
         dtype = torch.promote_types(points.dtype, torch.float32)
         extr = w2c[batch_idx].to(dtype)  # [K, N, 4, 4]
         intr = K[batch_idx].to(dtype)  # [K, N, 3, 3]

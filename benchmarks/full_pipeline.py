@@ -45,7 +45,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PHASES = ("prepare", "vae", "vae_variants", "encode", "ddp", "flow", "flow_quality", "quality")
 FLOWS = ("ss_flow", "ss_flow_noproj", "ss_flow_photo", "ss_flow_aux", "ss_flow_depth", "ss_flow_dsup", "shape_flow",
-         "shape_flow_noproj", "tex_flow", "tex_flow_photo", "tex_flow_aux", "tex_flow_depth", "tex_flow_dsup")
+         "shape_flow_noproj", "tex_flow", "tex_flow_photo", "tex_flow_aux", "tex_flow_depth", "tex_flow_dsup",
+         "tex_flow_vis", "tex_flow_visphoto")
 # The photo-consistency cue (genrecon/models/photo_consistency.py) switched on for the *_photo runs.
 PHOTO_CUE = "preset.flow.photo_cue={subdivisions:4,hidden:256}"
 # The auxiliary view read-outs switched on for the *_aux runs: the SS flow's occupancy head
@@ -56,11 +57,17 @@ LATENT_AUX = "stage.module.latent_aux_weight=1.0"
 DEPTH_CUE = "preset.flow.depth_cue={bins:64,max_depth:4.0}"
 # ... and with that cue's depth head supervised by the chunk's surface depths for the *_dsup runs.
 DEPTH_SUP = "stage.module.depth_supervision_weight=1.0"
+# Structure visibility (genrecon/models/visibility.py) on top of the latent head for the *_vis runs: the texture flow
+# fuses only the views whose z-buffer of the active cells shows the cell; *_visphoto adds the photo cue, which then
+# also counts only those views (2 sub-points per edge: the visibility z-buffer's own sampling).
+VISIBILITY = "preset.flow.visibility={grid:64,subdivisions:2,tolerance:1.5,fallback:true}"
+VIS_PHOTO_CUE = "preset.flow.photo_cue={subdivisions:2,hidden:256}"
 # Where each flow job runs when there are two or more GPUs: each flow beside its variants (equal conditions),
 # the texture flows beside the extended texture VAE.
 FLOW_GPU = {"ss_flow": 0, "ss_flow_noproj": 0, "ss_flow_photo": 0, "ss_flow_aux": 0, "ss_flow_depth": 0,
             "ss_flow_dsup": 0, "shape_flow": 1, "shape_flow_noproj": 1, "tex_flow": 1, "tex_flow_photo": 1,
-            "tex_flow_aux": 1, "tex_flow_depth": 1, "tex_flow_dsup": 1, "tex_vae_long": 1}
+            "tex_flow_aux": 1, "tex_flow_depth": 1, "tex_flow_dsup": 1, "tex_flow_vis": 1, "tex_flow_visphoto": 1,
+            "tex_vae_long": 1}
 VAES = ("ss_vae", "shape_vae", "tex_vae")
 MAIN_FLOWS = ("ss_flow", "shape_flow", "tex_flow")
 STAGES = ("ss_vae", "shape_vae", "tex_vae", "ss_flow", "shape_flow", "tex_flow")
@@ -273,7 +280,8 @@ class Pipeline:
                  "ss_flow_dsup": ss + [OCC_AUX, DEPTH_CUE, DEPTH_SUP], "shape_flow": [],
                  "shape_flow_noproj": noproj, "tex_flow": [], "tex_flow_photo": [PHOTO_CUE],
                  "tex_flow_aux": [LATENT_AUX], "tex_flow_depth": [LATENT_AUX, DEPTH_CUE],
-                 "tex_flow_dsup": [LATENT_AUX, DEPTH_CUE, DEPTH_SUP]}
+                 "tex_flow_dsup": [LATENT_AUX, DEPTH_CUE, DEPTH_SUP], "tex_flow_vis": [LATENT_AUX, VISIBILITY],
+                 "tex_flow_visphoto": [LATENT_AUX, VISIBILITY, VIS_PHOTO_CUE]}
         runs = [f for f in FLOWS if f in a.flows]
         if a.tex_vae_extend_minutes > 0:
             runs.append("tex_vae_long")
@@ -329,7 +337,8 @@ class Pipeline:
 
     def flow_quality(self) -> None:
         """Held-out chunk metrics of the trained flows: the published design with its ablations, and (when
-        trained) the photo-cue variants against the same ablation, one job per GPU."""
+        trained) each variant family (photo, aux, depth, dsup, vis, visphoto) against the same ablation, one job per
+        GPU."""
         a = self.args
         device = ["--device", "cpu"] if a.cpu else ["--device", "cuda"]
         have = lambda run: self.ckpt(run).is_file()  # noqa: E731
@@ -343,7 +352,10 @@ class Pipeline:
                     "flow_quality_depth": {"ss_flow": "ss_flow_depth", "ss_flow_noproj": "ss_flow_noproj",
                                            "tex_flow": "tex_flow_depth"},
                     "flow_quality_dsup": {"ss_flow": "ss_flow_dsup", "ss_flow_noproj": "ss_flow_noproj",
-                                          "tex_flow": "tex_flow_dsup"}}
+                                          "tex_flow": "tex_flow_dsup"},
+                    # Texture-only families: structure visibility exists in the sparse flows only.
+                    "flow_quality_vis": {"tex_flow": "tex_flow_vis"},
+                    "flow_quality_visphoto": {"tex_flow": "tex_flow_visphoto"}}
         jobs = []
         for name, runs in families.items():
             # A variant family is scored only when one of its variant runs (a run not named after its slot) exists,

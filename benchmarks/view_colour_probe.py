@@ -1,7 +1,7 @@
 """How much base colour can the projection pathway read from the views? A probe of the texture flow's conditioning.
 
     python benchmarks/view_colour_probe.py --shards <root>/synthetic_small/shards --steps 600 \
-        [--config '{"width": 128, "depth": 4, "lr": 1e-3, "cells": 32}']
+        [--config '{"width": 128, "depth": 4, "lr": 1e-3, "cells": 32}'] [--visibility [--no-fallback]]
 
 Question behind it (issue 6): the texture flow samples plausible colours, but on held-out chunks it paints a
 floor brown that its views show blue. Is the colour not in the view pathway, or does the flow not use it?
@@ -12,16 +12,26 @@ PSNR of the cell colours of the held-out chunks. Two baselines are measured on t
 
 - ``constant``: the training cells' mean colour everywhere;
 - ``readout``: learning-free: each cell centre's pixel colour averaged over the views it projects into
-  (no visibility test), mapped by a per-channel linear fit on the training cells.
+  (no visibility test), mapped by a per-channel linear fit on the training cells;
+- with ``--visibility``, ``readout_visible``: the same over only the views that see the cell by a z-buffer of the
+  chunk's active cells (:class:`genrecon.models.visibility.StructureVisibility`, strict: no fallback), fitted on the
+  training cells some view sees; a cell no view sees gets the training mean. It also reports the share of the
+  (cell, view) projections the test keeps and the share of held-out cells some view sees.
 
 A head far above ``readout`` has learnt more than copying the pixel under the cell (visibility, de-shading); one
-near ``constant`` reads nothing. Prints JSON lines.
+near ``constant`` reads nothing. ``--visibility`` also gives the pathway that test (the sparse flows'
+``preset.flow.visibility``): the aggregator fuses only the views that see each cell, and a cell no view sees
+every view it projects into (``--no-fallback``: none). With or without it, the
+read-out and every curve point also report ``val_psnr_seen``, the PSNR over the held-out cells some view sees by
+that test, so runs with and without it compare on the same cells. Prints JSON lines.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from functools import partial
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -31,6 +41,7 @@ from genrecon.models.aggregator import ViewAggregator, project_and_aggregate
 from genrecon.models.image_encoder import SmallViT, encode_views
 from genrecon.models.photo_consistency import sample_bilinear
 from genrecon.models.projection import Projection, coords_to_points
+from genrecon.models.visibility import StructureVisibility
 from genrecon.utils.jsonl import JsonLinesLog
 from genrecon.utils.probe_cli import load_probe_chunks, probe_arguments
 
@@ -52,10 +63,13 @@ def cell_colours(batch: dict, cells: int) -> tuple[torch.Tensor, torch.Tensor]:
     return active, total / count[:, None]
 
 
-def pixel_readout(batch: dict, active: torch.Tensor, cells: int) -> torch.Tensor:
-    """Mean pixel colour ``[L, 3]`` under each cell centre over the views it projects into (0 if none)."""
+def pixel_readout(batch: dict, active: torch.Tensor, cells: int, visible: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean pixel colour ``[L, 3]`` under each cell centre over the views it projects into (0 if none); with
+    ``visible [L, N]`` only over the views that see it."""
     points, b = coords_to_points(active[:, 1:], cells), active[:, 0]
     u, v, valid, _ = Projection.project(points, b, batch["w2c"], batch["intrinsics"], batch["view_mask"])
+    if visible is not None:
+        valid = valid & visible
     views = batch["views"]
     n, h, w = views.shape[1], views.shape[-2], views.shape[-1]
     image = (b[:, None] * n + torch.arange(n)).flatten()
@@ -64,18 +78,58 @@ def pixel_readout(batch: dict, active: torch.Tensor, cells: int) -> torch.Tensor
     return (rgb * weight).sum(1) / weight.sum(1).clamp(min=1)
 
 
+class CellViews(NamedTuple):
+    """A batch's active cells ``[L, 4]`` against its views: the cells' z-buffer ``[B, N, G, G]`` (all of them
+    occlude), which views see each cell ``visible [L, N]``, which views the published pathway fuses ``valid [L, N]``
+    (the cell centre projects into the image) and which it fuses with the visibility test ``fused [L, N]``."""
+
+    zbuffer: torch.Tensor
+    visible: torch.Tensor
+    valid: torch.Tensor
+    fused: torch.Tensor
+
+
+def cell_views(batch: dict, active: torch.Tensor, cells: int, module: StructureVisibility) -> CellViews:
+    points, b = coords_to_points(active[:, 1:], cells), active[:, 0]
+    cameras = (batch["w2c"], batch["intrinsics"], batch["view_mask"])
+    zbuf = module.zbuffer(points, b, *cameras, 1.0 / cells)
+    visible = module.visible(zbuf, points, b, *cameras, 1.0 / cells)
+    valid = Projection.project(points, b, *cameras)[2]
+    return CellViews(zbuf, visible, valid, valid & visible)
+
+
+def fit_readout(read: torch.Tensor, true: torch.Tensor) -> list[np.ndarray]:
+    """Per-channel linear fit (gain, bias) of true ``[L, 3]`` on read ``[L, 3]``."""
+    return [np.polyfit(read[:, c].numpy(), true[:, c].numpy(), 1) for c in range(3)]
+
+
+def apply_readout(fit: list[np.ndarray], read: torch.Tensor) -> torch.Tensor:
+    return torch.stack([torch.from_numpy(np.polyval(fit[c], read[:, c].numpy())).float() for c in range(3)], 1)
+
+
 def psnr(mse: float) -> float:
     return -10.0 * math.log10(max(mse, 1e-10))
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    args, cfg = probe_arguments(__doc__, DEFAULTS, steps=600, argv=argv)
+    def visibility_flag(parser) -> None:
+        parser.add_argument("--visibility", action="store_true",
+                            help="the pathway fuses only the views that see each cell (structure z-buffer)")
+        parser.add_argument("--no-fallback", action="store_true",
+                            help="with --visibility: a cell no view sees gets no view (default: every view, as "
+                                 "published)")
+
+    args, cfg = probe_arguments(__doc__, DEFAULTS, steps=600, argv=argv, extra=visibility_flag)
 
     train, val = load(args.shards, "train", args.views), load(args.shards, "val", args.views)
     chunks = lambda items: [collate(items[i : i + args.batch]) for i in range(0, len(items), args.batch)]
     train_batches, val_batches = chunks(train), chunks(val)
     cells = int(cfg["cells"])
     targets = {id(b): cell_colours(b, cells) for b in train_batches + val_batches}
+    # Learning-free and fixed per chunk: every batch's z-buffer and visibility, once.
+    module = StructureVisibility(fallback=False)  # strict: which cells some view really sees (the *_seen scores)
+    pathway = StructureVisibility(fallback=not args.no_fallback)  # the same z-buffer, the rule the pathway fuses by
+    seen_by = {id(b): cell_views(b, targets[id(b)][0], cells, module) for b in train_batches + val_batches}
 
     # Baselines on the same cells.
     train_true = torch.cat([targets[id(b)][1] for b in train_batches])
@@ -83,13 +137,36 @@ def main(argv: list[str] | None = None) -> list[dict]:
     mean = train_true.mean(0)
     read_train = torch.cat([pixel_readout(b, targets[id(b)][0], cells) for b in train_batches])
     read_val = torch.cat([pixel_readout(b, targets[id(b)][0], cells) for b in val_batches])
-    fit = [np.polyfit(read_train[:, c].numpy(), train_true[:, c].numpy(), 1) for c in range(3)]
-    mapped = torch.stack([torch.from_numpy(np.polyval(fit[c], read_val[:, c].numpy())).float() for c in range(3)], 1)
+    fit = fit_readout(read_train, train_true)
+    mapped = apply_readout(fit, read_val)
+    valid_val = torch.cat([seen_by[id(b)].valid for b in val_batches])
+    fused_val = torch.cat([seen_by[id(b)].fused for b in val_batches])
+    seen_val = fused_val.any(1)  # [L_val]: some view both shows the cell's centre and sees the cell
+
+    def val_mse(pred: torch.Tensor, keep: torch.Tensor | slice = slice(None)) -> float:
+        return float((val_true[keep] - pred[keep].clamp(0, 1)).pow(2).mean())
+
     log = JsonLinesLog(args.out)
     log.add({"baseline": "constant", "val_psnr": round(psnr(float((val_true - mean).pow(2).mean())), 3),
-             "train_chunks": len(train), "val_chunks": len(val), "val_cells": len(val_true), "config": cfg})
-    log.add({"baseline": "readout", "val_psnr": round(psnr(float((val_true - mapped.clamp(0, 1)).pow(2).mean())), 3),
+             "train_chunks": len(train), "val_chunks": len(val), "val_cells": len(val_true), "config": cfg,
+             "visibility": args.visibility, "fallback": args.visibility and not args.no_fallback})
+    log.add({"baseline": "readout", "val_psnr": round(psnr(val_mse(mapped)), 3),
+             "val_psnr_seen": round(psnr(val_mse(mapped, seen_val)), 3),
              "gain_bias": [[round(float(x), 3) for x in f] for f in fit]})
+    if args.visibility:
+        # The same read-out over the views that see each cell; cells no view sees fall back to the training mean.
+        read_train, read_val = (
+            torch.cat([pixel_readout(b, targets[id(b)][0], cells, seen_by[id(b)].visible) for b in batches])
+            for batches in (train_batches, val_batches)
+        )
+        seen_train = torch.cat([seen_by[id(b)].fused for b in train_batches]).any(1)
+        fit_visible = fit_readout(read_train[seen_train], train_true[seen_train])
+        mapped_visible = torch.where(seen_val[:, None], apply_readout(fit_visible, read_val), mean)
+        log.add({"baseline": "readout_visible", "val_psnr": round(psnr(val_mse(mapped_visible)), 3),
+                 "val_psnr_seen": round(psnr(val_mse(mapped_visible, seen_val)), 3),
+                 "gain_bias": [[round(float(x), 3) for x in f] for f in fit_visible],
+                 "kept_projections": round(int(fused_val.sum()) / max(1, int(valid_val.sum())), 4),
+                 "val_cells_seen": round(float(seen_val.float().mean()), 4)})
 
     image_size = int(train[0]["views"].shape[1])
     encoder = SmallViT(width=cfg["width"], depth=cfg["depth"], num_heads=cfg["num_heads"],
@@ -104,8 +181,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     def predict(batch: dict) -> torch.Tensor:
         active = targets[id(batch)][0]
         tokens = encode_views(encoder, batch["views"], batch["view_mask"])
+        cameras = (batch["w2c"], batch["intrinsics"], batch["view_mask"])
+        visibility = None
+        if args.visibility:
+            visibility = partial(pathway.visible, seen_by[id(batch)].zbuffer, w2c=cameras[0], K=cameras[1],
+                                 view_mask=cameras[2], cell=1.0 / cells)
         cond = project_and_aggregate(projection, aggregator, coords_to_points(active[:, 1:], cells), active[:, 0],
-                                     tokens, batch["w2c"], batch["intrinsics"], batch["view_mask"])
+                                     tokens, *cameras, visibility=visibility)
         return head(cond)
 
     params = [*encoder.parameters(), *aggregator.parameters(), *head.parameters()]
@@ -120,9 +202,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         opt.step()
         if step % args.every == 0:
             with torch.no_grad():
-                err = sum(float((predict(b).clamp(0, 1) - targets[id(b)][1]).pow(2).sum()) for b in val_batches)
+                pred = torch.cat([predict(b) for b in val_batches])
             log.add({"step": step, "loss": round(float(loss.detach()), 5),
-                     "val_psnr": round(psnr(err / (3 * len(val_true))), 3),
+                     "val_psnr": round(psnr(val_mse(pred)), 3),
+                     "val_psnr_seen": round(psnr(val_mse(pred, seen_val)), 3),
                      "seconds": round(time.perf_counter() - t0, 1)})
     return log.close()
 

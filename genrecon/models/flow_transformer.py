@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import partial
 from typing import Any, Protocol
 
 import torch
@@ -24,6 +25,7 @@ from genrecon.models.aggregator import project_and_aggregate
 from genrecon.models.depth_cue import DepthCue
 from genrecon.models.photo_consistency import PhotoConsistency
 from genrecon.models.projection import coords_to_points, voxel_centers
+from genrecon.models.visibility import StructureVisibility
 from genrecon.modules.attention import PackedLayout
 from genrecon.modules.rope import grid_coords, rope_phases
 from genrecon.modules.timestep import TimestepEmbedder
@@ -142,6 +144,8 @@ class _FlowTransformer(nn.Module):
         if depth_cue is not None and aggregator is None:
             raise ValueError("depth_cue is part of the projection pathway: it needs projection and aggregator")
         self.depth_cue = DepthCue(cond_channels, **depth_cue) if depth_cue is not None else None
+        # Only the sparse models know a structure to z-buffer (SparseFlowTransformer sets it).
+        self.visibility: StructureVisibility | None = None
 
     @property
     def has_cond_3d(self) -> bool:
@@ -180,6 +184,7 @@ class _FlowTransformer(nn.Module):
         view_mask: Tensor,
         batch_voxels: int = 8192,
         images: Tensor | None = None,
+        zbuffer: Tensor | None = None,
     ) -> Tensor:
         """Project points into all views and fuse the per-view tokens, ``batch_voxels`` points at a time.
 
@@ -188,6 +193,8 @@ class _FlowTransformer(nn.Module):
         The per-view gather [batch_voxels, N, C_cond] is the peak; when the aggregator trains, each batch is
         checkpointed so only its output stays alive for backward.
         images [B, N, 3, H, W] in [0, 1]: the views themselves, needed (only) by a model with a photo cue.
+        zbuffer [B, N, G, G]: with structure visibility, the z-buffer of the whole structure
+        (:meth:`structure_zbuffer`); None builds it from ``points``, which must then be all the active cells.
         """
         if not self.has_cond_3d:
             raise RuntimeError("this model was built without projection/aggregator")
@@ -198,6 +205,12 @@ class _FlowTransformer(nn.Module):
         trains = any(p.requires_grad for p in self.aggregator.parameters())
         if self.depth_cue is not None:
             tokens = self.depth_cue.extend_tokens(tokens)  # [B, N, T, C + D]
+        visibility = None
+        if self.visibility is not None:
+            if zbuffer is None:
+                zbuffer = self.structure_zbuffer(points, batch_idx, w2c, K, view_mask)
+            visibility = partial(self.visibility.visible, zbuffer, w2c=w2c, K=K, view_mask=view_mask,
+                                 cell=1.0 / self.resolution)
         cond = project_and_aggregate(
             self.projection,
             self.aggregator,
@@ -210,10 +223,22 @@ class _FlowTransformer(nn.Module):
             batch_voxels=batch_voxels,
             checkpoint=trains,
             depth_cue=self.depth_cue,
+            visibility=visibility,
         )
         if self.photo_cue is not None:
-            cond = cond + self.photo_cue(images, points, batch_idx, w2c, K, view_mask).to(cond.dtype)
+            # [P, N] bool, small next to the cue's own samples; None keeps the published valid rule.
+            seen = visibility(points, batch_idx) if visibility is not None else None
+            cond = cond + self.photo_cue(images, points, batch_idx, w2c, K, view_mask, seen).to(cond.dtype)
         return cond
+
+    def structure_zbuffer(
+        self, points: Tensor, batch_idx: Tensor, w2c: Tensor, K: Tensor, view_mask: Tensor
+    ) -> Tensor | None:
+        """Per-view z-buffer ``[B, N, G, G]`` of the active cells ``points [P, 3]`` (all of them: they are the
+        occluders), for callers that condition them in pieces; None for a model without structure visibility."""
+        if self.visibility is None:
+            return None
+        return self.visibility.zbuffer(points, batch_idx, w2c, K, view_mask, 1.0 / self.resolution)
 
     # --------------------------------------------------------------------------------------------------------
     # Shared forward pieces
@@ -312,6 +337,17 @@ class SparseFlowTransformer(_FlowTransformer):
 
     block_cls = SparseModulatedTransformerCrossBlock
 
+    def __init__(self, *, visibility: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        """visibility: keyword arguments of :class:`genrecon.models.visibility.StructureVisibility` (e.g.
+        ``{grid: 64, subdivisions: 2, tolerance: 1.5}``) to fuse each active cell's views only where a z-buffer of
+        the active cells says the view sees it (a deviation; no parameters); None (published) fuses every view the
+        cell projects into. Needs the projection pathway. The other arguments are the shared ones above."""
+        super().__init__(**kwargs)
+        if visibility is not None:
+            if self.aggregator is None:
+                raise ValueError("visibility is part of the projection pathway: it needs projection and aggregator")
+            self.visibility = StructureVisibility(**visibility)
+
     def cond_3d_from_views(
         self,
         coords: Tensor,
@@ -322,7 +358,8 @@ class SparseFlowTransformer(_FlowTransformer):
         batch_voxels: int = 8192,
         images: Tensor | None = None,
     ) -> Tensor:
-        """3-D conditioning at the active voxels: coords [K, 4] int (batch, x, y, z) -> [K, C_cond]."""
+        """3-D conditioning at the active voxels: coords [K, 4] int (batch, x, y, z) -> [K, C_cond]. With structure
+        visibility the coords are also the occluders: pass all the active cells of the samples."""
         points = coords_to_points(coords[:, 1:], self.resolution)
         return self.compute_cond_3d(points, coords[:, 0].long(), tokens, w2c, K, view_mask, batch_voxels, images)
 

@@ -87,11 +87,20 @@ class PhotoConsistency(nn.Module):
 
     @torch.no_grad()
     def statistics(
-        self, images: Tensor, points: Tensor, batch_idx: Tensor, w2c: Tensor, K: Tensor, view_mask: Tensor
+        self,
+        images: Tensor,
+        points: Tensor,
+        batch_idx: Tensor,
+        w2c: Tensor,
+        K: Tensor,
+        view_mask: Tensor,
+        visibility: Tensor | None = None,
     ) -> Tensor:
         """images ``[B, N, 3, H, W]`` in [0, 1], points ``[P, 3]`` cell centres (chunk frame), batch_idx ``[P]``,
         w2c ``[B, N, 4, 4]``, K ``[B, N, 3, 3]`` normalised, view_mask ``[B, N]`` -> ``[P, S³, 5]`` float32.
 
+        visibility ``[P, N]`` bool (optional, :class:`genrecon.models.visibility.StructureVisibility`): a sub-point
+        counts a view only where its cell is visible in it, so occluders' colours stay out of the statistics.
         A sub-point seen by no view gets zeros. Independent of the order of the views and of padded views.
         """
         b, n, _, h, w = images.shape
@@ -106,6 +115,8 @@ class PhotoConsistency(nn.Module):
             sub = (pts[:, None, :] + offsets).reshape(-1, 3)  # [Q, 3], Q = p·S³
             sub_idx = idx.repeat_interleave(s3)
             u, v, valid, _ = Projection.project(sub, sub_idx, w2c, K, view_mask)  # [Q, N]
+            if visibility is not None:
+                valid = valid & visibility[start : start + self.batch_tokens].repeat_interleave(s3, dim=0)
             image_idx = (sub_idx[:, None] * n + torch.arange(n, device=sub.device)).flatten()
             rgb = _sample_pixels(pixels, h, w, image_idx, (u * w - 0.5).flatten(), (v * h - 0.5).flatten())
             rgb = rgb.view(*u.shape, 3)
@@ -122,10 +133,17 @@ class PhotoConsistency(nn.Module):
         return torch.cat(out)
 
     def forward(
-        self, images: Tensor, points: Tensor, batch_idx: Tensor, w2c: Tensor, K: Tensor, view_mask: Tensor
+        self,
+        images: Tensor,
+        points: Tensor,
+        batch_idx: Tensor,
+        w2c: Tensor,
+        K: Tensor,
+        view_mask: Tensor,
+        visibility: Tensor | None = None,
     ) -> Tensor:
         """Same inputs as :meth:`statistics` -> ``[P, C_cond]``; exactly 0 for a token no view sees."""
-        stats = self.statistics(images, points, batch_idx, w2c, K, view_mask)
+        stats = self.statistics(images, points, batch_idx, w2c, K, view_mask, visibility)
         seen = (stats[..., -1] > 0).any(dim=1, keepdim=True)  # [P, 1]
         # Centred inputs (colours and fractions live in [0, 1]): the MLP starts well-conditioned.
         h = self.mlp(stats.flatten(1) - 0.5)

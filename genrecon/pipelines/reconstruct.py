@@ -131,11 +131,16 @@ class SceneReconstructor:
         out = []
         step = self.settings.proj_batch_voxels * 8
         with torch.no_grad():
+            zbuffer = None
+            if getattr(model, "visibility", None) is not None:
+                # Structure visibility: every cell can hide every other, so one z-buffer of them all, not per piece.
+                one_sample = torch.zeros(len(points), dtype=torch.long, device=self.device)
+                zbuffer = model.structure_zbuffer(points.to(self.device), one_sample, w2c[None], K[None], mask)
             for start in range(0, len(points), step):
                 p = points[start : start + step].to(self.device)
                 bidx = torch.zeros(len(p), dtype=torch.long, device=self.device)
                 out.append(model.compute_cond_3d(p, bidx, tokens, w2c[None], K[None], mask,
-                                                 self.settings.proj_batch_voxels, images=views).cpu())
+                                                 self.settings.proj_batch_voxels, images=views, zbuffer=zbuffer).cpu())
         return torch.cat(out)
 
     # ------------------------------------------------------------------ stages

@@ -98,14 +98,28 @@ class FusedEMA(EMAWeightAveraging):
         return "EMAWeightAveraging"
 
 
-def lr_factor(step: int, warmup: int, decay: int | None = None, min_ratio: float = 0.1) -> float:
+def lr_factor(step: int, warmup: int, decay: int | None = None, min_ratio: float = 0.1,
+              anchor: tuple[int, float] | None = None) -> float:
     """Learning-rate multiplier at optimiser ``step``: linear warm-up over ``warmup`` steps, then constant, or
-    with ``decay`` a cosine from 1 at the end of the warm-up to ``min_ratio`` at step ``decay``."""
+    with ``decay`` a cosine from 1 at the end of the warm-up to ``min_ratio`` at step ``decay``.
+
+    ``anchor`` = (step a, progress q) re-times the cosine from step a on: progress runs linearly from q at a to 1
+    at ``decay`` (default (warmup, 0)). Moving ``decay`` with the anchor at the current step and progress keeps
+    the rate continuous (``callbacks.time_budget`` refits the decay end that way when the step rate changes).
+    """
     warm = min(1.0, (step + 1) / max(1, warmup))
     if decay is None or step < warmup:
         return warm
-    progress = min(1.0, (step - warmup) / max(1, decay - warmup))
+    progress = decay_progress(step, warmup, decay, anchor)
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def decay_progress(step: int, warmup: int, decay: int, anchor: tuple[int, float] | None = None) -> float:
+    """The cosine's progress in [0, 1] at ``step`` under :func:`lr_factor`'s schedule."""
+    if step < warmup:
+        return 0.0
+    a, q = anchor if anchor is not None else (warmup, 0.0)
+    return min(1.0, q + (1.0 - q) * max(0, step - a) / max(1, decay - a))
 
 
 class Stage(L.LightningModule):
@@ -149,6 +163,7 @@ class Stage(L.LightningModule):
         self.betas = tuple(betas)
         self.warmup_steps = warmup_steps
         self.decay_steps = decay_steps
+        self.decay_anchor: tuple[int, float] | None = None  # set with decay_steps by callbacks.time_budget
         self.min_lr_ratio = min_lr_ratio
         self.ema_decay = ema_decay
         self.clipper = (
@@ -187,7 +202,7 @@ class Stage(L.LightningModule):
 
         def factor(step: int) -> float:
             # Reads decay_steps on every step: callbacks.time_budget may set it once the step rate is known.
-            return lr_factor(step, int(self.warmup_steps), self.decay_steps, self.min_lr_ratio)
+            return lr_factor(step, int(self.warmup_steps), self.decay_steps, self.min_lr_ratio, self.decay_anchor)
 
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 
-def probe_arguments(doc: str | None, defaults: dict[str, Any], steps: int, argv: list[str] | None = None
+def probe_arguments(doc: str | None, defaults: dict[str, Any], steps: int, argv: list[str] | None = None,
+                    extra: Callable[[argparse.ArgumentParser], None] | None = None
                     ) -> tuple[argparse.Namespace, dict[str, Any]]:
     """Parse a probe's arguments; returns them and its config (``defaults`` updated by ``--config`` JSON), with
-    torch's thread count and seed set from them."""
+    torch's thread count and seed set from them. ``extra`` adds a probe's own arguments to the shared ones."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shards", required=True)
     parser.add_argument("--steps", type=int, default=steps)
@@ -23,6 +25,8 @@ def probe_arguments(doc: str | None, defaults: dict[str, Any], steps: int, argv:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", help="also write the JSON lines to this file")
+    if extra is not None:
+        extra(parser)
     args = parser.parse_args(argv)
     try:
         overrides = json.loads(args.config)

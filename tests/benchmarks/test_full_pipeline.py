@@ -111,3 +111,37 @@ def test_flow_quality_skips_the_base_family_without_a_main_flow(tmp_path, monkey
     assert [j.gpu for j in batches[0]] == [0, 1]
     depth = jobs["flow_quality_depth"].argv
     assert depth[depth.index("--ss-flow-ablation") + 1] == str(pipe.ckpt("ss_flow_noproj"))
+
+
+def test_visibility_runs_train_beside_the_texture_flow_and_are_scored_in_their_own_families(tmp_path, monkeypatch):
+    fp = load_script("benchmarks/full_pipeline.py")
+    args = fp.parse_args(["--root", str(tmp_path), "--gpus", "2", "--phases", "flow", "flow_quality",
+                          "--flows", "tex_flow", "tex_flow_aux", "tex_flow_vis", "tex_flow_visphoto"])
+    pipe = fp.Pipeline(args)
+    batches = []
+
+    def fake_run(jobs):
+        batches.append(jobs)
+        for job in jobs:
+            pipe.ckpt(job.name).parent.mkdir(parents=True, exist_ok=True)
+            pipe.ckpt(job.name).touch()
+        return {job.name: 0 for job in jobs}
+
+    monkeypatch.setattr(pipe, "run", fake_run)
+    pipe.flow()
+    by_name = {j.name: j for j in batches[0]}
+    assert {n: j.gpu for n, j in by_name.items()} == {"tex_flow": 1, "tex_flow_aux": 1, "tex_flow_vis": 1,
+                                                      "tex_flow_visphoto": 1}
+    vis, visphoto = by_name["tex_flow_vis"].argv, by_name["tex_flow_visphoto"].argv
+    # tex_flow_vis is tex_flow_aux plus visibility; visphoto adds the photo cue at 2 sub-points per edge.
+    assert fp.LATENT_AUX in vis and fp.VISIBILITY in vis and fp.VIS_PHOTO_CUE not in vis
+    assert all(x in visphoto for x in (fp.LATENT_AUX, fp.VISIBILITY, fp.VIS_PHOTO_CUE))
+    assert "subdivisions:2" in fp.VIS_PHOTO_CUE
+    assert fp.VISIBILITY not in by_name["tex_flow_aux"].argv
+    pipe.flow_quality()
+    names = {j.name: j.argv for j in batches[1]}
+    assert sorted(names) == ["flow_quality", "flow_quality_aux", "flow_quality_vis", "flow_quality_visphoto"]
+    for family, run in (("flow_quality_vis", "tex_flow_vis"), ("flow_quality_visphoto", "tex_flow_visphoto")):
+        argv = names[family]
+        assert argv[argv.index("--tex-flow") + 1] == str(pipe.ckpt(run))
+        assert "--ss-flow" not in argv and "--shape-flow" not in argv

@@ -34,3 +34,46 @@ def test_probe_prints_the_baselines_then_a_learning_curve(tiny_dataset, tmp_path
     # The head starts at the training mean (the constant baseline) and moves from there after one step.
     assert abs(curve[0]["val_psnr"] - constant["val_psnr"]) < 1.0
     assert curve[-1]["loss"] < curve[0]["loss"], curve
+
+
+def test_visibility_option_adds_the_visible_read_out_and_masks_the_pathway(tiny_dataset, tmp_path, monkeypatch):
+    probe = load_script("benchmarks/view_colour_probe.py")
+    config = {"width": 32, "depth": 1, "num_heads": 2, "patch_size": 8, "cells": 8, "lr": 3e-3}
+    argv = ["--shards", str(tiny_dataset / "shards"), "--steps", "4", "--every", "2", "--views", "2", "--threads", "1",
+            "--config", json.dumps(config)]
+    masks = []
+    aggregate = probe.project_and_aggregate
+
+    def spy(*args, visibility=None, **kwargs):
+        masks.append(visibility)
+        return aggregate(*args, visibility=visibility, **kwargs)
+
+    monkeypatch.setattr(probe, "project_and_aggregate", spy)
+    plain = probe.main(argv)
+    assert all(m is None for m in masks) and [x.get("baseline") for x in plain[:3]] == ["constant", "readout", None]
+    masks.clear()
+    constant, readout, visible, *curve = probe.main(argv + ["--visibility"])
+    assert masks and all(callable(m) for m in masks)
+    assert constant["visibility"] is True and visible["baseline"] == "readout_visible"
+    assert 0 < visible["kept_projections"] <= 1 and 0 < visible["val_cells_seen"] <= 1
+    assert visible["val_psnr"] > 0 and visible["val_psnr_seen"] > 0 and readout["val_psnr_seen"] > 0
+    assert [c["step"] for c in curve] == [0, 2, 4] and all(c["val_psnr_seen"] > 0 for c in curve)
+    # Same baselines either way; the flag changes only the pathway (and adds its read-out).
+    assert plain[0]["val_psnr"] == constant["val_psnr"] and plain[1] == readout
+
+
+def test_visible_read_out_ignores_the_views_that_do_not_see_the_cell():
+    probe = load_script("benchmarks/view_colour_probe.py")
+    from tests.models.test_visibility import R, cameras, walls
+
+    active = torch.cat([torch.zeros(128, 1, dtype=torch.long), walls()], 1)
+    w2c, K, mask = cameras([[0.0, -2.0, 0.1], [0.0, 2.0, 0.1]])
+    colours = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])  # the front camera sees red, the back one green
+    batch = {"w2c": w2c, "intrinsics": K, "view_mask": mask,
+             "views": colours[None, :, :, None, None].expand(1, 2, 3, 16, 16).contiguous()}
+    seen = probe.cell_views(batch, active, R, probe.StructureVisibility())
+    assert seen.valid.all() and torch.equal(seen.fused, seen.visible)
+    torch.testing.assert_close(probe.pixel_readout(batch, active, R), torch.tensor([0.5, 0.5, 0.0]).expand(128, 3))
+    read = probe.pixel_readout(batch, active, R, seen.visible)
+    torch.testing.assert_close(read[:64], colours[0].expand(64, 3))
+    torch.testing.assert_close(read[64:], colours[1].expand(64, 3))

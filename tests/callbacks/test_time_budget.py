@@ -115,3 +115,53 @@ def test_the_final_step_is_checkpointed_when_the_budget_ends(tmp_path):
     trainer.fit(module)
     saved = torch.load(tmp_path / "last.ckpt", weights_only=False)
     assert saved["global_step"] == trainer.global_step > 5
+
+
+def test_a_changed_rate_moves_the_end_and_keeps_the_rate_continuous(monkeypatch):
+    """Fake clock: 10 steps in 10 s (1 step/s) fit the end at step 11 + 90 and a refit every 20 steps. Then 29 steps
+    in 5 s: the refit at step 40 moves the end to 40 + 5.8 × 50 × 0.9, anchored at step 40, with no jump in the
+    rate."""
+    import callbacks.time_budget as tb
+    from genrecon.stages.base import lr_factor
+
+    remaining = iter([100.0, 50.0])
+
+    class _Timer(tb.Timer):
+        def time_remaining(self, stage):
+            return next(remaining)
+
+    class _Strategy:
+        def broadcast(self, obj, src=0):
+            return obj
+
+    class _Trainer:
+        callbacks = [_Timer(duration="00:00:10:00")]
+        strategy = _Strategy()
+        global_step = 1
+
+    clock = iter([0.0, 10.0, 15.0])
+    monkeypatch.setattr(tb.time, "monotonic", lambda: next(clock))
+    module = _Regression(lr=1e-2, warmup_steps=2, min_lr_ratio=0.1, grad_clip_max=None)
+    budget, trainer = TimeBudgetDecay(measure_steps=10, margin=0.9, refit_seconds=20.0), _Trainer()
+    budget.on_train_batch_end(trainer, module, None, None, 0)  # step 1 starts the clock
+    trainer.global_step = 11
+    budget.on_train_batch_end(trainer, module, None, None, 0)
+    assert budget.decay_steps == 11 + 90 and budget.refit_every == 20 and budget.anchor is None
+    trainer.global_step = 25  # not a refit step: nothing happens (no clock read)
+    budget.on_train_batch_end(trainer, module, None, None, 0)
+    assert budget.decay_steps == 101
+    trainer.global_step = 40  # refit step: 29 steps in 5 s
+    before = lr_factor(40, 2, 101, 0.1)
+    budget.on_train_batch_end(trainer, module, None, None, 0)
+    rate = (40 - 11) / 5.0
+    assert budget.decay_steps == module.decay_steps == int(40 + rate * 50.0 * 0.9)
+    assert module.decay_anchor == budget.anchor and budget.anchor[0] == 40
+    after = lr_factor(40, 2, budget.decay_steps, 0.1, budget.anchor)
+    assert abs(after - before) < 1e-12  # continuous at the refit
+    assert lr_factor(budget.decay_steps, 2, budget.decay_steps, 0.1, budget.anchor) == 0.1  # floor at the new end
+    # the state survives a checkpoint
+    restored = TimeBudgetDecay()
+    restored.load_state_dict(budget.state_dict())
+    fresh = _Regression(lr=1e-2, grad_clip_max=None)
+    restored.on_train_start(None, fresh)
+    assert fresh.decay_steps == budget.decay_steps and fresh.decay_anchor == budget.anchor

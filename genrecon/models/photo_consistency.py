@@ -87,13 +87,7 @@ class PhotoConsistency(nn.Module):
 
     @torch.no_grad()
     def statistics(
-        self,
-        images: Tensor,
-        points: Tensor,
-        batch_idx: Tensor,
-        w2c: Tensor,
-        K: Tensor,
-        view_mask: Tensor,
+        self, images: Tensor, points: Tensor, batch_idx: Tensor, w2c: Tensor, K: Tensor, view_mask: Tensor,
         visibility: Tensor | None = None,
     ) -> Tensor:
         """images ``[B, N, 3, H, W]`` in [0, 1], points ``[P, 3]`` cell centres (chunk frame), batch_idx ``[P]``,
@@ -133,13 +127,7 @@ class PhotoConsistency(nn.Module):
         return torch.cat(out)
 
     def forward(
-        self,
-        images: Tensor,
-        points: Tensor,
-        batch_idx: Tensor,
-        w2c: Tensor,
-        K: Tensor,
-        view_mask: Tensor,
+        self, images: Tensor, points: Tensor, batch_idx: Tensor, w2c: Tensor, K: Tensor, view_mask: Tensor,
         visibility: Tensor | None = None,
     ) -> Tensor:
         """Same inputs as :meth:`statistics` -> ``[P, C_cond]``; exactly 0 for a token no view sees."""

@@ -65,10 +65,9 @@ def test_vae_phase_trains_variants_beside_the_main_texture_vae(tmp_path, monkeyp
     assert [j.name for j in score] == ["vae_quality_published"]
 
 
-def test_flow_phase_places_the_aux_runs_beside_their_baselines(tmp_path, monkeypatch):
-    fp = load_script("benchmarks/full_pipeline.py")
-    args = fp.parse_args(["--root", str(tmp_path), "--gpus", "2", "--phases", "flow", "flow_quality",
-                          "--flows", "ss_flow", "ss_flow_noproj", "ss_flow_aux", "tex_flow", "tex_flow_aux"])
+def flow_phase(fp, args, monkeypatch):
+    """The pipeline of ``args`` after its flow phase with a fake job runner that "trains" every job (touches its
+    checkpoint); returns it and the list of job batches the runner got, to which later phases append."""
     pipe = fp.Pipeline(args)
     batches = []
 
@@ -81,6 +80,14 @@ def test_flow_phase_places_the_aux_runs_beside_their_baselines(tmp_path, monkeyp
 
     monkeypatch.setattr(pipe, "run", fake_run)
     pipe.flow()
+    return pipe, batches
+
+
+def test_flow_phase_places_the_aux_runs_beside_their_baselines(tmp_path, monkeypatch):
+    fp = load_script("benchmarks/full_pipeline.py")
+    args = fp.parse_args(["--root", str(tmp_path), "--gpus", "2", "--phases", "flow", "flow_quality",
+                          "--flows", "ss_flow", "ss_flow_noproj", "ss_flow_aux", "tex_flow", "tex_flow_aux"])
+    pipe, batches = flow_phase(fp, args, monkeypatch)
     by_name = {j.name: j for j in batches[0]}
     assert {n: j.gpu for n, j in by_name.items()} == {"ss_flow": 0, "ss_flow_noproj": 0, "ss_flow_aux": 0,
                                                       "tex_flow": 1, "tex_flow_aux": 1}
@@ -117,18 +124,7 @@ def test_visibility_runs_train_beside_the_texture_flow_and_are_scored_in_their_o
     fp = load_script("benchmarks/full_pipeline.py")
     args = fp.parse_args(["--root", str(tmp_path), "--gpus", "2", "--phases", "flow", "flow_quality",
                           "--flows", "tex_flow", "tex_flow_aux", "tex_flow_vis", "tex_flow_visphoto"])
-    pipe = fp.Pipeline(args)
-    batches = []
-
-    def fake_run(jobs):
-        batches.append(jobs)
-        for job in jobs:
-            pipe.ckpt(job.name).parent.mkdir(parents=True, exist_ok=True)
-            pipe.ckpt(job.name).touch()
-        return {job.name: 0 for job in jobs}
-
-    monkeypatch.setattr(pipe, "run", fake_run)
-    pipe.flow()
+    pipe, batches = flow_phase(fp, args, monkeypatch)
     by_name = {j.name: j for j in batches[0]}
     assert {n: j.gpu for n, j in by_name.items()} == {"tex_flow": 1, "tex_flow_aux": 1, "tex_flow_vis": 1,
                                                       "tex_flow_visphoto": 1}

@@ -32,6 +32,21 @@ def _trainer(callbacks, **kw):
                      enable_model_summary=False, callbacks=callbacks, **kw)
 
 
+def _fake_trainer(time_remaining):
+    """A stand-in trainer at step 1 with a ``Timer`` whose ``time_remaining`` calls ``time_remaining()`` and a
+    one-rank broadcast (the callback needs nothing else)."""
+    from types import SimpleNamespace
+
+    import callbacks.time_budget as tb
+
+    class _Timer(tb.Timer):
+        def time_remaining(self, stage):
+            return time_remaining()
+
+    strategy = SimpleNamespace(broadcast=lambda obj, src=0: obj)
+    return SimpleNamespace(callbacks=[_Timer(duration="00:00:10:00")], strategy=strategy, global_step=1)
+
+
 def test_decay_is_fitted_to_the_time_budget():
     torch.manual_seed(0)
     module = _Regression(lr=1e-2, warmup_steps=5, min_lr_ratio=0.1, grad_clip_max=None)
@@ -51,23 +66,11 @@ def test_estimate_is_the_measured_rate_times_the_time_left(monkeypatch):
     """Fake clock: 10 steps in 2 s, 100 s left, margin 0.5 -> decay 250 steps after step 11."""
     import callbacks.time_budget as tb
 
-    class _Timer(tb.Timer):
-        def time_remaining(self, stage):
-            return 100.0
-
-    class _Strategy:
-        def broadcast(self, obj, src=0):
-            return obj
-
-    class _Trainer:
-        callbacks = [_Timer(duration="00:00:10:00")]
-        strategy = _Strategy()
-        global_step = 1
-
+    trainer = _fake_trainer(lambda: 100.0)
     clock = iter([0.0, 2.0])
     monkeypatch.setattr(tb.time, "monotonic", lambda: next(clock))
     module = _Regression(lr=1e-2, grad_clip_max=None)
-    budget, trainer = TimeBudgetDecay(measure_steps=10, margin=0.5), _Trainer()
+    budget = TimeBudgetDecay(measure_steps=10, margin=0.5)
     budget.on_train_batch_end(trainer, module, None, None, 0)  # step 1 starts the clock
     trainer.global_step = 5
     budget.on_train_batch_end(trainer, module, None, None, 0)  # too early: nothing
@@ -124,25 +127,11 @@ def test_a_changed_rate_moves_the_end_and_keeps_the_rate_continuous(monkeypatch)
     import callbacks.time_budget as tb
     from genrecon.stages.base import lr_factor
 
-    remaining = iter([100.0, 50.0])
-
-    class _Timer(tb.Timer):
-        def time_remaining(self, stage):
-            return next(remaining)
-
-    class _Strategy:
-        def broadcast(self, obj, src=0):
-            return obj
-
-    class _Trainer:
-        callbacks = [_Timer(duration="00:00:10:00")]
-        strategy = _Strategy()
-        global_step = 1
-
+    trainer = _fake_trainer(iter([100.0, 50.0]).__next__)
     clock = iter([0.0, 10.0, 15.0])
     monkeypatch.setattr(tb.time, "monotonic", lambda: next(clock))
     module = _Regression(lr=1e-2, warmup_steps=2, min_lr_ratio=0.1, grad_clip_max=None)
-    budget, trainer = TimeBudgetDecay(measure_steps=10, margin=0.9, refit_seconds=20.0), _Trainer()
+    budget = TimeBudgetDecay(measure_steps=10, margin=0.9, refit_seconds=20.0)
     budget.on_train_batch_end(trainer, module, None, None, 0)  # step 1 starts the clock
     trainer.global_step = 11
     budget.on_train_batch_end(trainer, module, None, None, 0)

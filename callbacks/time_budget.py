@@ -4,16 +4,16 @@ Time-budgeted runs (benchmarks on a lent GPU) do not know how many steps they wi
 cosine decay either ends early or never finishes. ``TimeBudgetDecay`` measures the step rate over the first
 ``measure_steps`` optimiser steps, predicts the step at which ``max_time`` runs out and sets the stage's
 ``decay_steps`` to it (times ``margin``): the cosine of :func:`genrecon.stages.base.lr_factor` then reaches its
-floor just before the run ends. The rate of the first steps can mislead (session 7: a job sharing the GPU with
-one still starting measured 0.75 steps/s, ran at 1.7, and sat at its floor for 60 % of the run), so every
+floor just before the run ends. The rate of the first steps can mislead (session 7: a job sharing the GPU
+measured 0.75 steps/s over its first steps, ran at 1.7, and sat at its floor for 60 % of the run), so every
 ``refit_seconds`` (turned into a step interval at the first fit, the same on every rank) the rate of the last
 interval predicts the end again; when it moves by more than ``refit_tolerance``, the decay end moves and the
-cosine is re-anchored at the current step and progress, so the learning rate stays continuous. Rank 0's estimate is broadcast, so every DDP rank follows the same schedule;
-the value is saved in checkpoints and restored on resume; a run resumed to *extend* its budget (a larger
-``max_time``) sets ``refit_on_resume`` and re-measures, so its cosine restarts part-way and decays over the new
-budget instead of staying at its floor. When the budget ends the run between two periodic
-checkpoints, it also writes ``last.ckpt`` of the final step, so the minutes since the last checkpoint are not
-lost. Without ``max_time`` it does nothing.
+cosine is re-anchored at the current step and progress, so the learning rate stays continuous. Rank 0's estimate is
+broadcast, so every DDP rank follows the same schedule; the value is saved in checkpoints and restored on resume; a
+run resumed to *extend* its budget (a larger ``max_time``) sets ``refit_on_resume`` and re-measures, so its cosine
+restarts part-way and decays over the new budget instead of staying at its floor. When the budget ends the run
+between two periodic checkpoints, it also writes ``last.ckpt`` of the final step, so the minutes since the last
+checkpoint are not lost. Without ``max_time`` it does nothing.
 """
 
 from __future__ import annotations

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import math
 import time
-from functools import partial
 from typing import NamedTuple
 
 import numpy as np
@@ -130,6 +129,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     module = StructureVisibility(fallback=False)  # strict: which cells some view really sees (the *_seen scores)
     pathway = StructureVisibility(fallback=not args.no_fallback)  # the same z-buffer, the rule the pathway fuses by
     seen_by = {id(b): cell_views(b, targets[id(b)][0], cells, module) for b in train_batches + val_batches}
+    fuse = {}  # the pathway's views per cell [L, N] (--visibility), from the same z-buffers, once
+    if args.visibility:
+        for b in train_batches + val_batches:
+            active = targets[id(b)][0]
+            fuse[id(b)] = pathway.visible(seen_by[id(b)].zbuffer, coords_to_points(active[:, 1:], cells), active[:, 0],
+                                          b["w2c"], b["intrinsics"], b["view_mask"], 1.0 / cells)
 
     # Baselines on the same cells.
     train_true = torch.cat([targets[id(b)][1] for b in train_batches])
@@ -182,12 +187,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         active = targets[id(batch)][0]
         tokens = encode_views(encoder, batch["views"], batch["view_mask"])
         cameras = (batch["w2c"], batch["intrinsics"], batch["view_mask"])
-        visibility = None
-        if args.visibility:
-            visibility = partial(pathway.visible, seen_by[id(batch)].zbuffer, w2c=cameras[0], K=cameras[1],
-                                 view_mask=cameras[2], cell=1.0 / cells)
         cond = project_and_aggregate(projection, aggregator, coords_to_points(active[:, 1:], cells), active[:, 0],
-                                     tokens, *cameras, visibility=visibility)
+                                     tokens, *cameras, visible=fuse.get(id(batch)))
         return head(cond)
 
     params = [*encoder.parameters(), *aggregator.parameters(), *head.parameters()]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -84,7 +82,7 @@ def project_and_aggregate(
     batch_voxels: int = 4096,
     checkpoint: bool = False,
     depth_cue: nn.Module | None = None,
-    visibility: Callable[[Tensor, Tensor], Tensor] | None = None,
+    visible: Tensor | None = None,
 ) -> Tensor:
     """Projection + aggregation streamed over voxels → ``[K, C]``.
 
@@ -94,9 +92,8 @@ def project_and_aggregate(
     in backward instead of stored, so training memory stays bounded too.
     ``depth_cue`` (:class:`genrecon.models.depth_cue.DepthCue`): ``tokens`` are then its extended tokens
     ``[B, N, T, C + D]``, and each per-view feature gets the depth evidence at the voxel's camera depth.
-    ``visibility(pts [k, 3], idx [k]) -> [k, N]`` bool (e.g. ``StructureVisibility.visible`` of
-    :mod:`genrecon.models.visibility` bound to a z-buffer): the views it rules out count as invalid, so only the
-    views that see a voxel are fused.
+    ``visible [K, N]`` bool (e.g. :meth:`genrecon.models.visibility.StructureVisibility.visible`): the views it
+    rules out count as invalid, so only the views that see a voxel are fused.
     """
 
     def run(pts: Tensor, idx: Tensor, seen: Tensor | None) -> Tensor:
@@ -112,8 +109,7 @@ def project_and_aggregate(
     outputs = []
     for start in range(0, points.shape[0], batch_voxels):
         pts, idx = points[start : start + batch_voxels], batch_idx[start : start + batch_voxels]
-        # Outside the checkpoint: the mask needs no gradient, so backward does not recompute it.
-        seen = visibility(pts, idx) if visibility is not None else None
+        seen = visible[start : start + batch_voxels] if visible is not None else None
         if checkpoint and torch.is_grad_enabled():
             outputs.append(activation_checkpoint(run, pts, idx, seen, use_reentrant=False))
         else:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from functools import partial
 from typing import Any, Protocol
 
 import torch
@@ -205,12 +204,12 @@ class _FlowTransformer(nn.Module):
         trains = any(p.requires_grad for p in self.aggregator.parameters())
         if self.depth_cue is not None:
             tokens = self.depth_cue.extend_tokens(tokens)  # [B, N, T, C + D]
-        visibility = None
+        visible = None
         if self.visibility is not None:
             if zbuffer is None:
                 zbuffer = self.structure_zbuffer(points, batch_idx, w2c, K, view_mask)
-            visibility = partial(self.visibility.visible, zbuffer, w2c=w2c, K=K, view_mask=view_mask,
-                                 cell=1.0 / self.resolution)
+            # Once for all points [P, N]: the aggregator's streamed batches and the photo cue share it.
+            visible = self.visibility.visible(zbuffer, points, batch_idx, w2c, K, view_mask, 1.0 / self.resolution)
         cond = project_and_aggregate(
             self.projection,
             self.aggregator,
@@ -223,12 +222,10 @@ class _FlowTransformer(nn.Module):
             batch_voxels=batch_voxels,
             checkpoint=trains,
             depth_cue=self.depth_cue,
-            visibility=visibility,
+            visible=visible,
         )
         if self.photo_cue is not None:
-            # [P, N] bool, small next to the cue's own samples; None keeps the published valid rule.
-            seen = visibility(points, batch_idx) if visibility is not None else None
-            cond = cond + self.photo_cue(images, points, batch_idx, w2c, K, view_mask, seen).to(cond.dtype)
+            cond = cond + self.photo_cue(images, points, batch_idx, w2c, K, view_mask, visible).to(cond.dtype)
         return cond
 
     def structure_zbuffer(

@@ -44,16 +44,16 @@ def test_visibility_option_adds_the_visible_read_out_and_masks_the_pathway(tiny_
     masks = []
     aggregate = probe.project_and_aggregate
 
-    def spy(*args, visibility=None, **kwargs):
-        masks.append(visibility)
-        return aggregate(*args, visibility=visibility, **kwargs)
+    def spy(*args, visible=None, **kwargs):
+        masks.append(visible)
+        return aggregate(*args, visible=visible, **kwargs)
 
     monkeypatch.setattr(probe, "project_and_aggregate", spy)
     plain = probe.main(argv)
     assert all(m is None for m in masks) and [x.get("baseline") for x in plain[:3]] == ["constant", "readout", None]
     masks.clear()
     constant, readout, visible, *curve = probe.main(argv + ["--visibility"])
-    assert masks and all(callable(m) for m in masks)
+    assert masks and all(isinstance(m, torch.Tensor) and m.dtype == torch.bool for m in masks)
     assert constant["visibility"] is True and visible["baseline"] == "readout_visible"
     assert 0 < visible["kept_projections"] <= 1 and 0 < visible["val_cells_seen"] <= 1
     assert visible["val_psnr"] > 0 and visible["val_psnr_seen"] > 0 and readout["val_psnr_seen"] > 0

@@ -3,7 +3,6 @@ projection pathway (and photo cue) fuse only those views."""
 
 from __future__ import annotations
 
-from functools import partial
 
 import pytest
 import torch
@@ -115,16 +114,15 @@ def test_project_and_aggregate_fuses_only_the_views_that_see_each_voxel() -> Non
     feats, valid = projection(points, bidx, tokens, w2c, K, mask)
     assert (valid & ~vis).any()  # the mask removes something
     expected = agg(feats, valid & vis)
-    bound = partial(module.visible, zbuf, w2c=w2c, K=K, view_mask=mask, cell=1.0 / R)
     for batch_voxels in (3, 10_000):
         out = project_and_aggregate(projection, agg, points, bidx, tokens, w2c, K, mask, batch_voxels=batch_voxels,
-                                    visibility=bound)
+                                    visible=vis)
         torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
     plain = project_and_aggregate(projection, agg, points, bidx, tokens, w2c, K, mask)
     assert not torch.allclose(plain, expected)
     # The checkpointed (training) path gives the same output and gradients reach the aggregator.
     out = project_and_aggregate(projection, agg, points, bidx, tokens, w2c, K, mask, batch_voxels=3,
-                                checkpoint=True, visibility=bound)
+                                checkpoint=True, visible=vis)
     torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
     out.square().sum().backward()
     assert agg.feature_mlp[4].weight.grad.abs().sum() > 0

@@ -11,7 +11,9 @@ reuse earlier outputs under ``--root``):
    ``--flow-batch auto`` picks each flow's batch size, attention backend and activation checkpointing.
 2. ``vae``      the three VAEs side by side for ``--vae-minutes`` of wall clock each (``train.py``), the learning
    rate decayed over the budget (``callbacks.time_budget``); ``--tex-vae-variant`` runs train beside the main
-   texture VAE on its GPU and are scored by ``vae_quality.py`` (an A/B measured in the same run).
+   texture VAE on its GPU and are scored by ``vae_quality.py`` (an A/B measured in the same run). With
+   ``--view-pretrain-minutes`` the view encoder pretrains beside them (``stage=view_pretrain``) for the
+   ``*_pre`` flows.
 3. ``encode``   latent shards + statistics (``prepare.py steps=[encode]``), beside it the held-out VAE quality
    (``benchmarks/vae_quality.py``).
 4. ``ddp``      shape-flow DDP scaling over all GPUs, resumed on N and on 1 GPU (``benchmarks/ddp_scaling.py``),
@@ -46,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PHASES = ("prepare", "vae", "vae_variants", "encode", "ddp", "flow", "flow_quality", "quality")
 FLOWS = ("ss_flow", "ss_flow_noproj", "ss_flow_photo", "ss_flow_aux", "ss_flow_depth", "ss_flow_dsup", "shape_flow",
          "shape_flow_noproj", "tex_flow", "tex_flow_photo", "tex_flow_aux", "tex_flow_depth", "tex_flow_dsup",
-         "tex_flow_vis", "tex_flow_visphoto")
+         "tex_flow_vis", "tex_flow_visphoto", "ss_flow_pre", "tex_flow_pre")
 # The photo-consistency cue (genrecon/models/photo_consistency.py) switched on for the *_photo runs.
 PHOTO_CUE = "preset.flow.photo_cue={subdivisions:4,hidden:256}"
 # The auxiliary view read-outs switched on for the *_aux runs: the SS flow's occupancy head
@@ -62,12 +64,15 @@ DEPTH_SUP = "stage.module.depth_supervision_weight=1.0"
 # also counts only those views (2 sub-points per edge: the visibility z-buffer's own sampling).
 VISIBILITY = "preset.flow.visibility={grid:64,subdivisions:2,tolerance:1.5,fallback:true}"
 VIS_PHOTO_CUE = "preset.flow.photo_cue={subdivisions:2,hidden:256}"
+# The *_pre runs start from the pretrained view encoder (stage=view_pretrain, frozen as the published flows keep
+# DINOv3) and its depth head in the depth cue, on top of their family's auxiliary head (and visibility for texture).
+FROZEN_ENCODER = "preset.image_encoder.frozen=true"
 # Where each flow job runs when there are two or more GPUs: each flow beside its variants (equal conditions),
 # the texture flows beside the extended texture VAE.
 FLOW_GPU = {"ss_flow": 0, "ss_flow_noproj": 0, "ss_flow_photo": 0, "ss_flow_aux": 0, "ss_flow_depth": 0,
             "ss_flow_dsup": 0, "shape_flow": 1, "shape_flow_noproj": 1, "tex_flow": 1, "tex_flow_photo": 1,
             "tex_flow_aux": 1, "tex_flow_depth": 1, "tex_flow_dsup": 1, "tex_flow_vis": 1, "tex_flow_visphoto": 1,
-            "tex_vae_long": 1}
+            "ss_flow_pre": 0, "tex_flow_pre": 1, "tex_vae_long": 1}
 VAES = ("ss_vae", "shape_vae", "tex_vae")
 MAIN_FLOWS = ("ss_flow", "shape_flow", "tex_flow")
 STAGES = ("ss_vae", "shape_vae", "tex_vae", "ss_flow", "shape_flow", "tex_flow")
@@ -197,8 +202,12 @@ class Pipeline:
         # --tex-vae-variant runs train beside the main texture VAE on its GPU (the same share each): an A/B of
         # the VAE the latents are encoded with against variants with only their own overrides.
         jobs += [self.tex_variant_job(name, overrides, gpu=1, common=[]) for name, *overrides in a.tex_vae_variant]
+        if a.view_pretrain_minutes > 0:
+            jobs.append(Job("view_pretrain", self.train_args("view_pretrain", a.view_pretrain_minutes, [
+                f"stage.val_every_n_steps={a.val_every}", "stage.val_batches=4", *a.view_pretrain_args]),
+                gpu=0, env={"GENRECON_RUN_NAME": "view_pretrain"}))
         self.run(jobs)
-        for s in VAES:
+        for s in (*VAES, "view_pretrain"):
             self.collect_metrics(s)
         self.score_tex_variants()
 
@@ -282,6 +291,8 @@ class Pipeline:
                  "tex_flow_aux": [LATENT_AUX], "tex_flow_depth": [LATENT_AUX, DEPTH_CUE],
                  "tex_flow_dsup": [LATENT_AUX, DEPTH_CUE, DEPTH_SUP], "tex_flow_vis": [LATENT_AUX, VISIBILITY],
                  "tex_flow_visphoto": [LATENT_AUX, VISIBILITY, VIS_PHOTO_CUE]}
+        pre = [f"stage.module.image_encoder_ckpt={self.ckpt('view_pretrain')}", FROZEN_ENCODER, DEPTH_CUE]
+        extra.update({"ss_flow_pre": ss + [OCC_AUX, *pre], "tex_flow_pre": [LATENT_AUX, VISIBILITY, *pre]})
         runs = [f for f in FLOWS if f in a.flows]
         if a.tex_vae_extend_minutes > 0:
             runs.append("tex_vae_long")
@@ -337,7 +348,7 @@ class Pipeline:
 
     def flow_quality(self) -> None:
         """Held-out chunk metrics of the trained flows: the published design with its ablations, and (when
-        trained) each variant family (photo, aux, depth, dsup, vis, visphoto) against the same ablation, one job per
+        trained) each variant family (photo, aux, depth, dsup, vis, visphoto, pre) against the same ablation, one job per
         GPU."""
         a = self.args
         device = ["--device", "cpu"] if a.cpu else ["--device", "cuda"]
@@ -355,6 +366,8 @@ class Pipeline:
                                           "tex_flow": "tex_flow_dsup"},
                     # Texture-only families: structure visibility exists in the sparse flows only.
                     "flow_quality_vis": {"tex_flow": "tex_flow_vis"},
+                    "flow_quality_pre": {"ss_flow": "ss_flow_pre", "ss_flow_noproj": "ss_flow_noproj",
+                                         "tex_flow": "tex_flow_pre"},
                     "flow_quality_visphoto": {"tex_flow": "tex_flow_visphoto"}}
         jobs = []
         for name, runs in families.items():
@@ -454,6 +467,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "the variants alone, one per GPU, each also with --tex-vae-args; phase vae: beside the "
                         "main texture VAE on its GPU, with their own overrides only")
     p.add_argument("--flow-args", action="append", default=[])
+    p.add_argument("--view-pretrain-minutes", type=float, default=0.0,
+                   help="pretrain the view encoder beside the VAEs for this long (needed by the *_pre flows)")
+    p.add_argument("--view-pretrain-args", action="append", default=[])
     p.add_argument("--infer-args", action="append", default=[])
     p.add_argument("--flow-quality-args", action="append", default=[])
     p.add_argument("--ddp-args", action="append", default=[])

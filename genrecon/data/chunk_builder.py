@@ -97,7 +97,9 @@ def crop_view(rgba: np.ndarray, K: np.ndarray, size: int) -> tuple[np.ndarray, n
     return view, K_crop
 
 
-def save_scene_folder(scene: Scene, rig: CameraRig, renders: RenderedViews, folder: Path) -> None:
+def save_scene_folder(
+    scene: Scene, rig: CameraRig, renders: RenderedViews, folder: Path, split: str = "train"
+) -> None:
     """The per-room folder: scene.json, mesh.ply and the full renders (see docs/data_format.md)."""
     views = folder / "views"
     views.mkdir(parents=True, exist_ok=True)
@@ -105,9 +107,11 @@ def save_scene_folder(scene: Scene, rig: CameraRig, renders: RenderedViews, fold
         Image.fromarray(renders.rgba[i]).save(views / f"rgba_{i:03d}.png")
         save_depth_png(views / f"depth_{i:03d}.png", renders.depth[i])
         save_normal_png(views / f"normal_{i:03d}.png", renders.normal[i])
+        Image.fromarray(renders.base_colour[i]).save(views / f"basecolor_{i:03d}.png")
     scene.mesh.to_trimesh().export(folder / "mesh.ply")
     meta = {
         "scene_id": scene.scene_id,
+        "split": split,
         "height_m": scene.height,
         "floor_polygon": scene.floor_polygon.tolist(),
         "image_size": [int(renders.rgba.shape[2]), int(renders.rgba.shape[1])],
@@ -134,7 +138,7 @@ def build_scene(
     t["render"] = time.perf_counter()
     renders = render_views(scene.mesh, rasterizer, rig.w2c, rig.K, cfg.render_size, cfg.render_size)
     if scene_dir is not None:
-        save_scene_folder(scene, rig, renders, scene_dir)
+        save_scene_folder(scene, rig, renders, scene_dir, split)
     t["chunks"] = time.perf_counter()
 
     samples, chunks, stats = [], [], []

@@ -51,12 +51,14 @@ class Lighting:
 class RenderedViews:
     """Shaded renders of ``N`` views: ``rgba [N, H, W, 4]`` uint8 (alpha 255 on surfaces), ``depth [N, H, W]``
     float32 camera z (0 = background), ``normal [N, H, W, 3]`` float32 world-frame unit normals facing the
-    camera (0 = background), ``face_id [N, H, W]`` int64 (-1 = background)."""
+    camera (0 = background), ``face_id [N, H, W]`` int64 (-1 = background), ``base_colour [N, H, W, 3]`` uint8
+    unshaded base colour (0 = background; the target of the view-encoder pretraining)."""
 
     rgba: np.ndarray
     depth: np.ndarray
     normal: np.ndarray
     face_id: np.ndarray
+    base_colour: np.ndarray
 
 
 def shade(
@@ -125,11 +127,14 @@ def render_views(
     rgba[hit] = torch.cat([torch.round(rgb * 255.0), torch.full_like(rgb[:, :1], 255.0)], -1).to(torch.uint8)
     normal_img = torch.zeros(hit.shape + (3,), dtype=torch.float32, device=device)
     normal_img[hit] = normals.float()
+    base = torch.zeros(hit.shape + (3,), dtype=torch.uint8, device=device)
+    base[hit] = torch.round(attrs[:, :3].clamp(0.0, 1.0) * 255.0).to(torch.uint8)
     return RenderedViews(
         rgba=rgba.cpu().numpy(),
         depth=buffers.depth.float().cpu().numpy(),
         normal=normal_img.cpu().numpy(),
         face_id=buffers.face_id.cpu().numpy(),
+        base_colour=base.cpu().numpy(),
     )
 
 

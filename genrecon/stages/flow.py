@@ -109,6 +109,10 @@ class FlowStage(Stage):
             ``val/depth_aux_hit``, the target mass within one bin of the predicted mode.
         depth_supervision_subcells: z-buffer cells per patch edge for those targets (surface points must project
             less than a cell apart: 2 for the 64³ occupancy, 1 for 32³ latent cells at 256-pixel views).
+        image_encoder_ckpt: a ``view_pretrain`` checkpoint (a deviation, off by default): the image encoder starts
+            from its weights, and with ``preset.flow.depth_cue`` the cue's depth head from its depth head
+            (:func:`genrecon.stages.view_pretrain.load_pretrained_view_encoder`). ``preset.image_encoder.frozen``
+            keeps the encoder fixed, as the published flows keep DINOv3.
     """
 
     new_parameter_prefixes = ("aggregator", "proj_linears", "photo_cue", "depth_cue", "image_encoder", "latent_head")
@@ -132,6 +136,7 @@ class FlowStage(Stage):
         latent_aux_weight: float = 0.0,
         depth_supervision_weight: float = 0.0,
         depth_supervision_subcells: int = 2,
+        image_encoder_ckpt: str | None = None,
         **stage_kwargs: Any,
     ) -> None:
         super().__init__(**stage_kwargs)
@@ -144,6 +149,10 @@ class FlowStage(Stage):
             )
             aggregator = ViewAggregator(image_encoder.out_channels)
         self.model = model(projection=projection, aggregator=aggregator)
+        if image_encoder_ckpt:
+            from genrecon.stages.view_pretrain import load_pretrained_view_encoder
+
+            load_pretrained_view_encoder(image_encoder_ckpt, self.image_encoder, getattr(self.model, "depth_cue", None))
         if finetune:
             self._setup_finetune(**finetune)
         self.objective = objective

@@ -16,7 +16,7 @@ import torch
 from genrecon.data.errors import DataFormatError
 
 # Constructor arguments that point at training-time files; their contents are in the state dict already.
-_TRAINING_ONLY_ARGS = ("latent_stats", "ss_vae_ckpt")
+_TRAINING_ONLY_ARGS = ("latent_stats", "ss_vae_ckpt", "image_encoder_ckpt")
 
 
 def read_stage_checkpoint(path: str | Path) -> dict[str, Any]:

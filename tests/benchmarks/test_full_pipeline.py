@@ -141,3 +141,29 @@ def test_visibility_runs_train_beside_the_texture_flow_and_are_scored_in_their_o
         argv = names[family]
         assert argv[argv.index("--tex-flow") + 1] == str(pipe.ckpt(run))
         assert "--ss-flow" not in argv and "--shape-flow" not in argv
+
+
+def test_view_pretraining_runs_beside_the_vaes_and_the_pre_flows_load_it(tmp_path, monkeypatch):
+    fp = load_script("benchmarks/full_pipeline.py")
+    args = fp.parse_args(["--root", str(tmp_path), "--gpus", "1", "--phases", "vae", "flow", "flow_quality",
+                          "--view-pretrain-minutes", "3", "--view-pretrain-args", "stage.datamodule.batch_size=64",
+                          "--flows", "ss_flow_pre", "tex_flow_vis", "tex_flow_pre"])
+    pipe, batches = flow_phase(fp, args, monkeypatch)
+    pipe.vae()
+    vae_jobs = {j.name: j.argv for j in batches[1]}
+    assert sorted(vae_jobs) == ["shape_vae", "ss_vae", "tex_vae", "view_pretrain"]
+    pretrain = vae_jobs["view_pretrain"]
+    assert "stage=view_pretrain" in pretrain and "stage.datamodule.batch_size=64" in pretrain
+    assert "+trainer.max_time=00:00:03:00" in pretrain
+    by_name = {j.name: j.argv for j in batches[0]}
+    init = f"stage.module.image_encoder_ckpt={pipe.ckpt('view_pretrain')}"
+    for run in ("ss_flow_pre", "tex_flow_pre"):
+        assert all(x in by_name[run] for x in (init, fp.FROZEN_ENCODER, fp.DEPTH_CUE)), run
+    assert fp.OCC_AUX in by_name["ss_flow_pre"] and fp.VISIBILITY in by_name["tex_flow_pre"]
+    assert init not in by_name["tex_flow_vis"]  # the same-run baseline: visibility, no pretraining
+    pipe.flow_quality()
+    names = {j.name: j.argv for j in batches[-1]}
+    assert sorted(names) == ["flow_quality_pre", "flow_quality_vis"]
+    argv = names["flow_quality_pre"]
+    assert argv[argv.index("--ss-flow") + 1] == str(pipe.ckpt("ss_flow_pre"))
+    assert argv[argv.index("--tex-flow") + 1] == str(pipe.ckpt("tex_flow_pre"))

@@ -120,6 +120,9 @@ def test_visible_vertex_shows_its_material_colour(room):
     ratio = lit.rgba[window][..., :3].reshape(-1, 3) / (np.array([0.7, 0.3, 0.1]) * 255)
     np.testing.assert_allclose(ratio, np.broadcast_to(ratio[:, :1], ratio.shape), atol=0.05)
     assert np.ptp(ratio[:, 0]) > 0.05  # the three faces are lit differently
+    # The base-colour buffer is the unlit image, whatever the lighting (the view pretraining's target).
+    np.testing.assert_array_equal(lit.base_colour, unlit.rgba[..., :3])
+    np.testing.assert_array_equal(unlit.base_colour, unlit.rgba[..., :3])
 
 
 def test_render_views_outputs(room):

@@ -1,0 +1,159 @@
+"""LightningDataModule over the full-room renders of ``prepare.py`` (``<root>/scenes/*/views``), for the
+view-encoder pretraining stage (``stage=view_pretrain``).
+
+Each room folder holds its renders (RGBA), depth, world-frame normals and unshaded base colour, and its
+``scene.json`` names the cameras and the room's split. The views of one split are decoded once into memory
+(about 0.9 MB per 256² view), so an epoch costs no PNG decoding; loader workers share the arrays.
+
+Training augmentations keep every target exact: a horizontal flip (the camera-frame normal's x changes sign)
+and a random permutation of the colour channels, applied to the image and the base colour alike (the renders'
+lights are white, so a permuted scene renders as the permuted image).
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+
+from genrecon.data.errors import DataFormatError
+from genrecon.render.shading import load_depth_png, load_normal_png
+
+_FILES = ("rgba", "depth", "normal", "basecolor")
+
+
+def _read_view(views: Path, i: int, size: int) -> tuple[np.ndarray, ...]:
+    """One view's arrays at ``size``: premultiplied RGB uint8, depth float32 (m), world normal float32, base
+    colour uint8. Colour is resized with Lanczos, the geometric maps by nearest neighbour (no mixed surfaces)."""
+    paths = {k: views / f"{k}_{i:03d}.png" for k in _FILES}
+    for kind, path in paths.items():
+        if not path.is_file():
+            hint = " (rooms prepared before base colours were saved: rerun prepare.py)" if kind == "basecolor" else ""
+            raise DataFormatError(path.parent.parent / "scene.json", f"w2c[{i}]", f"view file {path.name} is missing{hint}")
+    rgba = Image.open(paths["rgba"]).convert("RGBA")
+    base = Image.open(paths["basecolor"]).convert("RGB")
+    depth = load_depth_png(paths["depth"])
+    normal = load_normal_png(paths["normal"])
+    if rgba.size != (size, size):
+        rgba = rgba.resize((size, size), Image.Resampling.LANCZOS)
+        base = base.resize((size, size), Image.Resampling.LANCZOS)
+        pick = (np.arange(size) * depth.shape[0] // size)
+        depth, normal = depth[pick][:, pick], normal[pick][:, pick]
+    rgba = np.asarray(rgba).astype(np.float32)
+    rgb = np.clip(np.round(rgba[..., :3] * rgba[..., 3:4] / 255.0), 0, 255).astype(np.uint8)
+    return rgb, depth, normal, np.asarray(base)
+
+
+class SceneViews(Dataset):
+    """Every view of the rooms of one split, in memory.
+
+    Items: ``image [3, S, S]`` in [0, 1] (premultiplied, as the flows see views), ``base_colour [3, S, S]`` in
+    [0, 1], ``normal [3, S, S]`` camera frame (OpenCV: x right, y down, z forward), ``depth [S, S]`` metres,
+    ``valid [S, S]`` bool (a surface was hit).
+
+    Args:
+        scenes: ``<root>/scenes``, one folder per room.
+        split: ``train`` or ``val`` (``scene.json``'s ``split`` field).
+        image_size: side ``S`` of the views (the preset's image size).
+        augment: random flip and colour-channel permutation (training).
+        max_scenes: the first rooms only (quick runs).
+        threads: decoding threads at construction.
+    """
+
+    def __init__(self, scenes: str | Path, split: str, image_size: int, augment: bool = False,
+                 max_scenes: int | None = None, threads: int = 8) -> None:
+        self.augment = augment
+        folders = sorted(p.parent for p in Path(scenes).glob("*/scene.json"))
+        if not folders:
+            raise FileNotFoundError(f"no room folders (*/scene.json) under {scenes}: run prepare.py first")
+        jobs = []
+        for folder in folders:
+            meta_path = folder / "scene.json"
+            meta = json.loads(meta_path.read_text())
+            if "split" not in meta:
+                raise DataFormatError(meta_path, "split", "missing (rooms prepared before splits were recorded: "
+                                      "rerun prepare.py)")
+            if meta["split"] != split:
+                continue
+            if max_scenes is not None and len({f for f, _, _ in jobs}) >= max_scenes:
+                break
+            w2c = np.asarray(meta["w2c"], dtype=np.float32)
+            if w2c.ndim != 3 or w2c.shape[1:] != (4, 4):
+                raise DataFormatError(meta_path, "w2c", f"expected [N, 4, 4], got shape {w2c.shape}")
+            jobs += [(folder, i, w2c[i, :3, :3]) for i in range(len(w2c))]
+        if not jobs:
+            raise DataFormatError(Path(scenes), "split", f"no room of split {split!r}")
+        with ThreadPoolExecutor(max(1, threads)) as pool:
+            arrays = list(pool.map(lambda j: _read_view(j[0] / "views", j[1], image_size), jobs))
+        self.rooms = sorted({str(f.name) for f, _, _ in jobs})
+        self.rgb = np.stack([a[0] for a in arrays])  # [M, S, S, 3] uint8
+        self.depth = np.stack([a[1] for a in arrays])  # [M, S, S] float32
+        rotations = np.stack([j[2] for j in jobs])  # world -> camera
+        self.normal = np.einsum("mij,mhwj->mhwi", rotations, np.stack([a[2] for a in arrays])).astype(np.float16)
+        self.base_colour = np.stack([a[3] for a in arrays])  # [M, S, S, 3] uint8
+
+    def __len__(self) -> int:
+        return len(self.rgb)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        image = torch.from_numpy(self.rgb[index]).permute(2, 0, 1).float() / 255.0
+        base = torch.from_numpy(self.base_colour[index]).permute(2, 0, 1).float() / 255.0
+        normal = torch.from_numpy(self.normal[index].astype(np.float32)).permute(2, 0, 1)
+        depth = torch.from_numpy(self.depth[index])
+        if self.augment:
+            # torch's global generator: seeded per worker by Lightning's seed_everything(workers=True).
+            if torch.rand(()) < 0.5:
+                image, base, normal, depth = image.flip(-1), base.flip(-1), normal.flip(-1), depth.flip(-1)
+                normal = normal * torch.tensor([-1.0, 1.0, 1.0]).view(3, 1, 1)
+            perm = torch.randperm(3)
+            image, base = image[perm], base[perm]
+        return {"image": image, "base_colour": base, "normal": normal, "depth": depth, "valid": depth > 0}
+
+
+class SceneViewDataModule(L.LightningDataModule):
+    """Training and validation views of the prepared rooms (see :class:`SceneViews`).
+
+    Args:
+        scenes: ``<root>/scenes``.
+        image_size: the preset's view size.
+        batch_size: views per batch.
+        batches_per_epoch: training batches per epoch (drawn with replacement); default one pass.
+        val_batches: accepted for the trainer's ``limit_val_batches`` symmetry; validation runs in order.
+        max_scenes: the first rooms of each split only.
+    """
+
+    def __init__(self, scenes: str, image_size: int, batch_size: int = 32, num_workers: int = 0, seed: int = 0,
+                 batches_per_epoch: int | None = None, max_scenes: int | None = None) -> None:
+        super().__init__()
+        self.scenes, self.image_size = scenes, image_size
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.batches_per_epoch, self.max_scenes = batches_per_epoch, max_scenes
+        self.train_set: SceneViews | None = None
+        self.val_set: SceneViews | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None:
+            self.train_set = SceneViews(self.scenes, "train", self.image_size, augment=True,
+                                        max_scenes=self.max_scenes)
+            self.val_set = SceneViews(self.scenes, "val", self.image_size, max_scenes=self.max_scenes)
+
+    def _loader(self, dataset: Dataset, sampler: Any = None, **kwargs: Any) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(), **kwargs)
+
+    def train_dataloader(self) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed)
+        count = (self.batches_per_epoch or max(1, len(self.train_set) // self.batch_size)) * self.batch_size
+        sampler = RandomSampler(self.train_set, replacement=count > len(self.train_set), num_samples=count,
+                                generator=generator)
+        return self._loader(self.train_set, sampler, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set)

@@ -1,0 +1,115 @@
+"""``stage=view_pretrain``: the flows' view encoder pretrained on the rendered rooms (a deviation from GenRecon).
+
+GenRecon's flows read DINOv3 features; no weights can be downloaded here, and the small ViT that replaces it
+learns little about geometry or materials from the flow loss alone. This stage trains that encoder (the preset's
+``image_encoder``, the same class and size the flows build) to read each view's depth, normals and unshaded base
+colour (:mod:`genrecon.models.view_heads`), from the renders ``prepare.py`` already writes. The flows load it
+with ``stage.module.image_encoder_ckpt`` (:func:`load_pretrained_view_encoder`), and the depth head into their
+depth cue when ``preset.flow.depth_cue`` has the same bins.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from torch import Tensor, nn
+
+from genrecon.data.errors import DataFormatError
+from genrecon.models.depth_cue import DepthCue
+from genrecon.models.image_encoder import ImageEncoder
+from genrecon.models.view_heads import ViewPropertyHead, view_property_losses
+from genrecon.stages.base import Stage
+
+STAGE_NAME = "view_pretrain"
+
+
+class ViewPretrainStage(Stage):
+    """Image encoder + :class:`ViewPropertyHead`, trained on single views.
+
+    Args:
+        image_encoder: the encoder to pretrain (the preset's ``image_encoder``).
+        subdivisions: dense cells per patch edge.
+        depth_bins / max_depth: the depth head's bins in chunk units (match ``preset.flow.depth_cue``).
+        depth_unit_m: metres per chunk unit for those bins (the mean training chunk edge, 2.85 m).
+        loss_weights: per term: ``base_colour``, ``normal``, ``log_depth``, ``depth_bins``.
+        Other args: :class:`Stage`.
+    """
+
+    def __init__(
+        self,
+        image_encoder: ImageEncoder,
+        subdivisions: int = 4,
+        depth_bins: int = 64,
+        max_depth: float = 4.0,
+        depth_unit_m: float = 2.85,
+        loss_weights: dict[str, float] | None = None,
+        **stage_kwargs: Any,
+    ) -> None:
+        super().__init__(**stage_kwargs)
+        self.save_hyperparameters(ignore=["image_encoder"])
+        self.image_encoder = image_encoder
+        self.head = ViewPropertyHead(image_encoder.out_channels, subdivisions, depth_bins, max_depth)
+        self.depth_unit_m = float(depth_unit_m)
+        self.loss_weights = dict(loss_weights or {})
+
+    def _losses(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        tokens = self.image_encoder(batch["image"])
+        return view_property_losses(self.head, tokens, self.image_encoder.num_global_tokens, batch,
+                                    self.image_encoder.patch_size, self.depth_unit_m, self.loss_weights)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss, metrics = self._losses(batch)
+        self.log_dict({f"train/{k}": v for k, v in metrics.items()})
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        loss, metrics = self._losses(batch)
+        self.log_dict({"val/loss": loss, **{f"val/{k}": v for k, v in metrics.items()}}, prog_bar=False,
+                      sync_dist=True)
+
+
+def load_pretrained_view_encoder(path: str | Path, encoder: ImageEncoder | None = None,
+                                 depth_cue: DepthCue | None = None) -> ImageEncoder:
+    """The image encoder of a ``view_pretrain`` checkpoint (its EMA weights when EMA was on).
+
+    ``encoder``: load into this module (its architecture must match, checked strictly); None builds the
+    checkpoint's own ``image_encoder`` config. ``depth_cue``: also load the depth head into ``depth_cue.head``
+    (its bins and range must equal the pretraining's).
+    """
+    from genrecon.stages.loading import read_stage_checkpoint
+
+    ckpt = read_stage_checkpoint(path)
+    meta = ckpt["genrecon"]
+    if meta.get("stage") != STAGE_NAME:
+        raise DataFormatError(path, "genrecon.stage", f"is a {meta.get('stage')!r} checkpoint, expected {STAGE_NAME!r}")
+    state = ckpt["state_dict"]
+    if encoder is None:
+        encoder = hydra.utils.instantiate(meta["module"]["image_encoder"])
+    _load_prefixed(encoder, state, "image_encoder.", path)
+    if depth_cue is not None:
+        module = meta["module"]
+        bins, max_depth = int(module.get("depth_bins", 64)), float(module.get("max_depth", 4.0))
+        if (bins, max_depth) != (depth_cue.bins, depth_cue.max_depth):
+            raise DataFormatError(path, "genrecon.module.depth_bins",
+                                  f"depth head has {bins} bins over [0, {max_depth}), the depth cue "
+                                  f"{depth_cue.bins} over [0, {depth_cue.max_depth})")
+        _load_prefixed(depth_cue.head, state, "head.depth_bins.", path)
+    return encoder
+
+
+def _load_prefixed(module: nn.Module, state: dict[str, Tensor], prefix: str, path: str | Path) -> None:
+    sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    own = module.state_dict()
+    missing = sorted(set(own) - set(sub))
+    unexpected = sorted(set(sub) - set(own))
+    wrong = [k for k in sorted(set(own) & set(sub)) if own[k].shape != sub[k].shape]
+    if missing or unexpected or wrong:
+        raise DataFormatError(path, f"state_dict.{prefix}*",
+                              f"does not match the module: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+                              f"shape mismatch {[(k, tuple(sub[k].shape), tuple(own[k].shape)) for k in wrong[:3]]}")
+    with torch.no_grad():
+        module.load_state_dict({k: v.to(own[k].dtype) for k, v in sub.items()}, strict=True)

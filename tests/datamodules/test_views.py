@@ -1,0 +1,78 @@
+"""The view datamodule of the encoder pretraining: the rooms of one split, camera-frame normals, exact augmentation,
+and errors that name the file and field of rooms prepared without what it needs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from datamodules.views import SceneViewDataModule, SceneViews
+from genrecon.data.errors import DataFormatError
+
+
+def _rooms(root):
+    return {p.parent.name: json.loads(p.read_text()) for p in (root / "scenes").glob("*/scene.json")}
+
+
+def test_views_of_one_split_with_camera_frame_normals(tiny_dataset):
+    rooms = _rooms(tiny_dataset)
+    train = SceneViews(tiny_dataset / "scenes", "train", image_size=32)
+    val = SceneViews(tiny_dataset / "scenes", "val", image_size=32)
+    assert train.rooms == sorted(r for r, m in rooms.items() if m["split"] == "train")
+    assert val.rooms == sorted(r for r, m in rooms.items() if m["split"] == "val") and not set(train.rooms) & set(val.rooms)
+    assert len(train) == sum(len(m["w2c"]) for m in rooms.values() if m["split"] == "train")
+    item = train[0]
+    assert item["image"].shape == item["base_colour"].shape == item["normal"].shape == (3, 32, 32)
+    assert item["valid"].any() and torch.equal(item["valid"], item["depth"] > 0)
+    # Surfaces face their camera: in the camera frame (z forward) a visible normal points back, n_z < 0.
+    for i in range(0, len(train), 7):
+        item = train[i]
+        assert (item["normal"][2][item["valid"]] < 0.05).float().mean() > 0.95
+
+
+def test_augmentation_keeps_the_targets_exact(tiny_dataset):
+    plain = SceneViews(tiny_dataset / "scenes", "train", image_size=32, max_scenes=1)
+    aug = SceneViews(tiny_dataset / "scenes", "train", image_size=32, max_scenes=1, augment=True)
+    torch.manual_seed(0)
+    seen_flip = seen_perm = False
+    for _ in range(20):
+        a, p = aug[0], plain[0]
+        flipped = not torch.equal(a["depth"], p["depth"])
+        q = {k: v.flip(-1) for k, v in p.items()} if flipped else p
+        if flipped:
+            q["normal"] = q["normal"] * torch.tensor([-1.0, 1.0, 1.0]).view(3, 1, 1)
+        assert torch.equal(a["depth"], q["depth"]) and torch.allclose(a["normal"], q["normal"])
+        # One channel permutation for image and base colour alike.
+        perms = [c for c in ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
+                 if torch.equal(a["image"], q["image"][list(c)]) and torch.equal(a["base_colour"], q["base_colour"][list(c)])]
+        assert perms
+        seen_flip |= flipped
+        seen_perm |= (0, 1, 2) not in perms
+    assert seen_flip and seen_perm
+
+
+def test_datamodule_batches(tiny_dataset):
+    dm = SceneViewDataModule(str(tiny_dataset / "scenes"), image_size=32, batch_size=4, batches_per_epoch=3)
+    dm.setup("fit")
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 3 and batches[0]["image"].shape == (4, 3, 32, 32)
+    assert sum(b["image"].shape[0] for b in dm.val_dataloader()) == len(dm.val_set)
+
+
+def test_rooms_without_split_or_base_colour_are_named(tiny_dataset, tmp_path):
+    room = sorted((tiny_dataset / "scenes").iterdir())[0]
+    copy = tmp_path / "scenes" / room.name
+    shutil.copytree(room, copy)
+    (copy / "views" / "basecolor_001.png").unlink()
+    with pytest.raises(DataFormatError, match=r"scene.json: field 'w2c\[1\]'.*basecolor_001.png.*rerun prepare"):
+        SceneViews(tmp_path / "scenes", json.loads((copy / "scene.json").read_text())["split"], image_size=32)
+    meta = json.loads((copy / "scene.json").read_text())
+    del meta["split"]
+    (copy / "scene.json").write_text(json.dumps(meta))
+    with pytest.raises(DataFormatError, match="field 'split'"):
+        SceneViews(tmp_path / "scenes", "train", image_size=32)
+    with pytest.raises(FileNotFoundError, match="run prepare.py"):
+        SceneViews(tmp_path / "nowhere", "train", image_size=32)

@@ -1,7 +1,8 @@
 """How much base colour can the projection pathway read from the views? A probe of the texture flow's conditioning.
 
     python benchmarks/view_colour_probe.py --shards <root>/synthetic_small/shards --steps 600 \
-        [--config '{"width": 128, "depth": 4, "lr": 1e-3, "cells": 32}'] [--visibility [--no-fallback]]
+        [--config '{"width": 128, "depth": 4, "lr": 1e-3, "cells": 32}'] [--visibility [--no-fallback]] \
+        [--encoder-ckpt <view_pretrain checkpoint> [--train-encoder]]
 
 Question behind it (issue 6): the texture flow samples plausible colours, but on held-out chunks it paints a
 floor brown that its views show blue. Is the colour not in the view pathway, or does the flow not use it?
@@ -23,7 +24,9 @@ near ``constant`` reads nothing. ``--visibility`` also gives the pathway that te
 ``preset.flow.visibility``): the aggregator fuses only the views that see each cell, and a cell no view sees
 every view it projects into (``--no-fallback``: none). With or without it, the
 read-out and every curve point also report ``val_psnr_seen``, the PSNR over the held-out cells some view sees by
-that test, so runs with and without it compare on the same cells. Prints JSON lines.
+that test, so runs with and without it compare on the same cells. ``--encoder-ckpt`` starts the encoder from a
+``stage=view_pretrain`` checkpoint (its own architecture; ``width``/``depth``/``num_heads``/``patch_size`` of the
+config are then ignored), frozen as the ``*_pre`` flows keep it unless ``--train-encoder``. Prints JSON lines.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from genrecon.models.image_encoder import SmallViT, encode_views
 from genrecon.models.photo_consistency import sample_bilinear
 from genrecon.models.projection import Projection, coords_to_points
 from genrecon.models.visibility import StructureVisibility
+from genrecon.stages.view_pretrain import load_pretrained_view_encoder
 from genrecon.utils.jsonl import JsonLinesLog
 from genrecon.utils.probe_cli import load_probe_chunks, probe_arguments
 
@@ -117,6 +121,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.add_argument("--no-fallback", action="store_true",
                             help="with --visibility: a cell no view sees gets no view (default: every view, as "
                                  "published)")
+        parser.add_argument("--encoder-ckpt", default=None, help="a stage=view_pretrain checkpoint to start from")
+        parser.add_argument("--train-encoder", action="store_true", help="with --encoder-ckpt: fine-tune it too")
 
     args, cfg = probe_arguments(__doc__, DEFAULTS, steps=600, argv=argv, extra=visibility_flag)
 
@@ -154,7 +160,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     log = JsonLinesLog(args.out)
     log.add({"baseline": "constant", "val_psnr": round(psnr(float((val_true - mean).pow(2).mean())), 3),
              "train_chunks": len(train), "val_chunks": len(val), "val_cells": len(val_true), "config": cfg,
-             "visibility": args.visibility, "fallback": args.visibility and not args.no_fallback})
+             "visibility": args.visibility, "fallback": args.visibility and not args.no_fallback,
+             "encoder_ckpt": args.encoder_ckpt, "train_encoder": bool(args.encoder_ckpt) and args.train_encoder})
     log.add({"baseline": "readout", "val_psnr": round(psnr(val_mse(mapped)), 3),
              "val_psnr_seen": round(psnr(val_mse(mapped, seen_val)), 3),
              "gain_bias": [[round(float(x), 3) for x in f] for f in fit]})
@@ -174,8 +181,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
                  "val_cells_seen": round(float(seen_val.float().mean()), 4)})
 
     image_size = int(train[0]["views"].shape[1])
-    encoder = SmallViT(width=cfg["width"], depth=cfg["depth"], num_heads=cfg["num_heads"],
-                       patch_size=cfg["patch_size"], num_registers=4)
+    if args.encoder_ckpt:
+        encoder = load_pretrained_view_encoder(args.encoder_ckpt).set_frozen(not args.train_encoder)
+    else:
+        encoder = SmallViT(width=cfg["width"], depth=cfg["depth"], num_heads=cfg["num_heads"],
+                           patch_size=cfg["patch_size"], num_registers=4)
     projection = Projection(encoder.num_global_tokens, encoder.patch_grid(image_size))
     aggregator = ViewAggregator(encoder.out_channels)
     head = torch.nn.Linear(encoder.out_channels, 3)
@@ -191,7 +201,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                      tokens, *cameras, visible=fuse.get(id(batch)))
         return head(cond)
 
-    params = [*encoder.parameters(), *aggregator.parameters(), *head.parameters()]
+    params = [p for m in (encoder, aggregator, head) for p in m.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=float(cfg["lr"]), weight_decay=0.0)
     rng = np.random.default_rng(args.seed)
     t0 = time.perf_counter()

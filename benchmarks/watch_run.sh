@@ -4,7 +4,8 @@
 #   bash benchmarks/watch_run.sh RESULTS_DIR OUT_DIR [SECONDS]
 # Start the pipeline from a copy of the repository (cp -r . /tmp/repo && cd /tmp/repo && setsid nohup ...): the
 # device tool copies the working tree again at every call, and a job that imports while that happens fails
-# (session 6: a flow died with ModuleNotFoundError 13 s after its start).
+# (session 6: a flow died with ModuleNotFoundError 13 s after its start). Issue the next watch call at once: the
+# device releases an idle machine after 30 s and the run dies with it (session 8 lost its flows that way).
 R=$1; OUT=$2; T=${3:-560}
 end=$(( $(date +%s) + T )); seen=0
 while [ "$(date +%s)" -lt "$end" ] && [ ! -f "$R/DONE" ]; do

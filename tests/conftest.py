@@ -125,6 +125,26 @@ def tiny_latents(tiny_dataset, tmp_path_factory) -> Path:
     return tiny_dataset
 
 
+@pytest.fixture(scope="session")
+def view_pretrain_run(tiny_dataset, tmp_path_factory) -> tuple[Path, dict[str, list[float]]]:
+    """(checkpoint, logged series) of a 60-step ``stage=view_pretrain`` run on ``tiny_dataset``'s room renders, at
+    the sizes of ``TINY_MODEL_OVERRIDES`` (no EMA, so the checkpoint holds the trained weights)."""
+    import torch
+
+    from tests.stages.helpers import run_train
+
+    out = tmp_path_factory.mktemp("view_pretrain")
+    torch.manual_seed(0)
+    _, series = run_train(TINY_MODEL_OVERRIDES + [
+        "stage=view_pretrain", "stage.max_steps=60", "stage.val_every_n_steps=60", "stage.val_batches=1",
+        "stage.datamodule.batch_size=8", "stage.module.ema_decay=null", "stage.module.warmup_steps=5", "seed=0",
+        "++trainer.enable_checkpointing=true", "callbacks=default", "callbacks.progress_bar=null",
+        "callbacks.model_summary=null", "stage.checkpoint_every_n_steps=60",
+    ], tiny_dataset, out)
+    os.environ.pop("GENRECON_RUN_NAME", None)
+    return next((out / "checkpoints").glob("last*.ckpt")), series
+
+
 # A complete tiny pipeline at the tiny preset's grid sizes (tiling needs latent grids that are multiples of 16).
 STAGES = ("ss_vae", "shape_vae", "tex_vae", "ss_flow", "shape_flow", "tex_flow")
 PIPELINE_DATA = ["dataset=synthetic", "dataset.num_scenes=3", "dataset.val_fraction=0.34",

@@ -18,7 +18,7 @@ PRESETS = sorted(p.stem for p in (CONF_DIR / "preset").glob("*.yaml"))
 
 
 def test_tree_has_every_stage_and_hardware():
-    assert STAGES == ["shape_flow", "shape_vae", "ss_flow", "ss_vae", "tex_flow", "tex_vae"]
+    assert STAGES == ["shape_flow", "shape_vae", "ss_flow", "ss_vae", "tex_flow", "tex_vae", "view_pretrain"]
     assert {"cpu", "gpu", "gpu_ddp", "slurm"} <= set(HARDWARE)
     assert {"tiny", "small", "trellis2"} <= set(PRESETS)
 

@@ -77,3 +77,25 @@ def test_visible_read_out_ignores_the_views_that_do_not_see_the_cell():
     read = probe.pixel_readout(batch, active, R, seen.visible)
     torch.testing.assert_close(read[:64], colours[0].expand(64, 3))
     torch.testing.assert_close(read[64:], colours[1].expand(64, 3))
+
+
+def test_probe_reads_through_a_frozen_pretrained_encoder(tiny_dataset, view_pretrain_run, tmp_path):
+    """--encoder-ckpt: the probe's pathway starts from a view_pretrain checkpoint (its own architecture) and, unless
+    --train-encoder, trains only the aggregator and the head."""
+    from genrecon.stages.view_pretrain import load_pretrained_view_encoder
+
+    probe = load_script("benchmarks/view_colour_probe.py")
+    ckpt, _ = view_pretrain_run
+    built = []
+    load = probe.load_pretrained_view_encoder
+    probe.load_pretrained_view_encoder = lambda path: built.append(load(path)) or built[-1]
+    lines = probe.main(["--shards", str(tiny_dataset / "shards"), "--steps", "6", "--every", "3", "--views", "2",
+                        "--threads", "1", "--config", json.dumps({"cells": 8, "lr": 3e-3}),
+                        "--encoder-ckpt", str(ckpt)])
+    constant, _, *curve = lines
+    assert constant["encoder_ckpt"] == str(ckpt) and constant["train_encoder"] is False
+    assert [c["step"] for c in curve] == [0, 3, 6] and curve[-1]["val_psnr"] != curve[0]["val_psnr"]  # head trains
+    (encoder,) = built
+    reference = load_pretrained_view_encoder(ckpt)
+    assert encoder.frozen and all(torch.equal(a, b) for a, b in zip(encoder.state_dict().values(),
+                                                                      reference.state_dict().values()))

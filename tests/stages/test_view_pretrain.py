@@ -15,22 +15,13 @@ from tests.conftest import TINY_MODEL_OVERRIDES, compose_config
 from tests.stages.helpers import head_tail_ratio, run_train
 from tests.stages.test_flow import FLOW_OVERRIDES
 
-PRETRAIN = TINY_MODEL_OVERRIDES + [
-    "stage=view_pretrain", "stage.max_steps=60", "stage.val_every_n_steps=60", "stage.val_batches=1",
-    "stage.datamodule.batch_size=8", "stage.module.ema_decay=null", "stage.module.warmup_steps=5", "seed=0",
-    "++trainer.enable_checkpointing=true", "callbacks=default", "callbacks.progress_bar=null",
-    "callbacks.model_summary=null", "stage.checkpoint_every_n_steps=60",
-]
 DEPTH_CUE = "preset.flow.depth_cue={bins:64,max_depth:4.0}"
 
 
 @pytest.fixture(scope="module")
-def pretrained(tiny_latents, tmp_path_factory):
-    """(dataset root, view_pretrain checkpoint, logged series) of a 60-step pretraining on the tiny rooms."""
-    out = tmp_path_factory.mktemp("view_pretrain")
-    torch.manual_seed(0)
-    _, series = run_train(PRETRAIN, tiny_latents, out)
-    return tiny_latents, next((out / "checkpoints").glob("last*.ckpt")), series
+def pretrained(tiny_latents, view_pretrain_run):
+    """(dataset root with latents, view_pretrain checkpoint, logged series)."""
+    return tiny_latents, *view_pretrain_run
 
 
 def test_pretraining_loss_falls(pretrained):

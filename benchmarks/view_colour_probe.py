@@ -121,8 +121,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.add_argument("--no-fallback", action="store_true",
                             help="with --visibility: a cell no view sees gets no view (default: every view, as "
                                  "published)")
-        parser.add_argument("--encoder-ckpt", default=None, help="a stage=view_pretrain checkpoint to start from")
-        parser.add_argument("--train-encoder", action="store_true", help="with --encoder-ckpt: fine-tune it too")
 
     args, cfg = probe_arguments(__doc__, DEFAULTS, steps=600, argv=argv, extra=visibility_flag)
 

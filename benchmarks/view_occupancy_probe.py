@@ -1,7 +1,8 @@
 """How much occupancy can the projection pathway read from the views? A probe of the SS flow's conditioning.
 
     python benchmarks/view_occupancy_probe.py --shards <root>/synthetic_small/shards --steps 1000 \
-        [--config '{"width": 128, "depth": 4, "lr": 1e-3, "depth_cue": {"bins": 64, "max_depth": 4.0}}']
+        [--config '{"width": 128, "depth": 4, "lr": 1e-3, "depth_cue": {"bins": 64, "max_depth": 4.0}}'] \
+        [--encoder-ckpt <view_pretrain checkpoint> [--train-encoder]]
 
 Trains only the SS flow's view pathway (image encoder → projection → view aggregator) with the auxiliary
 occupancy head of ``SparseStructureFlowStage`` (``occupancy_aux_weight``: BCE + soft Dice on each latent voxel's
@@ -12,7 +13,8 @@ training chunks, thresholded where the training IoU is best). A head far above i
 the views; one near it has learnt only where rooms usually have floors and walls. ``depth_cue`` in the config
 adds the ray-depth evidence of ``genrecon/models/depth_cue.py`` (a deviation) to the pathway; ``position`` adds a
 learnt per-voxel embedding to the head's input, so the head can learn the prior too and the question becomes
-whether the views add to it. Prints JSON lines.
+whether the views add to it. ``--encoder-ckpt`` starts the encoder from a ``stage=view_pretrain`` checkpoint, and
+the depth cue's head from its depth head (frozen encoder unless ``--train-encoder``). Prints JSON lines.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from genrecon.models.image_encoder import SmallViT
 from genrecon.objectives.rectified_flow import RectifiedFlow
 from genrecon.pipelines.sampler import EulerSampler
 from genrecon.stages.flow import SparseStructureFlowStage
+from genrecon.stages.view_pretrain import load_pretrained_view_encoder
 from genrecon.utils.jsonl import JsonLinesLog
 from genrecon.utils.probe_cli import load_probe_chunks, probe_arguments
 
@@ -55,17 +58,22 @@ def position_prior(train: list[dict], val: list[dict]) -> dict:
                                                                        val_occ), 4)}
 
 
-def build(cfg: dict, image_size: int, occupancy_resolution: int) -> SparseStructureFlowStage:
-    encoder = SmallViT(width=cfg["width"], depth=cfg["depth"], num_heads=cfg["num_heads"],
-                       patch_size=cfg["patch_size"], num_registers=4)
+def build(cfg: dict, image_size: int, occupancy_resolution: int, encoder_ckpt: str | None = None,
+          train_encoder: bool = False) -> SparseStructureFlowStage:
+    if encoder_ckpt:
+        encoder = load_pretrained_view_encoder(encoder_ckpt).set_frozen(not train_encoder)
+    else:
+        encoder = SmallViT(width=cfg["width"], depth=cfg["depth"], num_heads=cfg["num_heads"],
+                           patch_size=cfg["patch_size"], num_registers=4)
     # The flow transformer is not trained here; a one-block stand-in carries the projection and aggregator.
     model = partial(DenseFlowTransformer, resolution=cfg["latent_resolution"], in_channels=8, out_channels=8,
-                    model_channels=32, cond_channels=cfg["width"], num_blocks=1, num_heads=2, attn_device="cpu",
-                    depth_cue=cfg["depth_cue"])
+                    model_channels=32, cond_channels=encoder.out_channels, num_blocks=1, num_heads=2,
+                    attn_device="cpu", depth_cue=cfg["depth_cue"])
+    # With a checkpoint the stage also loads its depth head into the depth cue (as the *_pre flows do).
     return SparseStructureFlowStage(
         model=model, image_encoder=encoder, objective=RectifiedFlow(), sampler=EulerSampler(steps=2),
         image_size=image_size, latent_channels=8, occupancy_aux_weight=1.0,
-        occupancy_resolution=occupancy_resolution, sample_batches=0)
+        occupancy_resolution=occupancy_resolution, sample_batches=0, image_encoder_ckpt=encoder_ckpt)
 
 
 def head_logits(stage: SparseStructureFlowStage, batch: dict, position: torch.Tensor | None = None
@@ -86,16 +94,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     train, val = load(args.shards, "train", args.views), load(args.shards, "val", args.views)
     image_size, occ_res = int(train[0]["views"].shape[1]), int(np.asarray(train[0]["occupancy"]).shape[-1])
-    stage = build(cfg, image_size, occ_res)
+    stage = build(cfg, image_size, occ_res, args.encoder_ckpt, args.train_encoder)
     log = JsonLinesLog(args.out)
     log.add({"baseline": "position_prior", **position_prior(train, val), "train_chunks": len(train),
-             "val_chunks": len(val), "config": cfg})
+             "val_chunks": len(val), "config": cfg, "encoder_ckpt": args.encoder_ckpt,
+             "train_encoder": bool(args.encoder_ckpt) and args.train_encoder})
 
     cue = [] if stage.model.depth_cue is None else list(stage.model.depth_cue.parameters())
-    position = (torch.nn.Parameter(torch.zeros(cfg["latent_resolution"] ** 3, cfg["width"]))
+    position = (torch.nn.Parameter(torch.zeros(cfg["latent_resolution"] ** 3, stage.image_encoder.out_channels))
                 if cfg["position"] else None)
-    params = [*stage.image_encoder.parameters(), *stage.model.aggregator.parameters(),
-              *stage.occupancy_head.parameters(), *cue, *([position] if position is not None else [])]
+    params = [p for p in (*stage.image_encoder.parameters(), *stage.model.aggregator.parameters(),
+                          *stage.occupancy_head.parameters(), *cue, *([position] if position is not None else []))
+              if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=float(cfg["lr"]), weight_decay=0.0)
     val_batches = [collate(val[i : i + args.batch]) for i in range(0, len(val), args.batch)]
     rng = np.random.default_rng(args.seed)

@@ -73,7 +73,7 @@ class SceneViews(Dataset):
         folders = sorted(p.parent for p in Path(scenes).glob("*/scene.json"))
         if not folders:
             raise FileNotFoundError(f"no room folders (*/scene.json) under {scenes}: run prepare.py first")
-        jobs = []
+        jobs, rooms = [], []
         for folder in folders:
             meta_path = folder / "scene.json"
             meta = json.loads(meta_path.read_text())
@@ -82,8 +82,9 @@ class SceneViews(Dataset):
                                       "rerun prepare.py)")
             if meta["split"] != split:
                 continue
-            if max_scenes is not None and len({f for f, _, _ in jobs}) >= max_scenes:
+            if max_scenes is not None and len(rooms) >= max_scenes:
                 break
+            rooms.append(folder.name)
             w2c = np.asarray(meta["w2c"], dtype=np.float32)
             if w2c.ndim != 3 or w2c.shape[1:] != (4, 4):
                 raise DataFormatError(meta_path, "w2c", f"expected [N, 4, 4], got shape {w2c.shape}")
@@ -92,7 +93,7 @@ class SceneViews(Dataset):
             raise DataFormatError(Path(scenes), "split", f"no room of split {split!r}")
         with ThreadPoolExecutor(max(1, threads)) as pool:
             arrays = list(pool.map(lambda j: _read_view(j[0] / "views", j[1], image_size), jobs))
-        self.rooms = sorted({str(f.name) for f, _, _ in jobs})
+        self.rooms = rooms
         self.rgb = np.stack([a[0] for a in arrays])  # [M, S, S, 3] uint8
         self.depth = np.stack([a[1] for a in arrays])  # [M, S, S] float32
         rotations = np.stack([j[2] for j in jobs])  # world -> camera
@@ -124,8 +125,8 @@ class SceneViewDataModule(L.LightningDataModule):
         scenes: ``<root>/scenes``.
         image_size: the preset's view size.
         batch_size: views per batch.
-        batches_per_epoch: training batches per epoch (drawn with replacement); default one pass.
-        val_batches: accepted for the trainer's ``limit_val_batches`` symmetry; validation runs in order.
+        batches_per_epoch: training batches per epoch (drawn with replacement when more than one pass); default
+            one pass. Validation runs through the held-out views in order (the trainer's ``limit_val_batches``).
         max_scenes: the first rooms of each split only.
     """
 

@@ -127,12 +127,14 @@ def view_property_losses(
     pooled, has = pool_cells(maps, valid, cells)
     m = has[:, None].float()
     denom = m.sum().clamp(min=1)
-    colour_err = ((pred["base_colour"] - pooled[:, 0:3]).abs() * m).sum() / (3 * denom)
-    normal_cos = ((pred["normal"] * F.normalize(pooled[:, 3:6], dim=1)).sum(1, keepdim=True) * m).sum() / denom
-    depth_err = ((pred["log_depth"] - pooled[:, 6:7]).abs() * m).sum() / denom
+    cos = (pred["normal"] * F.normalize(pooled[:, 3:6], dim=1)).sum(1, keepdim=True)  # [B, 1, Q, Q]
     hist, has_patch = patch_depth_histograms(depth / depth_unit_m, valid, patch, head.bins, head.max_depth)
-    ce = DepthCue.supervision_loss(logits, hist, has_patch.float())
-    terms = {"base_colour": colour_err, "normal": 1.0 - normal_cos, "log_depth": depth_err, "depth_bins": ce}
+    terms = {
+        "base_colour": ((pred["base_colour"] - pooled[:, 0:3]).abs() * m).sum() / (3 * denom),
+        "normal": ((1.0 - cos) * m).sum() / denom,
+        "log_depth": ((pred["log_depth"] - pooled[:, 6:7]).abs() * m).sum() / denom,
+        "depth_bins": DepthCue.supervision_loss(logits, hist, has_patch.float()),
+    }
     loss = sum(weights.get(k, 1.0) * v for k, v in terms.items())
     with torch.no_grad():
         mse = (((pred["base_colour"] - pooled[:, 0:3]) ** 2) * m).sum() / (3 * denom)
@@ -140,9 +142,7 @@ def view_property_losses(
             **{f"loss_{k}": v.detach() for k, v in terms.items()},
             "base_colour_psnr": -10.0 * torch.log10(mse.clamp(min=1e-10)),
             "depth_abs_rel": (((pred["log_depth"] - pooled[:, 6:7]).exp() - 1.0).abs() * m).sum() / denom,
-            "normal_deg": torch.rad2deg(torch.acos(
-                (pred["normal"] * F.normalize(pooled[:, 3:6], dim=1)).sum(1).clamp(-1, 1))[has].mean()
-                if has.any() else torch.zeros((), device=tokens.device)),
+            "normal_deg": (torch.rad2deg(torch.acos(cos.clamp(-1, 1))) * m).sum() / denom,
             "depth_hit": DepthCue.mode_hit(logits, hist, has_patch.float()),
         }
     return loss, metrics

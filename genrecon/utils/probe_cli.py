@@ -25,6 +25,10 @@ def probe_arguments(doc: str | None, defaults: dict[str, Any], steps: int, argv:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", help="also write the JSON lines to this file")
+    parser.add_argument("--encoder-ckpt", default=None,
+                        help="start the image encoder from a stage=view_pretrain checkpoint (its own architecture; "
+                             "the config's encoder sizes are then ignored), frozen unless --train-encoder")
+    parser.add_argument("--train-encoder", action="store_true", help="with --encoder-ckpt: fine-tune it too")
     if extra is not None:
         extra(parser)
     args = parser.parse_args(argv)

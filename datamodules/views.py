@@ -7,7 +7,9 @@ Each room folder holds its renders (RGBA), depth, world-frame normals and unshad
 
 Training augmentations keep every target exact: a horizontal flip (the camera-frame normal's x changes sign)
 and a random permutation of the colour channels, applied to the image and the base colour alike (the renders'
-lights are white, so a permuted scene renders as the permuted image).
+lights are white, so a permuted scene renders as the permuted image). Optionally a random square crop resized
+back to the view size (``crop_scale_min`` < 1): that is the view of a camera with a longer focal length at the
+same pose, so depth and camera-frame normals stay exact; it widens the range of fields of view the encoder sees.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import lightning as L
 import numpy as np
 import torch
 from PIL import Image
+from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from genrecon.data.errors import DataFormatError
@@ -63,13 +66,17 @@ class SceneViews(Dataset):
         split: ``train`` or ``val`` (``scene.json``'s ``split`` field).
         image_size: side ``S`` of the views (the preset's image size).
         augment: random flip and colour-channel permutation (training).
+        crop_scale_min: with ``augment``, crop a random square of side ``U(crop_scale_min, 1) · S`` and resize it
+            to ``S`` (colour bilinear, geometry nearest); 1 = no crops.
         max_scenes: the first rooms only (quick runs).
         threads: decoding threads at construction.
     """
 
     def __init__(self, scenes: str | Path, split: str, image_size: int, augment: bool = False,
-                 max_scenes: int | None = None, threads: int = 8) -> None:
-        self.augment = augment
+                 crop_scale_min: float = 1.0, max_scenes: int | None = None, threads: int = 8) -> None:
+        if not 0 < crop_scale_min <= 1:
+            raise ValueError(f"crop_scale_min must lie in (0, 1], got {crop_scale_min}")
+        self.augment, self.crop_scale_min = augment, crop_scale_min
         folders = sorted(p.parent for p in Path(scenes).glob("*/scene.json"))
         if not folders:
             raise FileNotFoundError(f"no room folders (*/scene.json) under {scenes}: run prepare.py first")
@@ -115,7 +122,26 @@ class SceneViews(Dataset):
                 normal = normal * torch.tensor([-1.0, 1.0, 1.0]).view(3, 1, 1)
             perm = torch.randperm(3)
             image, base = image[perm], base[perm]
+            if self.crop_scale_min < 1:
+                image, base, normal, depth = random_zoom(image, base, normal, depth, self.crop_scale_min)
         return {"image": image, "base_colour": base, "normal": normal, "depth": depth, "valid": depth > 0}
+
+
+def random_zoom(image: torch.Tensor, base: torch.Tensor, normal: torch.Tensor, depth: torch.Tensor,
+                scale_min: float) -> tuple[torch.Tensor, ...]:
+    """A random square crop of side ``U(scale_min, 1) · S`` resized back to ``S``: the view of a longer lens at the
+    same pose, so depth and camera-frame normals are unchanged. Colour maps ``[3, S, S]`` are resampled bilinearly,
+    normals ``[3, S, S]`` and depth ``[S, S]`` by nearest neighbour (no mixed surfaces)."""
+    size = image.shape[-1]
+    side = int(round(size * (scale_min + (1.0 - scale_min) * float(torch.rand(())))))
+    if side >= size:
+        return image, base, normal, depth
+    y0, x0 = (int(torch.randint(0, size - side + 1, ())) for _ in range(2))
+    crop = lambda x: x[..., y0 : y0 + side, x0 : x0 + side]  # noqa: E731
+    colour = F.interpolate(torch.stack([crop(image), crop(base)]), size=(size, size), mode="bilinear",
+                           align_corners=False, antialias=False)
+    geometry = F.interpolate(torch.cat([crop(normal), crop(depth)[None]])[None], size=(size, size), mode="nearest")[0]
+    return colour[0], colour[1], geometry[:3], geometry[3]
 
 
 class SceneViewDataModule(L.LightningDataModule):
@@ -128,12 +154,14 @@ class SceneViewDataModule(L.LightningDataModule):
         batches_per_epoch: training batches per epoch (drawn with replacement when more than one pass); default
             one pass. Validation runs through the held-out views in order (the trainer's ``limit_val_batches``).
         max_scenes: the first rooms of each split only.
+        crop_scale_min: random zoom of the training views (see :class:`SceneViews`); 1 = off.
     """
 
     def __init__(self, scenes: str, image_size: int, batch_size: int = 32, num_workers: int = 0, seed: int = 0,
-                 batches_per_epoch: int | None = None, max_scenes: int | None = None) -> None:
+                 batches_per_epoch: int | None = None, max_scenes: int | None = None,
+                 crop_scale_min: float = 1.0) -> None:
         super().__init__()
-        self.scenes, self.image_size = scenes, image_size
+        self.scenes, self.image_size, self.crop_scale_min = scenes, image_size, crop_scale_min
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.batches_per_epoch, self.max_scenes = batches_per_epoch, max_scenes
         self.train_set: SceneViews | None = None
@@ -142,7 +170,7 @@ class SceneViewDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
             self.train_set = SceneViews(self.scenes, "train", self.image_size, augment=True,
-                                        max_scenes=self.max_scenes)
+                                        crop_scale_min=self.crop_scale_min, max_scenes=self.max_scenes)
             self.val_set = SceneViews(self.scenes, "val", self.image_size, max_scenes=self.max_scenes)
 
     def _loader(self, dataset: Dataset, sampler: Any = None, **kwargs: Any) -> DataLoader:

@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
-from datamodules.views import SceneViewDataModule, SceneViews
+from datamodules.views import SceneViewDataModule, SceneViews, random_zoom
 from genrecon.data.errors import DataFormatError
 
 
@@ -54,8 +55,31 @@ def test_augmentation_keeps_the_targets_exact(tiny_dataset):
     assert seen_flip and seen_perm
 
 
+def test_random_zoom_is_a_longer_lens_at_the_same_pose():
+    """A crop resized back keeps every depth and normal value exact (nearest neighbour), and the crop's content: the
+    zoomed map is the crop of the original, upsampled."""
+    torch.manual_seed(3)
+    size = 16
+    depth = torch.arange(size * size, dtype=torch.float32).view(size, size) + 1.0  # every pixel distinct
+    normal = torch.stack([depth, -depth, depth * 0.5]) / depth.max()
+    image, base = torch.rand(3, size, size), torch.rand(3, size, size)
+    for _ in range(10):
+        z_image, z_base, z_normal, z_depth = random_zoom(image, base, normal, depth, 0.5)
+        assert z_depth.shape == (size, size) and z_normal.shape == (3, size, size) and z_image.shape == (3, size, size)
+        values = set(z_depth.flatten().tolist())
+        assert values <= set(depth.flatten().tolist())  # no interpolated depths
+        # The kept depths form a square block of the original: a crop, not a warp.
+        rows, cols = np.unravel_index(np.array(sorted(int(v) - 1 for v in values)), (size, size))
+        assert len(values) == (np.ptp(rows) + 1) * (np.ptp(cols) + 1) and np.ptp(rows) == np.ptp(cols)
+        assert 0.5 * size - 1 <= np.ptp(rows) + 1 <= size
+        # Normals travel with their pixels.
+        torch.testing.assert_close(z_normal, torch.stack([z_depth, -z_depth, z_depth * 0.5]) / depth.max())
+    assert all(torch.equal(a, b) for a, b in zip(random_zoom(image, base, normal, depth, 1.0), (image, base, normal, depth)))
+
+
 def test_datamodule_batches(tiny_dataset):
-    dm = SceneViewDataModule(str(tiny_dataset / "scenes"), image_size=32, batch_size=4, batches_per_epoch=3)
+    dm = SceneViewDataModule(str(tiny_dataset / "scenes"), image_size=32, batch_size=4, batches_per_epoch=3,
+                             crop_scale_min=0.7)
     dm.setup("fit")
     batches = list(dm.train_dataloader())
     assert len(batches) == 3 and batches[0]["image"].shape == (4, 3, 32, 32)

@@ -86,6 +86,12 @@ class DepthCue(nn.Module):
         return ((target * near).sum(-1) * has).sum() / has.sum().clamp(min=1)
 
 
+def depth_bin(depth: Tensor, bins: int, max_depth: float) -> Tensor:
+    """Index of the uniform bin of ``[0, max_depth)`` holding each depth (deeper ones in the last bin): the binning
+    of every depth-histogram target."""
+    return (depth / max_depth * bins).floor().clamp(0, bins - 1).long()
+
+
 def patch_depth_targets(
     u: Tensor,
     v: Tensor,
@@ -119,7 +125,7 @@ def patch_depth_targets(
     # [B, N, P, s, P, s] -> [B, N, P², s²]: the cells of each patch.
     zbuf = zbuf.view(num_samples, n, p, s, p, s).permute(0, 1, 2, 4, 3, 5).reshape(num_samples, n, p * p, s * s)
     seen = torch.isfinite(zbuf)
-    index = (torch.where(seen, zbuf, torch.zeros_like(zbuf)) / max_depth * bins).floor().clamp(0, bins - 1).long()
+    index = depth_bin(torch.where(seen, zbuf, torch.zeros_like(zbuf)), bins, max_depth)
     hist = torch.zeros(num_samples, n, p * p, bins, device=u.device)
     hist.scatter_add_(-1, index, seen.float())
     count = hist.sum(-1, keepdim=True)

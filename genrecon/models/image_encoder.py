@@ -660,7 +660,7 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
     raise ValueError(f"{path}: unsupported checkpoint format (expected one of {_WEIGHT_SUFFIXES})")
 
 
-def _load_strict(module: nn.Module, state_dict: Mapping[str, Tensor], source: Path) -> None:
+def load_strict(module: nn.Module, state_dict: Mapping[str, Tensor], source: Path) -> None:
     """Load every tensor, fail naming the file and the offending keys; floats are cast to float32.
 
     ``module`` may live on the meta device: tensors are assigned, not copied.
@@ -744,7 +744,7 @@ class DinoV3Encoder(ImageEncoder):
                     raise CheckpointMismatchError(f"DINOv3 checkpoint {weights}: missing key {err}") from None
         with torch.device("meta"):
             backbone = DinoV3ViT(config)
-        _load_strict(backbone, state, weights)
+        load_strict(backbone, state, weights)
         return cls(backbone, frozen)
 
     @property
@@ -794,7 +794,7 @@ class DinoV2Encoder(ImageEncoder):
         weights = _resolve_weights_file(Path(path))
         with torch.device("meta"):
             backbone = DinoV2ViT(config)
-        _load_strict(backbone, _read_state_dict(weights), weights)
+        load_strict(backbone, _read_state_dict(weights), weights)
         return cls(backbone, frozen)
 
     @property

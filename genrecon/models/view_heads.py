@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from genrecon.models.depth_cue import DepthCue
+from genrecon.models.depth_cue import DepthCue, depth_bin
 
 # Channels of the dense head per cell: base colour (3), camera-frame normal (3), log depth in metres (1).
 DENSE_CHANNELS = 7
@@ -41,8 +41,7 @@ def patch_depth_histograms(
     depth: Tensor, valid: Tensor, patch: int, bins: int, max_depth: float
 ) -> tuple[Tensor, Tensor]:
     """Histogram of the valid pixel depths of every ``patch × patch`` block over ``bins`` uniform bins of
-    ``[0, max_depth)`` (deeper clamped into the last), the binning of
-    :func:`genrecon.models.depth_cue.patch_depth_targets`.
+    ``[0, max_depth)`` (:func:`genrecon.models.depth_cue.depth_bin`, as ``patch_depth_targets``).
 
     depth ``[B, H, W]`` (chunk units), valid ``[B, H, W]`` → target ``[B, P², D]`` (rows sum to 1 where
     ``has``), has ``[B, P²]`` bool, with ``P = H / patch`` and patches row-major as the encoder's tokens.
@@ -52,8 +51,7 @@ def patch_depth_histograms(
     rows = torch.arange(h, device=depth.device) // patch
     cols = torch.arange(w, device=depth.device) // patch
     patch_index = (rows[:, None] * p_w + cols[None, :]).expand(b, h, w)
-    index = (depth / max_depth * bins).floor().clamp(0, bins - 1).long()
-    flat = (patch_index * bins + index).reshape(b, -1)
+    flat = (patch_index * bins + depth_bin(depth, bins, max_depth)).reshape(b, -1)
     hist = torch.zeros(b, p_h * p_w * bins, device=depth.device)
     hist.scatter_add_(1, flat, valid.reshape(b, -1).float())
     hist = hist.view(b, p_h * p_w, bins)

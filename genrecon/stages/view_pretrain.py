@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import torch
 from torch import Tensor, nn
 
 from genrecon.data.errors import DataFormatError
 from genrecon.models.depth_cue import DepthCue
-from genrecon.models.image_encoder import ImageEncoder
+from genrecon.models.image_encoder import CheckpointMismatchError, ImageEncoder, load_strict
 from genrecon.models.view_heads import ViewPropertyHead, view_property_losses
 from genrecon.stages.base import Stage
 
@@ -102,14 +101,10 @@ def load_pretrained_view_encoder(path: str | Path, encoder: ImageEncoder | None 
 
 
 def _load_prefixed(module: nn.Module, state: dict[str, Tensor], prefix: str, path: str | Path) -> None:
+    """:func:`genrecon.models.image_encoder.load_strict` of the ``prefix`` entries, failing as a data error that
+    names the checkpoint and the prefix."""
     sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    own = module.state_dict()
-    missing = sorted(set(own) - set(sub))
-    unexpected = sorted(set(sub) - set(own))
-    wrong = [k for k in sorted(set(own) & set(sub)) if own[k].shape != sub[k].shape]
-    if missing or unexpected or wrong:
-        raise DataFormatError(path, f"state_dict.{prefix}*",
-                              f"does not match the module: missing {missing[:5]}, unexpected {unexpected[:5]}, "
-                              f"shape mismatch {[(k, tuple(sub[k].shape), tuple(own[k].shape)) for k in wrong[:3]]}")
-    with torch.no_grad():
-        module.load_state_dict({k: v.to(own[k].dtype) for k, v in sub.items()}, strict=True)
+    try:
+        load_strict(module, sub, Path(path))
+    except CheckpointMismatchError as err:
+        raise DataFormatError(path, f"state_dict.{prefix}*", f"does not match the module: {err}") from None

@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PHASES = ("prepare", "vae", "vae_variants", "encode", "ddp", "flow", "flow_quality", "quality")
 FLOWS = ("ss_flow", "ss_flow_noproj", "ss_flow_photo", "ss_flow_aux", "ss_flow_depth", "ss_flow_dsup", "shape_flow",
          "shape_flow_noproj", "tex_flow", "tex_flow_photo", "tex_flow_aux", "tex_flow_depth", "tex_flow_dsup",
-         "tex_flow_vis", "tex_flow_visphoto", "ss_flow_pre", "tex_flow_pre")
+         "tex_flow_vis", "tex_flow_visphoto", "ss_flow_pre", "tex_flow_pre", "ss_flow_cell", "tex_flow_cell")
 # The photo-consistency cue (genrecon/models/photo_consistency.py) switched on for the *_photo runs.
 PHOTO_CUE = "preset.flow.photo_cue={subdivisions:4,hidden:256}"
 # The auxiliary view read-outs switched on for the *_aux runs: the SS flow's occupancy head
@@ -67,12 +67,15 @@ VIS_PHOTO_CUE = "preset.flow.photo_cue={subdivisions:2,hidden:256}"
 # The *_pre runs start from the pretrained view encoder (stage=view_pretrain, frozen as the published flows keep
 # DINOv3) and its depth head in the depth cue, on top of their family's auxiliary head (and visibility for texture).
 FROZEN_ENCODER = "preset.image_encoder.frozen=true"
+# The *_cell runs add the sub-patch cell cue (genrecon/models/cell_cue.py) to their *_pre run, its head loaded from
+# the pretraining's dense cells.
+CELL_CUE = "preset.flow.cell_cue={subdivisions:4}"
 # Where each flow job runs when there are two or more GPUs: each flow beside its variants (equal conditions),
 # the texture flows beside the extended texture VAE.
 FLOW_GPU = {"ss_flow": 0, "ss_flow_noproj": 0, "ss_flow_photo": 0, "ss_flow_aux": 0, "ss_flow_depth": 0,
             "ss_flow_dsup": 0, "shape_flow": 1, "shape_flow_noproj": 1, "tex_flow": 1, "tex_flow_photo": 1,
             "tex_flow_aux": 1, "tex_flow_depth": 1, "tex_flow_dsup": 1, "tex_flow_vis": 1, "tex_flow_visphoto": 1,
-            "ss_flow_pre": 0, "tex_flow_pre": 1, "tex_vae_long": 1}
+            "ss_flow_pre": 0, "tex_flow_pre": 1, "ss_flow_cell": 0, "tex_flow_cell": 1, "tex_vae_long": 1}
 VAES = ("ss_vae", "shape_vae", "tex_vae")
 MAIN_FLOWS = ("ss_flow", "shape_flow", "tex_flow")
 STAGES = ("ss_vae", "shape_vae", "tex_vae", "ss_flow", "shape_flow", "tex_flow")
@@ -293,6 +296,8 @@ class Pipeline:
                  "tex_flow_visphoto": [LATENT_AUX, VISIBILITY, VIS_PHOTO_CUE]}
         pre = [f"stage.module.image_encoder_ckpt={self.ckpt('view_pretrain')}", FROZEN_ENCODER, DEPTH_CUE]
         extra.update({"ss_flow_pre": ss + [OCC_AUX, *pre], "tex_flow_pre": [LATENT_AUX, VISIBILITY, *pre]})
+        extra.update({"ss_flow_cell": extra["ss_flow_pre"] + [CELL_CUE],
+                      "tex_flow_cell": extra["tex_flow_pre"] + [CELL_CUE]})
         runs = [f for f in FLOWS if f in a.flows]
         if a.tex_vae_extend_minutes > 0:
             runs.append("tex_vae_long")
@@ -368,6 +373,8 @@ class Pipeline:
                     "flow_quality_vis": {"tex_flow": "tex_flow_vis"},
                     "flow_quality_pre": {"ss_flow": "ss_flow_pre", "ss_flow_noproj": "ss_flow_noproj",
                                          "tex_flow": "tex_flow_pre"},
+                    "flow_quality_cell": {"ss_flow": "ss_flow_cell", "ss_flow_noproj": "ss_flow_noproj",
+                                          "tex_flow": "tex_flow_cell"},
                     "flow_quality_visphoto": {"tex_flow": "tex_flow_visphoto"}}
         jobs = []
         for name, runs in families.items():

@@ -7,10 +7,14 @@ renderer's exact depth maps, what the views show:
 - **occupancy**: every depth pixel of the chosen views is lifted to 3-D and voxelised into the chunk's 64³ grid.
   The IoU of that against the true occupancy bounds what the views alone can say, even with perfect depth.
   Noisy depth (relative noise ``--depth-noise``) shows how fast it falls with depth error;
+  ``occ_recall_within{d}`` is the share of true voxels within d voxels of a seen one: what a prior that
+  completes locally (the backs of walls and slabs, 0.1 m behind their seen faces) could recover at most;
 - **texture**: an O-Voxel is visible in a view when its centre lies within 1.5 voxel edges of the depth under it.
   The script gives the visible share of the O-Voxels and the PSNR of the visible voxels' mean rendered colour
   against their base colour, raw and after one least-squares gain per chunk (shading scales the colour).
-  The baseline is one constant colour per chunk, its mean base colour.
+  The baseline is one constant colour per chunk, its mean base colour. ``tex_albedo_*`` replaces the render
+  by the unshaded base-colour render (a perfect de-shader) and fills the voxels no view sees with the mean
+  seen colour or the nearest seen voxel's colour (a prior that copies along surfaces).
 
 Each bound is given for ``--views`` views per chunk, drawn like the flows' evaluation, and for every stored
 view. It needs the room folders of ``prepare.py`` (full renders with depth, ``scene.json``) beside the shards.
@@ -31,6 +35,7 @@ from typing import Any
 import numpy as np
 import webdataset as wds
 from PIL import Image
+from scipy import ndimage
 
 from genrecon.data.shards import decode_chunk_sample, shard_urls
 from genrecon.geometry.cameras import MIN_DEPTH, project_points, unproject_points, w2c_in_chunk_frame
@@ -62,6 +67,13 @@ class RoomViews:
     def rgb(self, i: int) -> np.ndarray:
         return np.asarray(Image.open(self.folder / "views" / f"rgba_{i:03d}.png"))[..., :3].astype(np.float32) / 255
 
+    def base_colour(self, i: int) -> np.ndarray:
+        """The unshaded base-colour render of view ``i`` ``[H, W, 3]`` (what a perfect de-shader would give)."""
+        path = self.folder / "views" / f"basecolor_{i:03d}.png"
+        if not path.is_file():
+            raise SystemExit(f"{path}: missing (re-run prepare.py: base-colour renders came in session 8)")
+        return np.asarray(Image.open(path))[..., :3].astype(np.float32) / 255
+
 
 def occupancy_from_depth(room: RoomViews, views: list[int], chunk_from_world: np.ndarray, resolution: int,
                          noise: float, rng: np.random.Generator) -> np.ndarray:
@@ -85,13 +97,16 @@ def occupancy_from_depth(room: RoomViews, views: list[int], chunk_from_world: np
 
 
 def visible_colours(room: RoomViews, views: list[int], vox: OVoxel, chunk_from_world: np.ndarray,
-                    edge_m: float) -> tuple[np.ndarray, np.ndarray]:
-    """Mean rendered colour ``[K, 3]`` of each O-Voxel over the views that see it, and the seen mask ``[K]``."""
+                    edge_m: float, image: str = "rgb") -> tuple[np.ndarray, np.ndarray]:
+    """Mean colour ``[K, 3]`` of each O-Voxel over the views that see it, and the seen mask ``[K]``.
+
+    ``image``: ``"rgb"`` (the shaded render) or ``"base_colour"`` (the unshaded base-colour render).
+    """
     centres = (vox.coords + 0.5) / vox.resolution - 0.5
     tolerance = 1.5 / vox.resolution  # chunk units, like the chunk-frame camera's depth
     total, count = np.zeros((len(centres), 3)), np.zeros(len(centres))
     for i in views:
-        depth, rgb = room.depth(i) / edge_m, room.rgb(i)
+        depth, rgb = room.depth(i) / edge_m, getattr(room, image)(i)
         h, w = depth.shape
         uv, z = project_points(centres, w2c_in_chunk_frame(room.w2c[i], chunk_from_world), room.K[i])
         u, v = uv[:, 0], uv[:, 1]
@@ -115,6 +130,12 @@ def chunk_bounds(sample: Any, room: RoomViews, views: int, noise: list[float], r
             iou, recall, precision = _iou(occ, truth)
             tag = f"{name}_noise{sigma:g}" if sigma else name
             out[f"occ_iou_{tag}"], out[f"occ_recall_{tag}"], out[f"occ_precision_{tag}"] = iou, recall, precision
+            if not sigma:
+                # How much a prior could add by completing locally (wall and slab backs lie 0.1 m = ~2 voxels
+                # behind the seen faces): the true voxels within d voxels (Chebyshev) of a seen voxel.
+                for d in (1, 2, 3):
+                    near = ndimage.binary_dilation(occ, iterations=d)
+                    out[f"occ_recall_within{d}_{name}"] = float((near & truth).sum() / max(float(truth.sum()), 1))
     vox = OVoxel.unpack(sample.ovoxel, int(meta["ovoxel_resolution"]))
     base = vox.attributes[:, :3]
     out["tex_constant_psnr"] = _psnr(base.mean(0, keepdims=True), base)
@@ -125,6 +146,32 @@ def chunk_bounds(sample: Any, room: RoomViews, views: int, noise: list[float], r
             gain = float((mean[seen] * base[seen]).sum() / max((mean[seen] ** 2).sum(), 1e-12))
             out[f"tex_visible_psnr_{name}"] = _psnr(mean[seen], base[seen])
             out[f"tex_visible_gain_psnr_{name}"] = _psnr(np.clip(gain * mean[seen], 0, 1), base[seen])
+        # A perfect de-shader: the base-colour renders at the visible voxels; hidden voxels filled two ways.
+        albedo, seen = visible_colours(room, vs, vox, sample.chunk_from_world, float(meta["edge_m"]), "base_colour")
+        if seen.any():
+            out[f"tex_albedo_visible_psnr_{name}"] = _psnr(albedo[seen], base[seen])
+            for fill, filled in (("mean", fill_mean(albedo, seen)), ("nearest", fill_nearest(albedo, seen, vox.coords))):
+                out[f"tex_albedo_fill_{fill}_psnr_{name}"] = _psnr(filled, base)
+            out[f"tex_albedo_hidden_nearest_psnr_{name}"] = (
+                _psnr(fill_nearest(albedo, seen, vox.coords)[~seen], base[~seen]) if (~seen).any() else float("nan"))
+    return out
+
+
+def fill_mean(colour: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """Hidden voxels take the mean colour of the seen ones."""
+    out = colour.copy()
+    out[~seen] = colour[seen].mean(0)
+    return out
+
+
+def fill_nearest(colour: np.ndarray, seen: np.ndarray, coords: np.ndarray) -> np.ndarray:
+    """Hidden voxels take the colour of the nearest seen voxel (a prior that copies along surfaces)."""
+    from scipy.spatial import cKDTree
+
+    out = colour.copy()
+    if (~seen).any():
+        _, idx = cKDTree(coords[seen]).query(coords[~seen])
+        out[~seen] = colour[seen][idx]
     return out
 
 

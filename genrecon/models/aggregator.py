@@ -83,6 +83,7 @@ def project_and_aggregate(
     checkpoint: bool = False,
     depth_cue: nn.Module | None = None,
     visible: Tensor | None = None,
+    cell_cue: nn.Module | None = None,
 ) -> Tensor:
     """Projection + aggregation streamed over voxels → ``[K, C]``.
 
@@ -92,16 +93,25 @@ def project_and_aggregate(
     in backward instead of stored, so training memory stays bounded too.
     ``depth_cue`` (:class:`genrecon.models.depth_cue.DepthCue`): ``tokens`` are then its extended tokens
     ``[B, N, T, C + D]``, and each per-view feature gets the depth evidence at the voxel's camera depth.
+    ``cell_cue`` (:class:`genrecon.models.cell_cue.CellCue`): its cells follow (the depth cue's logits, then)
+    the token channels, and each per-view feature gets the cell under the voxel's projection.
     ``visible [K, N]`` bool (e.g. :meth:`genrecon.models.visibility.StructureVisibility.visible`): the views it
     rules out count as invalid, so only the views that see a voxel are fused.
     """
 
+    c = aggregator.channels
+    d = c + (depth_cue.bins if depth_cue is not None else 0)  # token layout: [C | depth logits | cells]
+
     def run(pts: Tensor, idx: Tensor, seen: Tensor | None) -> Tensor:
-        if depth_cue is None:
+        if depth_cue is None and cell_cue is None:
             feats, valid = projection(pts, idx, tokens, w2c, K, view_mask)
         else:
-            gathered, valid, depth = projection(pts, idx, tokens, w2c, K, view_mask, return_depth=True)
-            feats = depth_cue(gathered, depth)
+            gathered, valid, depth, u, v = projection(
+                pts, idx, tokens, w2c, K, view_mask, return_depth=True, return_uv=True
+            )
+            feats = depth_cue(gathered[..., :d], depth) if depth_cue is not None else gathered[..., :c]
+            if cell_cue is not None:
+                feats = cell_cue(feats, gathered[..., d:], u, v, depth, projection.patch_grid)
         if seen is not None:
             valid = valid & seen
         return aggregator(feats, valid)

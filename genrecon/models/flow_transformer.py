@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genrecon.models.aggregator import project_and_aggregate
+from genrecon.models.cell_cue import CellCue
 from genrecon.models.depth_cue import DepthCue
 from genrecon.models.photo_consistency import PhotoConsistency
 from genrecon.models.projection import coords_to_points, voxel_centers
@@ -67,6 +68,7 @@ class _FlowTransformer(nn.Module):
         aggregator: nn.Module | None = None,
         photo_cue: dict[str, Any] | None = None,
         depth_cue: dict[str, Any] | None = None,
+        cell_cue: dict[str, Any] | None = None,
     ) -> None:
         """projection / aggregator: GenRecon's conditioning pathway, given together or not at all.
         attn_backend: see genrecon.modules.attention; "auto" is resolved for attn_device
@@ -76,7 +78,10 @@ class _FlowTransformer(nn.Module):
         None (the published design) leaves it out. Needs the projection pathway.
         depth_cue: keyword arguments of :class:`genrecon.models.depth_cue.DepthCue` (e.g. ``{bins: 64,
         max_depth: 4.0}``) to add each view's predicted depth evidence at the voxel to its per-view feature;
-        None (published) leaves it out. Needs the projection pathway."""
+        None (published) leaves it out. Needs the projection pathway.
+        cell_cue: keyword arguments of :class:`genrecon.models.cell_cue.CellCue` (e.g. ``{subdivisions: 4}``) to
+        add the view's sub-patch cell under the voxel to its per-view feature; None (published) leaves it out.
+        Needs the projection pathway with nearest token sampling."""
         super().__init__()
         if (projection is None) != (aggregator is None):
             raise ValueError(
@@ -143,6 +148,10 @@ class _FlowTransformer(nn.Module):
         if depth_cue is not None and aggregator is None:
             raise ValueError("depth_cue is part of the projection pathway: it needs projection and aggregator")
         self.depth_cue = DepthCue(cond_channels, **depth_cue) if depth_cue is not None else None
+        if cell_cue is not None and (aggregator is None or getattr(projection, "sampling", None) != "nearest"):
+            raise ValueError("cell_cue is part of the projection pathway: it needs projection (nearest sampling) "
+                             "and aggregator")
+        self.cell_cue = CellCue(cond_channels, **cell_cue) if cell_cue is not None else None
         # Only the sparse models know a structure to z-buffer (SparseFlowTransformer sets it).
         self.visibility: StructureVisibility | None = None
 
@@ -204,6 +213,8 @@ class _FlowTransformer(nn.Module):
         trains = any(p.requires_grad for p in self.aggregator.parameters())
         if self.depth_cue is not None:
             tokens = self.depth_cue.extend_tokens(tokens)  # [B, N, T, C + D]
+        if self.cell_cue is not None:
+            tokens = self.cell_cue.extend_tokens(tokens)  # [B, N, T, C (+ D) + sub²·Cc]
         visible = None
         if self.visibility is not None:
             if zbuffer is None:
@@ -223,6 +234,7 @@ class _FlowTransformer(nn.Module):
             checkpoint=trains,
             depth_cue=self.depth_cue,
             visible=visible,
+            cell_cue=self.cell_cue,
         )
         if self.photo_cue is not None:
             cond = cond + self.photo_cue(images, points, batch_idx, w2c, K, view_mask, visible).to(cond.dtype)

@@ -52,13 +52,15 @@ class Projection(nn.Module):
         K: Tensor,
         view_mask: Tensor,
         return_depth: bool = False,
-    ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
+        return_uv: bool = False,
+    ) -> tuple[Tensor, ...]:
         """Project and gather.
 
         points ``[K, 3]`` (chunk frame), batch_idx ``[K]`` long, tokens ``[B, N, T, C]``,
         w2c ``[B, N, 4, 4]``, K ``[B, N, 3, 3]`` (normalised), view_mask ``[B, N]`` bool →
         feats ``[K, N, C]`` (tokens' dtype, zero where invalid), valid ``[K, N]`` bool, and with
-        ``return_depth`` the camera-space depth ``[K, N]`` (float32 or wider; meaningless where invalid).
+        ``return_depth`` the camera-space depth ``[K, N]`` (float32 or wider; meaningless where invalid), then with
+        ``return_uv`` the normalised image coordinates u, v ``[K, N]`` (likewise).
 
         A (point, view) is valid iff the view is real, the depth is > 1e-6 and (u, v) ∈ [0, 1)².
         Padded views have zero extrinsics, hence depth 0, hence invalid even without the mask.
@@ -76,7 +78,8 @@ class Projection(nn.Module):
         else:
             feats = self._bilinear(tokens, batch_idx, u * p - 0.5, v * p - 0.5)
         feats = torch.where(valid[..., None], feats, feats.new_zeros(()))
-        return (feats, valid, depth) if return_depth else (feats, valid)
+        out = (feats, valid) + ((depth,) if return_depth else ()) + ((u, v) if return_uv else ())
+        return out
 
     @staticmethod
     def project(

@@ -110,12 +110,14 @@ class FlowStage(Stage):
         depth_supervision_subcells: z-buffer cells per patch edge for those targets (surface points must project
             less than a cell apart: 2 for the 64³ occupancy, 1 for 32³ latent cells at 256-pixel views).
         image_encoder_ckpt: a ``view_pretrain`` checkpoint (a deviation, off by default): the image encoder starts
-            from its weights, and with ``preset.flow.depth_cue`` the cue's depth head from its depth head
+            from its weights, with ``preset.flow.depth_cue`` the cue's depth head from its depth head and with
+            ``preset.flow.cell_cue`` the cell cue's head from its dense cell head
             (:func:`genrecon.stages.view_pretrain.load_pretrained_view_encoder`). ``preset.image_encoder.frozen``
             keeps the encoder fixed, as the published flows keep DINOv3.
     """
 
-    new_parameter_prefixes = ("aggregator", "proj_linears", "photo_cue", "depth_cue", "image_encoder", "latent_head")
+    new_parameter_prefixes = ("aggregator", "proj_linears", "photo_cue", "depth_cue", "cell_cue", "image_encoder",
+                              "latent_head")
     latent = "ss"
 
     def __init__(
@@ -152,7 +154,8 @@ class FlowStage(Stage):
         if image_encoder_ckpt:
             from genrecon.stages.view_pretrain import load_pretrained_view_encoder
 
-            load_pretrained_view_encoder(image_encoder_ckpt, self.image_encoder, getattr(self.model, "depth_cue", None))
+            load_pretrained_view_encoder(image_encoder_ckpt, self.image_encoder, getattr(self.model, "depth_cue", None),
+                                         getattr(self.model, "cell_cue", None))
         if finetune:
             self._setup_finetune(**finetune)
         self.objective = objective
@@ -185,7 +188,8 @@ class FlowStage(Stage):
         if base_ckpt:
             load_trellis_flow(base_ckpt, self.model, preset=preset)
         apply_lora(self.model, r=lora_r, alpha=lora_alpha)
-        freeze_base(self.model, trainable_prefixes=("aggregator.", "proj_linears.", "photo_cue.", "depth_cue."))
+        freeze_base(self.model, trainable_prefixes=("aggregator.", "proj_linears.", "photo_cue.", "depth_cue.",
+                                                         "cell_cue."))
         if genrecon_ckpt:
             report = load_genrecon_flow(genrecon_ckpt, self.model)
             self.print(f"loaded GenRecon checkpoint {genrecon_ckpt}: {report}")

@@ -17,9 +17,10 @@ import hydra
 from torch import Tensor, nn
 
 from genrecon.data.errors import DataFormatError
+from genrecon.models.cell_cue import CellCue
 from genrecon.models.depth_cue import DepthCue
 from genrecon.models.image_encoder import CheckpointMismatchError, ImageEncoder, load_strict
-from genrecon.models.view_heads import ViewPropertyHead, view_property_losses
+from genrecon.models.view_heads import DENSE_CHANNELS, ViewPropertyHead, view_property_losses
 from genrecon.stages.base import Stage
 
 STAGE_NAME = "view_pretrain"
@@ -72,12 +73,13 @@ class ViewPretrainStage(Stage):
 
 
 def load_pretrained_view_encoder(path: str | Path, encoder: ImageEncoder | None = None,
-                                 depth_cue: DepthCue | None = None) -> ImageEncoder:
+                                 depth_cue: DepthCue | None = None, cell_cue: CellCue | None = None) -> ImageEncoder:
     """The image encoder of a ``view_pretrain`` checkpoint (its EMA weights when EMA was on).
 
     ``encoder``: load into this module (its architecture must match, checked strictly); None builds the
     checkpoint's own ``image_encoder`` config. ``depth_cue``: also load the depth head into ``depth_cue.head``
-    (its bins and range must equal the pretraining's).
+    (its bins and range must equal the pretraining's). ``cell_cue``: also load the dense cell head into
+    ``cell_cue.head`` (its subdivisions and cell channels must equal the pretraining's).
     """
     from genrecon.stages.loading import read_stage_checkpoint
 
@@ -97,6 +99,13 @@ def load_pretrained_view_encoder(path: str | Path, encoder: ImageEncoder | None 
                                   f"depth head has {bins} bins over [0, {max_depth}), the depth cue "
                                   f"{depth_cue.bins} over [0, {depth_cue.max_depth})")
         _load_prefixed(depth_cue.head, state, "head.depth_bins.", path)
+    if cell_cue is not None:
+        sub = int(meta["module"].get("subdivisions", 4))
+        if (sub, DENSE_CHANNELS) != (cell_cue.subdivisions, cell_cue.cell_channels):
+            raise DataFormatError(path, "genrecon.module.subdivisions",
+                                  f"cell head has {sub}² cells of {DENSE_CHANNELS} values, the cell cue "
+                                  f"{cell_cue.subdivisions}² of {cell_cue.cell_channels}")
+        _load_prefixed(cell_cue.head, state, "head.dense.", path)
     return encoder
 
 

@@ -147,7 +147,7 @@ def test_view_pretraining_runs_beside_the_vaes_and_the_pre_flows_load_it(tmp_pat
     fp = load_script("benchmarks/full_pipeline.py")
     args = fp.parse_args(["--root", str(tmp_path), "--gpus", "1", "--phases", "vae", "flow", "flow_quality",
                           "--view-pretrain-minutes", "3", "--view-pretrain-args", "stage.datamodule.batch_size=64",
-                          "--flows", "ss_flow_pre", "tex_flow_vis", "tex_flow_pre"])
+                          "--flows", "ss_flow_pre", "tex_flow_vis", "tex_flow_pre", "tex_flow_cell"])
     pipe, batches = flow_phase(fp, args, monkeypatch)
     pipe.vae()
     vae_jobs = {j.name: j.argv for j in batches[1]}
@@ -161,9 +161,13 @@ def test_view_pretraining_runs_beside_the_vaes_and_the_pre_flows_load_it(tmp_pat
         assert all(x in by_name[run] for x in (init, fp.FROZEN_ENCODER, fp.DEPTH_CUE)), run
     assert fp.OCC_AUX in by_name["ss_flow_pre"] and fp.VISIBILITY in by_name["tex_flow_pre"]
     assert init not in by_name["tex_flow_vis"]  # the same-run baseline: visibility, no pretraining
+    # The cell-cue run is its *_pre run plus the cue.
+    assert [x for x in by_name["tex_flow_cell"] if x not in by_name["tex_flow_pre"]] == [fp.CELL_CUE]
     pipe.flow_quality()
     names = {j.name: j.argv for j in batches[-1]}
-    assert sorted(names) == ["flow_quality_pre", "flow_quality_vis"]
+    assert sorted(names) == ["flow_quality_cell", "flow_quality_pre", "flow_quality_vis"]
     argv = names["flow_quality_pre"]
     assert argv[argv.index("--ss-flow") + 1] == str(pipe.ckpt("ss_flow_pre"))
     assert argv[argv.index("--tex-flow") + 1] == str(pipe.ckpt("tex_flow_pre"))
+    argv = names["flow_quality_cell"]
+    assert argv[argv.index("--tex-flow") + 1] == str(pipe.ckpt("tex_flow_cell")) and "--ss-flow" not in argv

@@ -21,12 +21,13 @@ def test_visibility_is_off_by_default_and_reaches_the_sparse_models_only():
     assert "visibility" not in compose_config("train", ["stage=ss_flow", "hardware=cpu"]).stage.module.model
 
 
-def test_tex_flow_with_visibility_trains_and_reloads(tiny_latents, tmp_path):
+def test_tex_flow_with_visibility_and_the_cell_cue_trains_and_reloads(tiny_latents, tmp_path):
     from genrecon.stages.loading import load_stage
 
     torch.manual_seed(0)
     overrides = [o.replace("stage.max_steps=120", "stage.max_steps=40") for o in FLOW_OVERRIDES]
-    _, series = run_train(["stage=tex_flow", "preset.flow.visibility={grid:32}", "++trainer.enable_checkpointing=true",
+    _, series = run_train(["stage=tex_flow", "preset.flow.visibility={grid:32}", "preset.flow.cell_cue={subdivisions:2}",
+                           "++trainer.enable_checkpointing=true",
                            "callbacks=default", "callbacks.progress_bar=null", "callbacks.model_summary=null",
                            "stage.checkpoint_every_n_steps=40", *overrides], tiny_latents, tmp_path)
     loss = series["train/loss"]
@@ -35,3 +36,4 @@ def test_tex_flow_with_visibility_trains_and_reloads(tiny_latents, tmp_path):
     vis = module.model.visibility
     assert isinstance(vis, StructureVisibility) and vis.grid == 32 and vis.subdivisions == 2
     assert module.model.proj_linears[0].weight.abs().sum() > 0  # the pathway trained away from its zero init
+    assert module.model.cell_cue.to_feature.weight.abs().sum() > 0  # so did the cell cue (sparse path)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from genrecon.data.errors import DataFormatError
+from genrecon.models.cell_cue import CellCue
 from genrecon.models.depth_cue import DepthCue
 from genrecon.stages.view_pretrain import load_pretrained_view_encoder
 from tests.conftest import TINY_MODEL_OVERRIDES, compose_config
@@ -16,6 +17,7 @@ from tests.stages.helpers import head_tail_ratio, run_train
 from tests.stages.test_flow import FLOW_OVERRIDES
 
 DEPTH_CUE = "preset.flow.depth_cue={bins:64,max_depth:4.0}"
+CELL_CUE = "preset.flow.cell_cue={subdivisions:4}"
 
 
 @pytest.fixture(scope="module")
@@ -31,20 +33,21 @@ def test_pretraining_loss_falls(pretrained):
     assert np.isfinite(series["val/base_colour_psnr"][-1]) and 0 <= series["val/depth_hit"][-1] <= 1
 
 
-def test_flow_starts_from_the_pretrained_encoder_and_depth_head(pretrained):
+def test_flow_starts_from_the_pretrained_encoder_and_its_heads(pretrained):
     root, ckpt, _ = pretrained
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     cfg = compose_config("train", TINY_MODEL_OVERRIDES + [
-        "stage=tex_flow", "hardware=cpu", f"dataset.root={root}", DEPTH_CUE, "preset.image_encoder.frozen=true",
+        "stage=tex_flow", "hardware=cpu", f"dataset.root={root}", DEPTH_CUE, CELL_CUE, "preset.image_encoder.frozen=true",
         f"stage.module.image_encoder_ckpt={ckpt}"])
     stage = hydra.utils.instantiate(cfg.stage.module)
     for name, value in stage.image_encoder.state_dict().items():
         assert torch.equal(value, state[f"image_encoder.{name}"]), name
     assert torch.equal(stage.model.depth_cue.head.weight, state["head.depth_bins.weight"])
+    assert torch.equal(stage.model.cell_cue.head.weight, state["head.dense.weight"])
     # Frozen: no encoder parameter reaches the optimiser; the depth head (part of the cue) still trains.
     trained = {id(p) for g in stage.parameter_groups() for p in g["params"]}
     assert not any(id(p) in trained for p in stage.image_encoder.parameters())
-    assert id(stage.model.depth_cue.head.weight) in trained
+    assert id(stage.model.depth_cue.head.weight) in trained and id(stage.model.cell_cue.head.weight) in trained
 
 
 def test_flow_with_a_frozen_pretrained_encoder_trains_and_reloads(pretrained, tmp_path):
@@ -53,7 +56,7 @@ def test_flow_with_a_frozen_pretrained_encoder_trains_and_reloads(pretrained, tm
     root, ckpt, _ = pretrained
     encoder_before = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     overrides = [o.replace("stage.max_steps=120", "stage.max_steps=40") for o in FLOW_OVERRIDES]
-    _, series = run_train(["stage=ss_flow", DEPTH_CUE, "preset.image_encoder.frozen=true",
+    _, series = run_train(["stage=ss_flow", DEPTH_CUE, CELL_CUE, "preset.image_encoder.frozen=true",
                            f"stage.module.image_encoder_ckpt={ckpt}", "++trainer.enable_checkpointing=true",
                            "callbacks=default", "callbacks.progress_bar=null", "callbacks.model_summary=null",
                            "stage.checkpoint_every_n_steps=40", *overrides], root, tmp_path)
@@ -78,6 +81,8 @@ def test_loading_names_the_mismatch(pretrained, tmp_path):
         load_pretrained_view_encoder(ckpt, SmallViT(width=32, depth=1, num_heads=2, patch_size=8))
     with pytest.raises(DataFormatError, match="depth_bins"):
         load_pretrained_view_encoder(ckpt, depth_cue=DepthCue(load_pretrained_view_encoder(ckpt).out_channels, 32))
+    with pytest.raises(DataFormatError, match="subdivisions"):
+        load_pretrained_view_encoder(ckpt, cell_cue=CellCue(load_pretrained_view_encoder(ckpt).out_channels, 2))
     flow_ckpt = tmp_path / "not_pretrain.ckpt"
     torch.save({"genrecon": {"stage": "tex_vae", "module": {}}, "state_dict": {}}, flow_ckpt)
     with pytest.raises(DataFormatError, match="expected 'view_pretrain'"):

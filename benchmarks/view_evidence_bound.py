@@ -14,14 +14,16 @@ renderer's exact depth maps, what the views show:
   against their base colour, raw and after one least-squares gain per chunk (shading scales the colour).
   The baseline is one constant colour per chunk, its mean base colour. ``tex_albedo_*`` replaces the render
   by the unshaded base-colour render (a perfect de-shader) and fills the voxels no view sees with the mean
-  seen colour or the nearest seen voxel's colour (a prior that copies along surfaces).
+  seen colour or the nearest seen voxel's colour (a prior that copies along surfaces);
+  ``tex_albedo_fill_nearest_probe_psnr`` scores that fill as flow_quality.py scores the texture flow. With
+  ``--encoder-ckpt`` a pretrained view encoder's predicted base colour replaces the renders (a learnt de-shader).
 
 Each bound is given for ``--views`` views per chunk, drawn like the flows' evaluation, and for every stored
 view. It needs the room folders of ``prepare.py`` (full renders with depth, ``scene.json``) beside the shards.
 
     python benchmarks/view_evidence_bound.py --data data/synthetic_small [--views 8] [--out bound.json]
 
-Prints one JSON object. The texture PSNR here is per O-Voxel, not the surface-probe PSNR of flow_quality.py.
+Prints one JSON object. The texture PSNRs are per O-Voxel except ``*_probe_psnr`` (flow_quality.py's measure).
 """
 
 from __future__ import annotations
@@ -39,7 +41,9 @@ from scipy import ndimage
 
 from genrecon.data.shards import decode_chunk_sample, shard_urls
 from genrecon.geometry.cameras import MIN_DEPTH, project_points, unproject_points, w2c_in_chunk_frame
-from genrecon.geometry.ovoxel import OVoxel
+from genrecon.geometry.mesh import sample_surface
+from genrecon.geometry.ovoxel import OVoxel, ovoxel_to_mesh
+from genrecon.pipelines.glb import sample_voxel_attributes
 from genrecon.render.shading import load_depth_png
 
 
@@ -67,12 +71,39 @@ class RoomViews:
     def rgb(self, i: int) -> np.ndarray:
         return np.asarray(Image.open(self.folder / "views" / f"rgba_{i:03d}.png"))[..., :3].astype(np.float32) / 255
 
+    predictor: Any = None  # a PredictedBaseColour: base_colour() then returns its prediction instead
+
     def base_colour(self, i: int) -> np.ndarray:
         """The unshaded base-colour render of view ``i`` ``[H, W, 3]`` (what a perfect de-shader would give)."""
+        if self.predictor is not None:
+            return self.predictor(self.rgb(i))
         path = self.folder / "views" / f"basecolor_{i:03d}.png"
         if not path.is_file():
             raise SystemExit(f"{path}: missing (re-run prepare.py: base-colour renders came in session 8)")
         return np.asarray(Image.open(path))[..., :3].astype(np.float32) / 255
+
+
+class PredictedBaseColour:
+    """The base colour a ``stage=view_pretrain`` checkpoint reads off a render: its dense head's cells, each
+    repeated over its pixels (the learnt de-shader the flows' frozen encoder carries)."""
+
+    def __init__(self, ckpt: str) -> None:
+        import torch
+
+        from genrecon.stages.view_pretrain import load_pretrained_view_encoder, load_pretrained_view_head
+
+        self.torch = torch
+        self.encoder = load_pretrained_view_encoder(ckpt).eval()
+        self.head = load_pretrained_view_head(ckpt).eval()
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        h, w = rgb.shape[:2]
+        with torch.no_grad():
+            tokens = self.encoder(torch.from_numpy(rgb).permute(2, 0, 1)[None].float())
+            cells = self.head(tokens, self.encoder.num_global_tokens)[0]["base_colour"]  # [1, 3, Q, Q]
+            full = torch.nn.functional.interpolate(cells, size=(h, w), mode="nearest")
+        return full[0].permute(1, 2, 0).numpy()
 
 
 def occupancy_from_depth(room: RoomViews, views: list[int], chunk_from_world: np.ndarray, resolution: int,
@@ -118,7 +149,8 @@ def visible_colours(room: RoomViews, views: list[int], vox: OVoxel, chunk_from_w
     return total / np.maximum(count, 1)[:, None], count > 0
 
 
-def chunk_bounds(sample: Any, room: RoomViews, views: int, noise: list[float], rng: np.random.Generator) -> dict:
+def chunk_bounds(sample: Any, room: RoomViews, views: int, noise: list[float], rng: np.random.Generator,
+                 probe_samples: int = 20000) -> dict:
     meta = sample.meta
     all_views = [int(i) for i in meta["room_view_index"]]
     chosen = sorted(rng.choice(all_views, size=views, replace=False).tolist()) if len(all_views) > views else all_views
@@ -154,7 +186,21 @@ def chunk_bounds(sample: Any, room: RoomViews, views: int, noise: list[float], r
                 out[f"tex_albedo_fill_{fill}_psnr_{name}"] = _psnr(filled, base)
             out[f"tex_albedo_hidden_nearest_psnr_{name}"] = (
                 _psnr(fill_nearest(albedo, seen, vox.coords)[~seen], base[~seen]) if (~seen).any() else float("nan"))
+            # The same fill scored as flow_quality.py scores the texture flow: base colour looked up at samples
+            # of the true surface in the filled and the true volume.
+            pts, truth = probe(vox, probe_samples, np.random.default_rng(0))  # keeps the view draws of `rng`
+            filled = fill_nearest(albedo, seen, vox.coords)
+            pred = sample_voxel_attributes(pts, vox.coords, filled, np.full(3, -0.5), 1.0 / vox.resolution)
+            out[f"tex_albedo_fill_nearest_probe_psnr_{name}"] = _psnr(pred, truth)
     return out
+
+
+def probe(vox: OVoxel, samples: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """flow_quality.py's texture probe: points on the true surface and the true base colour there."""
+    mesh = ovoxel_to_mesh(vox)
+    pts, _, _ = sample_surface(mesh.vertices, mesh.faces, samples, rng)
+    truth = sample_voxel_attributes(pts, vox.coords, vox.attributes[:, :3], np.full(3, -0.5), 1.0 / vox.resolution)
+    return pts, truth
 
 
 def fill_mean(colour: np.ndarray, seen: np.ndarray) -> np.ndarray:
@@ -183,6 +229,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--split", default="all", choices=("train", "val", "all"))
     p.add_argument("--max-chunks", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--probe-samples", type=int, default=20000, help="surface samples of the flow_quality-style probe")
+    p.add_argument("--encoder-ckpt", default=None,
+                   help="a stage=view_pretrain checkpoint: its predicted base colour replaces the base-colour renders "
+                        "(tex_albedo_*: a learnt de-shader instead of a perfect one)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     data = Path(args.data)
@@ -192,6 +242,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"{data / 'shards'}: no shards of split {args.split}")
     rng = np.random.default_rng(args.seed)
     rooms: dict[str, RoomViews] = {}
+    predictor = PredictedBaseColour(args.encoder_ckpt) if args.encoder_ckpt else None
     chunks = []
     for raw in wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples()):
         sample = decode_chunk_sample(raw, views=False)
@@ -200,12 +251,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if not (folder / "scene.json").is_file():
             raise SystemExit(f"{folder}: no scene.json (the bound needs prepare.py's room folders)")
         room = rooms.setdefault(scene, RoomViews(folder))
-        chunks.append(chunk_bounds(sample, room, args.views, args.depth_noise, rng))
+        room.predictor = predictor
+        chunks.append(chunk_bounds(sample, room, args.views, args.depth_noise, rng, args.probe_samples))
         if args.max_chunks and len(chunks) >= args.max_chunks:
             break
     keys = [k for k in chunks[0] if k not in ("key",)]
     summary = {k: round(float(np.mean([c[k] for c in chunks if k in c])), 4) for k in keys}
-    result = {"data": str(data), "views": args.views, "chunks": len(chunks), "rooms": len(rooms),
+    result = {"data": str(data), "views": args.views, "encoder_ckpt": args.encoder_ckpt, "split": args.split, "chunks": len(chunks), "rooms": len(rooms),
               "mean": summary, "per_chunk": chunks}
     print(json.dumps({k: v for k, v in result.items() if k != "per_chunk"}, indent=1))
     if args.out:

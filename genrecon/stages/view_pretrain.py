@@ -81,13 +81,7 @@ def load_pretrained_view_encoder(path: str | Path, encoder: ImageEncoder | None 
     (its bins and range must equal the pretraining's). ``cell_cue``: also load the dense cell head into
     ``cell_cue.head`` (its subdivisions and cell channels must equal the pretraining's).
     """
-    from genrecon.stages.loading import read_stage_checkpoint
-
-    ckpt = read_stage_checkpoint(path)
-    meta = ckpt["genrecon"]
-    if meta.get("stage") != STAGE_NAME:
-        raise DataFormatError(path, "genrecon.stage", f"is a {meta.get('stage')!r} checkpoint, expected {STAGE_NAME!r}")
-    state = ckpt["state_dict"]
+    meta, state = _read_pretraining(path)
     if encoder is None:
         encoder = hydra.utils.instantiate(meta["module"]["image_encoder"])
     _load_prefixed(encoder, state, "image_encoder.", path)
@@ -107,6 +101,30 @@ def load_pretrained_view_encoder(path: str | Path, encoder: ImageEncoder | None 
                                   f"{cell_cue.subdivisions}² of {cell_cue.cell_channels}")
         _load_prefixed(cell_cue.head, state, "head.dense.", path)
     return encoder
+
+
+def load_pretrained_view_head(path: str | Path) -> ViewPropertyHead:
+    """The read-out head of a ``view_pretrain`` checkpoint (dense cells and depth bins), built from its config."""
+    meta, state = _read_pretraining(path)
+    module = meta["module"]
+    weight = state.get("head.dense.weight")
+    if weight is None:
+        raise DataFormatError(path, "state_dict.head.dense.weight", "missing")
+    head = ViewPropertyHead(weight.shape[1], int(module.get("subdivisions", 4)), int(module.get("depth_bins", 64)),
+                            float(module.get("max_depth", 4.0)))
+    _load_prefixed(head, state, "head.", path)
+    return head
+
+
+def _read_pretraining(path: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """(genrecon metadata, state dict) of a checkpoint, which must be a ``view_pretrain`` one."""
+    from genrecon.stages.loading import read_stage_checkpoint
+
+    ckpt = read_stage_checkpoint(path)
+    meta = ckpt["genrecon"]
+    if meta.get("stage") != STAGE_NAME:
+        raise DataFormatError(path, "genrecon.stage", f"is a {meta.get('stage')!r} checkpoint, expected {STAGE_NAME!r}")
+    return meta, ckpt["state_dict"]
 
 
 def _load_prefixed(module: nn.Module, state: dict[str, Tensor], prefix: str, path: str | Path) -> None:

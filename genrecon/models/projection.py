@@ -78,8 +78,7 @@ class Projection(nn.Module):
         else:
             feats = self._bilinear(tokens, batch_idx, u * p - 0.5, v * p - 0.5)
         feats = torch.where(valid[..., None], feats, feats.new_zeros(()))
-        out = (feats, valid) + ((depth,) if return_depth else ()) + ((u, v) if return_uv else ())
-        return out
+        return (feats, valid) + ((depth,) if return_depth else ()) + ((u, v) if return_uv else ())
 
     @staticmethod
     def project(

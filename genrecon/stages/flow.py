@@ -188,8 +188,8 @@ class FlowStage(Stage):
         if base_ckpt:
             load_trellis_flow(base_ckpt, self.model, preset=preset)
         apply_lora(self.model, r=lora_r, alpha=lora_alpha)
-        freeze_base(self.model, trainable_prefixes=("aggregator.", "proj_linears.", "photo_cue.", "depth_cue.",
-                                                         "cell_cue."))
+        trainable = ("aggregator.", "proj_linears.", "photo_cue.", "depth_cue.", "cell_cue.")
+        freeze_base(self.model, trainable_prefixes=trainable)
         if genrecon_ckpt:
             report = load_genrecon_flow(genrecon_ckpt, self.model)
             self.print(f"loaded GenRecon checkpoint {genrecon_ckpt}: {report}")

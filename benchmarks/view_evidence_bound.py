@@ -59,9 +59,10 @@ def _iou(pred: np.ndarray, true: np.ndarray) -> tuple[float, float, float]:
 class RoomViews:
     """The full renders and world cameras of one room folder (cached per room)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, predictor: Any = None) -> None:
+        """predictor: a :class:`PredictedBaseColour`; :meth:`base_colour` then returns its prediction."""
         meta = json.loads((folder / "scene.json").read_text())
-        self.folder = folder
+        self.folder, self.predictor = folder, predictor
         self.w2c = np.asarray(meta["w2c"], np.float64)
         self.K = np.asarray(meta["intrinsics"], np.float64)  # normalised
 
@@ -71,15 +72,13 @@ class RoomViews:
     def rgb(self, i: int) -> np.ndarray:
         return np.asarray(Image.open(self.folder / "views" / f"rgba_{i:03d}.png"))[..., :3].astype(np.float32) / 255
 
-    predictor: Any = None  # a PredictedBaseColour: base_colour() then returns its prediction instead
-
     def base_colour(self, i: int) -> np.ndarray:
         """The unshaded base-colour render of view ``i`` ``[H, W, 3]`` (what a perfect de-shader would give)."""
         if self.predictor is not None:
             return self.predictor(self.rgb(i))
         path = self.folder / "views" / f"basecolor_{i:03d}.png"
         if not path.is_file():
-            raise SystemExit(f"{path}: missing (re-run prepare.py: base-colour renders came in session 8)")
+            raise SystemExit(f"{path}: missing (prepared before base-colour renders existed; run prepare.py again)")
         return np.asarray(Image.open(path))[..., :3].astype(np.float32) / 255
 
 
@@ -171,6 +170,7 @@ def chunk_bounds(sample: Any, room: RoomViews, views: int, noise: list[float], r
     vox = OVoxel.unpack(sample.ovoxel, int(meta["ovoxel_resolution"]))
     base = vox.attributes[:, :3]
     out["tex_constant_psnr"] = _psnr(base.mean(0, keepdims=True), base)
+    surface = None  # the texture probe, built once per chunk when needed
     for name, vs in (("n", chosen), ("all", all_views)):
         mean, seen = visible_colours(room, vs, vox, sample.chunk_from_world, float(meta["edge_m"]))
         out[f"tex_visible_share_{name}"] = float(seen.mean())
@@ -181,17 +181,18 @@ def chunk_bounds(sample: Any, room: RoomViews, views: int, noise: list[float], r
         # A perfect de-shader: the base-colour renders at the visible voxels; hidden voxels filled two ways.
         albedo, seen = visible_colours(room, vs, vox, sample.chunk_from_world, float(meta["edge_m"]), "base_colour")
         if seen.any():
+            nearest = fill_nearest(albedo, seen, vox.coords)
             out[f"tex_albedo_visible_psnr_{name}"] = _psnr(albedo[seen], base[seen])
-            for fill, filled in (("mean", fill_mean(albedo, seen)), ("nearest", fill_nearest(albedo, seen, vox.coords))):
-                out[f"tex_albedo_fill_{fill}_psnr_{name}"] = _psnr(filled, base)
+            out[f"tex_albedo_fill_mean_psnr_{name}"] = _psnr(fill_mean(albedo, seen), base)
+            out[f"tex_albedo_fill_nearest_psnr_{name}"] = _psnr(nearest, base)
             out[f"tex_albedo_hidden_nearest_psnr_{name}"] = (
-                _psnr(fill_nearest(albedo, seen, vox.coords)[~seen], base[~seen]) if (~seen).any() else float("nan"))
+                _psnr(nearest[~seen], base[~seen]) if (~seen).any() else float("nan"))
             # The same fill scored as flow_quality.py scores the texture flow: base colour looked up at samples
             # of the true surface in the filled and the true volume.
-            pts, truth = probe(vox, probe_samples, np.random.default_rng(0))  # keeps the view draws of `rng`
-            filled = fill_nearest(albedo, seen, vox.coords)
-            pred = sample_voxel_attributes(pts, vox.coords, filled, np.full(3, -0.5), 1.0 / vox.resolution)
-            out[f"tex_albedo_fill_nearest_probe_psnr_{name}"] = _psnr(pred, truth)
+            if surface is None:
+                surface = probe(vox, probe_samples, np.random.default_rng(0))  # own rng: keeps the view draws
+            pred = sample_voxel_attributes(surface[0], vox.coords, nearest, np.full(3, -0.5), 1.0 / vox.resolution)
+            out[f"tex_albedo_fill_nearest_probe_psnr_{name}"] = _psnr(pred, surface[1])
     return out
 
 
@@ -250,8 +251,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         folder = data / "scenes" / scene
         if not (folder / "scene.json").is_file():
             raise SystemExit(f"{folder}: no scene.json (the bound needs prepare.py's room folders)")
-        room = rooms.setdefault(scene, RoomViews(folder))
-        room.predictor = predictor
+        room = rooms.setdefault(scene, RoomViews(folder, predictor))
         chunks.append(chunk_bounds(sample, room, args.views, args.depth_noise, rng, args.probe_samples))
         if args.max_chunks and len(chunks) >= args.max_chunks:
             break

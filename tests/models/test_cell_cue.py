@@ -6,13 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from genrecon.models.aggregator import ViewAggregator
 from genrecon.models.cell_cue import CellCue
 from genrecon.models.flow_transformer import DenseFlowTransformer
 from genrecon.models.presets import flow_preset
-from genrecon.models.projection import Projection
 from genrecon.models.view_heads import DENSE_CHANNELS, ViewPropertyHead
-from tests.models.test_photo_consistency import EYES, _cameras
+from tests.models.test_depth_cue import assert_cue_starts_closed_and_trains, pathway_model
 
 
 def test_pick_reads_the_pretraining_heads_cell_at_every_pixel_cell() -> None:
@@ -35,31 +33,11 @@ def test_pick_reads_the_pretraining_heads_cell_at_every_pixel_cell() -> None:
     assert cue.extra_channels == s * s * DENSE_CHANNELS
 
 
-def _model(cell_cue: dict | None, depth_cue: dict | None = None, sampling: str = "nearest") -> DenseFlowTransformer:
-    torch.manual_seed(0)
-    cfg = {**flow_preset("tiny"), "cond_channels": 16}
-    return DenseFlowTransformer(resolution=4, in_channels=8, out_channels=8, **cfg, attn_device="cpu",
-                                projection=Projection(0, 4, sampling), aggregator=ViewAggregator(16),
-                                depth_cue=depth_cue, cell_cue=cell_cue)
-
-
 @pytest.mark.parametrize("depth_cue", [None, {"bins": 16, "max_depth": 4.0}])
 def test_untrained_cue_leaves_the_pathway_as_published_and_trains(depth_cue) -> None:
-    plain, cued = _model(None, depth_cue), _model({"subdivisions": 2}, depth_cue)
+    plain, cued = pathway_model(depth_cue), pathway_model(depth_cue, {"subdivisions": 2})
     cued.load_state_dict(plain.state_dict(), strict=False)  # shared weights equal; the cue's own as built
-    w2c, K, mask = _cameras(2, EYES)
-    tokens = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(1))
-    a = plain.cond_3d_from_views(tokens, w2c, K, mask, 16)
-    b = cued.cond_3d_from_views(tokens, w2c, K, mask, 16)
-    torch.testing.assert_close(a, b)  # zero-initialised to_feature
-    # Its output layer learns from the first step; once open, gradient reaches the cell head.
-    b.square().sum().backward()
-    assert cued.cell_cue.to_feature.weight.grad.abs().sum() > 0
-    with torch.no_grad():
-        cued.cell_cue.to_feature.weight.normal_()
-    cued.zero_grad()
-    cued.cond_3d_from_views(tokens, w2c, K, mask, 16).square().sum().backward()
-    assert cued.cell_cue.head.weight.grad.abs().sum() > 0
+    assert_cue_starts_closed_and_trains(plain, cued, cued.cell_cue)
 
 
 def test_open_cue_tells_cells_of_one_patch_apart() -> None:
@@ -80,7 +58,7 @@ def test_open_cue_tells_cells_of_one_patch_apart() -> None:
 
 def test_cue_needs_nearest_sampling_and_the_pathway() -> None:
     with pytest.raises(ValueError, match="nearest"):
-        _model({"subdivisions": 4}, sampling="bilinear")
+        pathway_model(cell_cue={"subdivisions": 4}, sampling="bilinear")
     cfg = {**flow_preset("tiny"), "cond_channels": 16}
     with pytest.raises(ValueError, match="cell_cue"):
         DenseFlowTransformer(resolution=4, in_channels=8, out_channels=8, **cfg, attn_device="cpu",

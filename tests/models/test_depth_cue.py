@@ -37,39 +37,48 @@ def test_projection_returns_the_camera_depth() -> None:
     assert torch.allclose(depth[0], torch.tensor([2.0, 2.0]).hypot(torch.tensor([0.3, 0.3])), atol=1e-5)
 
 
-def _model(depth_cue: dict | None) -> DenseFlowTransformer:
+def pathway_model(depth_cue: dict | None = None, cell_cue: dict | None = None,
+                  sampling: str = "nearest") -> DenseFlowTransformer:
+    """A seeded tiny dense flow with the projection pathway (16 channels, 4×4 patch grid) and the given cues."""
     from genrecon.models.aggregator import ViewAggregator
 
     torch.manual_seed(0)
     cfg = {**flow_preset("tiny"), "cond_channels": 16}
     return DenseFlowTransformer(resolution=4, in_channels=8, out_channels=8, **cfg, attn_device="cpu",
-                                projection=Projection(0, 4), aggregator=ViewAggregator(16), depth_cue=depth_cue)
+                                projection=Projection(0, 4, sampling), aggregator=ViewAggregator(16),
+                                depth_cue=depth_cue, cell_cue=cell_cue)
+
+
+def assert_cue_starts_closed_and_trains(plain: DenseFlowTransformer, cued: DenseFlowTransformer,
+                                        cue: torch.nn.Module) -> None:
+    """``cued`` (``plain`` plus ``cue``, shared weights equal) fuses the same condition as ``plain`` at init (the
+    cue's zero-initialised ``to_feature``), that layer gets gradient from the first step, and once it is open the
+    gradient reaches the cue's ``head``."""
+    w2c, K, mask = _cameras(2, EYES)
+    tokens = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(1))
+    a = plain.cond_3d_from_views(tokens, w2c, K, mask, 16)
+    b = cued.cond_3d_from_views(tokens, w2c, K, mask, 16)
+    torch.testing.assert_close(a, b)
+    b.square().sum().backward()
+    assert cue.to_feature.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        torch.nn.init.normal_(cue.to_feature.weight, std=0.5)
+    cued.zero_grad()
+    cued.cond_3d_from_views(tokens, w2c, K, mask, 16).square().sum().backward()
+    assert cue.head.weight.grad.abs().sum() > 0
 
 
 def test_untrained_cue_leaves_the_pathway_as_published_and_trains() -> None:
-    plain, cued = _model(None), _model({"bins": 16, "max_depth": 4.0})
+    plain, cued = pathway_model(), pathway_model({"bins": 16, "max_depth": 4.0})
     cued.load_state_dict(plain.state_dict(), strict=False)  # same shared weights; the cue's own stay as built
-    w2c, K, mask = _cameras(2, EYES)
-    gen = torch.Generator().manual_seed(1)
-    tokens = torch.randn(2, 4, 16, 16, generator=gen, requires_grad=True)
-    a = plain.cond_3d_from_views(tokens, w2c, K, mask, 16)
-    b = cued.cond_3d_from_views(tokens, w2c, K, mask, 16)
-    torch.testing.assert_close(a, b)  # zero-initialised to_feature
-    # The cue's output layer learns from the first step, and once open it passes gradient to the depth head.
-    b.square().sum().backward()
-    assert cued.depth_cue.to_feature.weight.grad.abs().sum() > 0
-    with torch.no_grad():
-        torch.nn.init.normal_(cued.depth_cue.to_feature.weight, std=0.5)
-    cued.zero_grad()
-    cued.cond_3d_from_views(tokens, w2c, K, mask, 16).square().sum().backward()
-    assert cued.depth_cue.head.weight.grad.abs().sum() > 0
+    assert_cue_starts_closed_and_trains(plain, cued, cued.depth_cue)
     with pytest.raises(ValueError, match="depth_cue"):
         DenseFlowTransformer(resolution=4, in_channels=8, out_channels=8, **flow_preset("tiny"), attn_device="cpu",
                              depth_cue={"bins": 8})
 
 
 def test_cue_is_independent_of_view_order() -> None:
-    model = _model({"bins": 16})
+    model = pathway_model({"bins": 16})
     with torch.no_grad():
         torch.nn.init.normal_(model.depth_cue.to_feature.weight, std=0.5)
         torch.nn.init.normal_(model.aggregator.feature_mlp[4].weight, std=0.2)

@@ -26,7 +26,9 @@ reuse earlier outputs under ``--root``):
 7. ``quality``  held-out rooms reconstructed end to end by both variants + the TSDF reference
    (``benchmarks/quality.py``).
 
-Jobs of one phase share the GPUs round-robin (``CUDA_VISIBLE_DEVICES``). Everything a person needs lands in
+Jobs of one phase share the GPUs round-robin (``CUDA_VISIBLE_DEVICES``); ``--place NAME=GPUS`` puts job NAME on
+other GPUs, and a training job given several (``--place tex_flow_pre=0,1,2``) runs DDP over them
+(``hardware=gpu_ddp``). Everything a person needs lands in
 ``<root>/results``: one log per job, ``progress.jsonl`` (a line per finished job: exit code, seconds), the
 metrics files and the benchmark JSONs; ``DONE`` marks the end. A failed job is recorded and the phases that
 do not depend on it go on.
@@ -85,7 +87,7 @@ STAGES = ("ss_vae", "shape_vae", "tex_vae", "ss_flow", "shape_flow", "tex_flow")
 class Job:
     name: str
     argv: list[str]
-    gpu: int | None = None
+    gpu: int | tuple[int, ...] | None = None  # several: the job sees all of them (a DDP training run)
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -112,7 +114,13 @@ class Pipeline:
         self.gpus = 0 if args.cpu else (args.gpus if args.gpus is not None else _gpu_count())
         self.env = dict(os.environ, PYTHONPATH=f"{ROOT}:{os.environ.get('PYTHONPATH', '')}",
                         WANDB_MODE="disabled", PYTHONUNBUFFERED="1", HYDRA_FULL_ERROR="1")
+        self.place = parse_placement(args.place)
         self.t0 = time.time()
+
+    def gpu_of(self, name: str, default: int) -> int | tuple[int, ...]:
+        """Where job ``name`` runs: its ``--place`` GPUs, else ``default``."""
+        gpus = self.place.get(name)
+        return default if gpus is None else (gpus[0] if len(gpus) == 1 else gpus)
 
     # ------------------------------------------------------------------ running
     def log(self, message: str) -> None:
@@ -127,7 +135,8 @@ class Pipeline:
         for job in jobs:
             env = dict(self.env, **job.env)
             if job.gpu is not None and self.gpus:
-                env["CUDA_VISIBLE_DEVICES"] = str(job.gpu % self.gpus)
+                gpus = job.gpu if isinstance(job.gpu, tuple) else (job.gpu,)
+                env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g % self.gpus) for g in gpus)
             log = open(self.results / f"{job.name}.log", "w")
             log.write(f"$ {' '.join(job.argv)}\n")
             log.flush()
@@ -153,9 +162,13 @@ class Pipeline:
     def common(self) -> list[str]:
         return [f"preset={self.args.preset}", f"paths.data_dir={self.data}", f"paths.log_dir={self.logs}"]
 
-    def train_args(self, stage: str, minutes: float, extra: list[str]) -> list[str]:
+    def train_args(self, stage: str, minutes: float, extra: list[str], devices: int = 1) -> list[str]:
+        """``train.py`` of ``stage`` for ``minutes``; ``devices`` > 1: DDP over that many GPUs (CPU: processes)."""
         a = self.args
-        hardware = ["hardware=cpu"] if a.cpu else ["hardware=gpu"]
+        if a.cpu:
+            hardware = ["hardware=cpu", *([f"trainer.devices={devices}", "+trainer.strategy=ddp"] if devices > 1 else [])]
+        else:
+            hardware = ["hardware=gpu_ddp"] if devices > 1 else ["hardware=gpu"]
         return self.python(
             "train.py", f"stage={stage}", *self.common(), *hardware, "logger=csv",
             "stage.max_steps=10000000", f"+trainer.max_time={_max_time(minutes)}",
@@ -198,17 +211,17 @@ class Pipeline:
         extra = {"ss_vae": a.ss_vae_args, "shape_vae": a.shape_vae_args, "tex_vae": a.tex_vae_args}
         # GPU 0: the SS-VAE (small, dense) beside the shape VAE; the texture VAE, the slowest to converge,
         # has a GPU of its own when there are two.
-        gpu = {"ss_vae": 0, "shape_vae": 0, "tex_vae": 1}
+        gpu = {s: self.gpu_of(s, g) for s, g in (("ss_vae", 0), ("shape_vae", 0), ("tex_vae", 1), ("view_pretrain", 0))}
         jobs = [Job(s, self.train_args(s, a.vae_minutes, [
-            f"stage.val_every_n_steps={a.val_every}", "stage.val_batches=3", *extra[s]]),
+            f"stage.val_every_n_steps={a.val_every}", "stage.val_batches=3", *extra[s]], devices=_count(gpu[s])),
             gpu=gpu[s], env={"GENRECON_RUN_NAME": s}) for s in VAES]
         # --tex-vae-variant runs train beside the main texture VAE on its GPU (the same share each): an A/B of
         # the VAE the latents are encoded with against variants with only their own overrides.
         jobs += [self.tex_variant_job(name, overrides, gpu=1, common=[]) for name, *overrides in a.tex_vae_variant]
         if a.view_pretrain_minutes > 0:
             jobs.append(Job("view_pretrain", self.train_args("view_pretrain", a.view_pretrain_minutes, [
-                f"stage.val_every_n_steps={a.val_every}", "stage.val_batches=4", *a.view_pretrain_args]),
-                gpu=0, env={"GENRECON_RUN_NAME": "view_pretrain"}))
+                f"stage.val_every_n_steps={a.val_every}", "stage.val_batches=4", *a.view_pretrain_args],
+                devices=_count(gpu["view_pretrain"])), gpu=gpu["view_pretrain"], env={"GENRECON_RUN_NAME": "view_pretrain"}))
         self.run(jobs)
         for s in (*VAES, "view_pretrain"):
             self.collect_metrics(s)
@@ -301,8 +314,8 @@ class Pipeline:
         runs = [f for f in FLOWS if f in a.flows]
         if a.tex_vae_extend_minutes > 0:
             runs.append("tex_vae_long")
-        gpu = {r: (FLOW_GPU[r] if self.gpus >= 2 else 0) for r in runs}
-        sharing = {r: sum(1 for o in runs if gpu[o] == gpu[r]) for r in runs}
+        gpu = {r: self.gpu_of(r, FLOW_GPU[r] if self.gpus >= 2 else 0) for r in runs}
+        sharing = {r: sum(1 for o in runs if set(_gpu_set(gpu[o])) & set(_gpu_set(gpu[r]))) for r in runs}
         jobs = []
         for run in runs:
             if run == "tex_vae_long":
@@ -316,7 +329,7 @@ class Pipeline:
                 # A flow and its ablation train with the same configuration: both follow the main flow's probe.
                 argv = self.train_args(stage, a.flow_minutes, [
                     f"stage.val_every_n_steps={a.flow_val_every}", "stage.val_batches=2",
-                    *self.flow_overrides(stage, sharing[run]), *a.flow_args, *extra[run]])
+                    *self.flow_overrides(stage, sharing[run]), *a.flow_args, *extra[run]], devices=_count(gpu[run]))
             jobs.append(Job(run, argv, gpu=gpu[run], env={"GENRECON_RUN_NAME": run}))
         self.run(jobs)
         for run in runs:
@@ -421,6 +434,30 @@ class Pipeline:
         self.log("all phases done")
 
 
+def _gpu_set(gpu: int | tuple[int, ...]) -> tuple[int, ...]:
+    return gpu if isinstance(gpu, tuple) else (gpu,)
+
+
+def _count(gpu: int | tuple[int, ...]) -> int:
+    return len(_gpu_set(gpu))
+
+
+def parse_placement(entries: list[str]) -> dict[str, tuple[int, ...]]:
+    """``["tex_flow_pre=0,1", "ss_vae=2"]`` -> ``{"tex_flow_pre": (0, 1), "ss_vae": (2,)}``."""
+    place = {}
+    for entry in entries:
+        name, sep, gpus = entry.partition("=")
+        try:
+            ids = tuple(int(g) for g in gpus.split(","))
+        except ValueError:
+            ids = ()
+        if not sep or not name or not ids or min(ids) < 0 or len(set(ids)) != len(ids):
+            raise SystemExit(f"--place {entry!r}: expected NAME=GPU[,GPU...] with distinct GPU indices, e.g. "
+                             "tex_flow_pre=0,1")
+        place[name] = ids
+    return place
+
+
 def _gpu_count() -> int:
     try:
         import torch
@@ -437,6 +474,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--preset", default="small")
     p.add_argument("--cpu", action="store_true", help="dry run on the CPU (use with --preset tiny)")
     p.add_argument("--gpus", type=int, default=None, help="GPUs to use (default: all visible)")
+    p.add_argument("--place", action="append", default=[], metavar="NAME=GPU[,GPU...]",
+                   help="run job NAME (a VAE, view_pretrain or a flow run) on these GPUs instead of its default; "
+                        "several GPUs: DDP (repeatable)")
     p.add_argument("--scenes", type=int, default=80)
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))

@@ -171,3 +171,43 @@ def test_view_pretraining_runs_beside_the_vaes_and_the_pre_flows_load_it(tmp_pat
     assert argv[argv.index("--tex-flow") + 1] == str(pipe.ckpt("tex_flow_pre"))
     argv = names["flow_quality_cell"]
     assert argv[argv.index("--tex-flow") + 1] == str(pipe.ckpt("tex_flow_cell")) and "--ss-flow" not in argv
+
+
+def test_place_moves_jobs_and_a_job_on_several_gpus_trains_ddp(tmp_path, monkeypatch):
+    """On a 4-GPU machine each VAE and the pretraining take a GPU of their own, and the texture flow runs DDP over
+    three GPUs while the SS flow has the fourth: the job sees exactly its GPUs and asks for the DDP hardware."""
+    import sys
+
+    import pytest
+
+    fp = load_script("benchmarks/full_pipeline.py")
+    args = fp.parse_args(["--root", str(tmp_path), "--gpus", "4", "--phases", "vae", "flow",
+                          "--view-pretrain-minutes", "3", "--flows", "ss_flow_pre", "tex_flow_pre",
+                          "--place", "ss_vae=0", "--place", "shape_vae=1", "--place", "tex_vae=2",
+                          "--place", "view_pretrain=3", "--place", "tex_flow_pre=0,1,2", "--place", "ss_flow_pre=3"])
+    pipe, batches = flow_phase(fp, args, monkeypatch)
+    pipe.vae()
+    flows = {j.name: j for j in batches[0]}
+    vaes = {j.name: j for j in batches[1]}
+    assert {n: j.gpu for n, j in vaes.items()} == {"ss_vae": 0, "shape_vae": 1, "tex_vae": 2, "view_pretrain": 3}
+    assert all("hardware=gpu" in j.argv for j in vaes.values())
+    assert flows["tex_flow_pre"].gpu == (0, 1, 2) and flows["ss_flow_pre"].gpu == 3
+    assert "hardware=gpu_ddp" in flows["tex_flow_pre"].argv and "hardware=gpu" not in flows["tex_flow_pre"].argv
+    assert "hardware=gpu" in flows["ss_flow_pre"].argv
+
+    # The runner hands a job exactly its GPUs.
+    monkeypatch.undo()
+    show = [sys.executable, "-c", "import os; print('visible', os.environ['CUDA_VISIBLE_DEVICES'])"]
+    codes = pipe.run([fp.Job("ddp_job", show, gpu=(0, 1, 2)), fp.Job("one", show, gpu=3)])
+    assert codes == {"ddp_job": 0, "one": 0}
+    assert "visible 0,1,2" in (pipe.results / "ddp_job.log").read_text()
+    assert "visible 3" in (pipe.results / "one.log").read_text()
+
+    # On the CPU dry run several "GPUs" become DDP processes.
+    cpu = fp.Pipeline(fp.parse_args(["--root", str(tmp_path / "cpu"), "--cpu", "--place", "tex_flow=0,1"]))
+    argv = cpu.train_args("tex_flow", 1.0, [], devices=2)
+    assert "trainer.devices=2" in argv and "+trainer.strategy=ddp" in argv and "hardware=cpu" in argv
+
+    for bad in ("tex_flow_pre", "tex_flow_pre=", "tex_flow_pre=a", "tex_flow_pre=0,0", "=1"):
+        with pytest.raises(SystemExit, match="--place"):
+            fp.parse_placement([bad])

@@ -26,6 +26,10 @@ reuse earlier outputs under ``--root``):
 7. ``quality``  held-out rooms reconstructed end to end by both variants + the TSDF reference
    (``benchmarks/quality.py``).
 
+With ``--deadline-minutes`` (a lent machine's budget) the flows train only for what is left once the earlier
+phases are done, less ``--reserve-minutes`` for their scoring, so a slow data phase shortens the flows instead of
+losing the scores (session 10 lost them).
+
 Jobs of one phase share the GPUs round-robin (``CUDA_VISIBLE_DEVICES``); ``--place NAME=GPUS`` puts job NAME on
 other GPUs, and a training job given several (``--place tex_flow_pre=0,1,2``) runs DDP over them
 (``hardware=gpu_ddp``). Everything a person needs lands in
@@ -296,8 +300,25 @@ class Pipeline:
                  f"{best.get('samples_per_s')} samples/s -> {best['overrides']}")
         return list(best["overrides"])
 
+    def flow_budget(self) -> float:
+        """Minutes the flows may train: ``--flow-minutes``, shortened under ``--deadline-minutes`` so that the flows,
+        their start-up and the scoring after them (``--reserve-minutes``) end before the deadline."""
+        a = self.args
+        if a.deadline_minutes is None:
+            return a.flow_minutes
+        left = a.deadline_minutes - (time.time() - self.t0) / 60 - a.reserve_minutes
+        minutes = round(min(a.flow_minutes, left), 1)
+        if minutes < a.flow_minutes:
+            self.log(f"deadline: {left + a.reserve_minutes:.1f} min left, {a.reserve_minutes} min kept for scoring "
+                     f"-> flows train {minutes} min instead of {a.flow_minutes}")
+        return minutes
+
     def flow(self) -> None:
         a = self.args
+        minutes = self.flow_budget()
+        if minutes < 1.0:
+            self.log(f"flow: skipped, only {minutes} min left before the deadline")
+            return
         noproj = ["stage.module.projection_conditioning=false"]
         ss = [f"stage.module.ss_vae_ckpt={self.ckpt('ss_vae')}"]
         extra = {"ss_flow": ss, "ss_flow_noproj": ss + noproj, "ss_flow_photo": ss + [PHOTO_CUE],
@@ -327,7 +348,7 @@ class Pipeline:
             else:
                 stage = flow_stage(run)
                 # A flow and its ablation train with the same configuration: both follow the main flow's probe.
-                argv = self.train_args(stage, a.flow_minutes, [
+                argv = self.train_args(stage, minutes, [
                     f"stage.val_every_n_steps={a.flow_val_every}", "stage.val_batches=2",
                     *self.flow_overrides(stage, sharing[run]), *a.flow_args, *extra[run]], devices=_count(gpu[run]))
             jobs.append(Job(run, argv, gpu=gpu[run], env={"GENRECON_RUN_NAME": run}))
@@ -484,6 +505,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--loader-workers", type=int, default=4)
     p.add_argument("--vae-minutes", type=float, default=5.5)
     p.add_argument("--flow-minutes", type=float, default=6.0)
+    p.add_argument("--deadline-minutes", type=float, default=None,
+                   help="the whole pipeline must end within this many minutes (a lent machine's budget): the flows "
+                        "train for what is left after the earlier phases, less --reserve-minutes")
+    p.add_argument("--reserve-minutes", type=float, default=2.5,
+                   help="with --deadline-minutes: kept for the flows' start-up and checkpoint, and the phases after them")
     p.add_argument("--val-every", type=int, default=300)
     p.add_argument("--flow-val-every", type=int, default=1000)
     p.add_argument("--flows", nargs="+", default=list(FLOWS), choices=FLOWS, help="flow runs of the flow phase")

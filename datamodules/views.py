@@ -15,6 +15,7 @@ same pose, so depth and camera-frame normals stay exact; it widens the range of 
 from __future__ import annotations
 
 import json
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -69,11 +70,12 @@ class SceneViews(Dataset):
         crop_scale_min: with ``augment``, crop a random square of side ``U(crop_scale_min, 1) · S`` and resize it
             to ``S`` (colour bilinear, geometry nearest); 1 = no crops.
         max_scenes: the first rooms only (quick runs).
-        threads: decoding threads at construction.
+        threads: decoding threads at construction; default one per core, at most 32 (PIL decodes outside the
+            GIL: 8 threads took about 2 minutes over the 12k renders of 384 rooms on the H100 machine).
     """
 
     def __init__(self, scenes: str | Path, split: str, image_size: int, augment: bool = False,
-                 crop_scale_min: float = 1.0, max_scenes: int | None = None, threads: int = 8) -> None:
+                 crop_scale_min: float = 1.0, max_scenes: int | None = None, threads: int | None = None) -> None:
         if not 0 < crop_scale_min <= 1:
             raise ValueError(f"crop_scale_min must lie in (0, 1], got {crop_scale_min}")
         self.augment, self.crop_scale_min = augment, crop_scale_min
@@ -98,6 +100,7 @@ class SceneViews(Dataset):
             jobs += [(folder, i, w2c[i, :3, :3]) for i in range(len(w2c))]
         if not jobs:
             raise DataFormatError(Path(scenes), "split", f"no room of split {split!r}")
+        threads = threads or min(32, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
         with ThreadPoolExecutor(max(1, threads)) as pool:
             arrays = list(pool.map(lambda j: _read_view(j[0] / "views", j[1], image_size), jobs))
         self.rooms = rooms

@@ -535,8 +535,12 @@ def _unwrap_all(jobs: list[tuple[np.ndarray, np.ndarray, int]], workers: int) ->
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    # spawn, not fork: the caller may hold CUDA contexts and thread pools that a forked child must not touch
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    from genrecon.utils.workers import thread_limited_env, threads_per_worker
+
+    # spawn, not fork: the caller may hold CUDA contexts and thread pools that a forked child must not touch. The
+    # executor starts its workers as jobs are submitted, so the thread limit covers the whole map.
+    with thread_limited_env(threads_per_worker(workers)), \
+            ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         return list(pool.map(_unwrap_job, jobs))
 
 

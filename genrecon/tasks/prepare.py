@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import shutil
 import time
 from collections import Counter
@@ -23,6 +22,7 @@ from genrecon.data.sources import SceneJob, scene_jobs
 from genrecon.utils.config import require_complete, resolved
 from genrecon.utils.logging import RankedLogger
 from genrecon.utils.task import TaskContext, task_wrapper
+from genrecon.utils.workers import spawn_pool
 
 log = RankedLogger(__name__)
 
@@ -112,7 +112,7 @@ def build_dataset(cfg: DictConfig, root: Path) -> dict[str, Any]:
         for i, job in enumerate(jobs)
     ]
     workers = max(1, int(cfg.num_workers))
-    pool = mp.get_context("spawn").Pool(workers) if workers > 1 else None
+    pool = spawn_pool(workers) if workers > 1 else None
     results = pool.imap(_run_job, args) if pool else map(_run_job, args)
 
     writers = {s: AtomicShardWriter(root / "shards", s, int(cfg.shards.samples_per_shard)) for s in ("train", "val")}

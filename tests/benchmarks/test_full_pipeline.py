@@ -211,3 +211,20 @@ def test_place_moves_jobs_and_a_job_on_several_gpus_trains_ddp(tmp_path, monkeyp
     for bad in ("tex_flow_pre", "tex_flow_pre=", "tex_flow_pre=a", "tex_flow_pre=0,0", "=1"):
         with pytest.raises(SystemExit, match="--place"):
             fp.parse_placement([bad])
+
+
+def test_a_deadline_shortens_the_flows_to_leave_time_for_scoring(tmp_path, monkeypatch):
+    fp = load_script("benchmarks/full_pipeline.py")
+    args = fp.parse_args(["--root", str(tmp_path), "--gpus", "1", "--phases", "flow", "--flows", "tex_flow",
+                          "--flow-minutes", "12", "--deadline-minutes", "25", "--reserve-minutes", "3"])
+    pipe, _ = flow_phase(fp, args, monkeypatch)  # at once: the full 12 minutes fit
+    assert pipe.flow_budget() == 12
+    pipe.t0 -= 15 * 60  # the data phases took 15 minutes: 25 - 15 - 3 = 7 left
+    batches = []
+    monkeypatch.setattr(pipe, "run", lambda jobs: batches.append(jobs) or {j.name: 0 for j in jobs})
+    pipe.flow()
+    assert "+trainer.max_time=00:00:07:00" in batches[0][0].argv
+    assert "deadline" in (pipe.results / "progress.log").read_text()
+    pipe.t0 -= 6.5 * 60  # half a minute left for training: not worth starting
+    pipe.flow()
+    assert len(batches) == 1 and "flow: skipped" in (pipe.results / "progress.log").read_text()

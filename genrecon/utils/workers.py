@@ -1,0 +1,55 @@
+"""Process pools whose workers share the machine's cores instead of each taking all of them.
+
+A spawned worker that imports numpy or torch starts one BLAS/OpenMP thread per core. With one worker per core
+that is cores² threads, and OpenBLAS threads spin while they wait: ``prepare.py`` with 62 workers on a 64-core
+machine ran at a load average of 1,100 and took 4.3x the CPU time per room it took with 15 workers on 16 cores
+(session 10, `benchmarks/RESULTS.md`). So each worker gets ``cores // workers`` threads (at least one), set
+through the environment the children inherit at start; variables the user has set are left alone.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from multiprocessing.pool import Pool
+
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+def threads_per_worker(workers: int, cpus: int | None = None) -> int:
+    """Threads each of ``workers`` processes may use on ``cpus`` cores (default: this machine's)."""
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, int(cpus) // max(1, int(workers)))
+
+
+@contextmanager
+def thread_limited_env(threads: int) -> Iterator[dict[str, str]]:
+    """Set the unset ``THREAD_VARS`` to ``threads`` while processes are started inside, then restore them.
+
+    Yields the variables as the children see them."""
+    added = {k: str(threads) for k in THREAD_VARS if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield {k: os.environ[k] for k in THREAD_VARS}
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
+def _limit_torch_threads(threads: int) -> None:
+    # torch reads OMP_NUM_THREADS at import; this covers a torch the worker imported before (a forkserver preload).
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+
+
+def spawn_pool(workers: int) -> Pool:
+    """A ``spawn`` pool of ``workers`` processes, each limited to ``threads_per_worker(workers)`` threads.
+
+    spawn, not fork: the caller may hold CUDA contexts and thread pools that a forked child must not touch."""
+    threads = threads_per_worker(workers)
+    with thread_limited_env(threads):
+        return mp.get_context("spawn").Pool(workers, initializer=_limit_torch_threads, initargs=(threads,))

@@ -10,7 +10,8 @@ from genrecon.utils.workers import THREAD_VARS, spawn_pool, thread_limited_env, 
 def _report(_: int) -> dict:
     import torch
 
-    return {"env": {k: os.environ.get(k) for k in THREAD_VARS}, "torch": torch.get_num_threads()}
+    return {"env": {k: os.environ.get(k) for k in THREAD_VARS}, "torch": torch.get_num_threads(),
+            "cpus": sorted(os.sched_getaffinity(0))}
 
 
 def test_threads_per_worker_divides_the_cores_and_never_reaches_zero():
@@ -33,7 +34,8 @@ def test_thread_env_is_set_for_children_then_restored_and_user_values_win(monkey
 
 
 def test_spawned_workers_start_with_their_share_of_threads(monkeypatch):
-    """Two workers on two cores: one thread each (without the limit torch would start two in each)."""
+    """Two workers on two cores: one thread each (without the limit torch would start two in each), pinned to one
+    core."""
     workers = 2
     for key in THREAD_VARS:
         monkeypatch.delenv(key, raising=False)
@@ -48,3 +50,28 @@ def test_spawned_workers_start_with_their_share_of_threads(monkeypatch):
         assert report["env"]["OMP_NUM_THREADS"] == report["env"]["OPENBLAS_NUM_THREADS"] == "1"
         assert report["torch"] == 1
     assert "OMP_NUM_THREADS" not in os.environ  # the parent's environment is unchanged
+    assert all(len(r["cpus"]) == 1 for r in reports)
+
+
+def test_each_worker_takes_the_next_block_of_cores():
+    """The initializer pins worker k to cores [k·t, (k+1)·t) of the allowed set; a worker past the blocks keeps
+    the mask it inherited (run here in-process, the affinity and torch threads restored after)."""
+    import multiprocessing as mp
+
+    import torch
+
+    from genrecon.utils.workers import _init_worker
+
+    before, threads_before = os.sched_getaffinity(0), torch.get_num_threads()
+    cpus = sorted(before)
+    try:
+        slots = mp.Value("i", len(cpus) - 1)
+        _init_worker(1, slots, cpus)
+        assert os.sched_getaffinity(0) == {cpus[-1]} and slots.value == len(cpus)
+        assert torch.get_num_threads() == 1
+        os.sched_setaffinity(0, before)
+        _init_worker(1, slots, cpus)  # no block left: unpinned
+        assert os.sched_getaffinity(0) == before
+    finally:
+        os.sched_setaffinity(0, before)
+        torch.set_num_threads(threads_before)

@@ -1,0 +1,44 @@
+"""Occupancy-grid scores with a tolerance: how close sampled structure comes, not only whether it is voxel-exact.
+
+IoU at 64³ counts a wall placed one voxel (4.4 cm at a 2.8 m chunk) off as entirely wrong. The F-score here counts
+a predicted voxel as correct when a true one lies within ``tolerance`` voxels (Chebyshev distance), and a true
+voxel as found when a predicted one does, as the surface F-score does with points.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+
+def _dilate(occ: Tensor, tolerance: int) -> Tensor:
+    """``[B, 1, R, R, R]`` bool grown by ``tolerance`` voxels in every direction (a cube structuring element)."""
+    if tolerance <= 0:
+        return occ
+    k = 2 * tolerance + 1
+    return F.max_pool3d(occ.float(), kernel_size=k, stride=1, padding=tolerance) > 0
+
+
+def occupancy_fscore(logits: Tensor, target: Tensor, threshold: float = 0.0,
+                     tolerance: int = 1) -> dict[str, Tensor]:
+    """Per-sample precision, recall and F-score ``[B]`` of ``logits > threshold`` against ``target > 0.5``.
+
+    Args:
+        logits, target: ``[B, 1, R, R, R]`` (or ``[B, R, R, R]``).
+        tolerance: voxels (Chebyshev); 0 gives voxel-exact precision and recall.
+    Empty prediction: precision 0; empty target: recall 0; both empty: all 1.
+    """
+    pred = logits > threshold
+    gt = target > 0.5
+    if pred.dim() == 4:
+        pred, gt = pred[:, None], gt[:, None]
+    n_pred, n_gt = pred.flatten(1).sum(1).float(), gt.flatten(1).sum(1).float()
+    tp_pred = (pred & _dilate(gt, tolerance)).flatten(1).sum(1).float()
+    tp_gt = (gt & _dilate(pred, tolerance)).flatten(1).sum(1).float()
+    both_empty = (n_pred == 0) & (n_gt == 0)
+    precision = torch.where(both_empty, torch.ones_like(n_pred), tp_pred / n_pred.clamp(min=1.0))
+    recall = torch.where(both_empty, torch.ones_like(n_gt), tp_gt / n_gt.clamp(min=1.0))
+    fscore = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12),
+                         torch.zeros_like(precision))
+    return {"precision": precision, "recall": recall, "fscore": fscore}

@@ -59,6 +59,7 @@ from datamodules.chunks import ChunkDataModule
 from genrecon.data.batching import collate, select_fields
 from genrecon.data.shards import decode_chunk_sample, shard_urls
 from genrecon.geometry.ovoxel import ContouredMesh, OVoxel, ovoxel_to_mesh
+from genrecon.metrics.occupancy import occupancy_fscore
 from genrecon.metrics.surface import (
     chamfer,
     normal_consistency,
@@ -71,7 +72,6 @@ from genrecon.modules.sparse.tensor import SparseTensor, feats_at
 from genrecon.pipelines.glb import sample_voxel_attributes
 from genrecon.stages.loading import load_stage
 from genrecon.stages.sc_vae import TextureVAEStage
-from genrecon.metrics.occupancy import occupancy_fscore
 from genrecon.stages.ss_vae import occupancy_iou
 
 FSCORE_VOXELS = 2.0  # F-score threshold in voxel edges of the O-Voxel grid

@@ -170,7 +170,8 @@ class Pipeline:
         """``train.py`` of ``stage`` for ``minutes``; ``devices`` > 1: DDP over that many GPUs (CPU: processes)."""
         a = self.args
         if a.cpu:
-            hardware = ["hardware=cpu", *([f"trainer.devices={devices}", "+trainer.strategy=ddp"] if devices > 1 else [])]
+            ddp = [f"trainer.devices={devices}", "+trainer.strategy=ddp"] if devices > 1 else []
+            hardware = ["hardware=cpu", *ddp]
         else:
             hardware = ["hardware=gpu_ddp"] if devices > 1 else ["hardware=gpu"]
         return self.python(
@@ -213,9 +214,10 @@ class Pipeline:
     def vae(self) -> None:
         a = self.args
         extra = {"ss_vae": a.ss_vae_args, "shape_vae": a.shape_vae_args, "tex_vae": a.tex_vae_args}
-        # GPU 0: the SS-VAE (small, dense) beside the shape VAE; the texture VAE, the slowest to converge,
-        # has a GPU of its own when there are two.
-        gpu = {s: self.gpu_of(s, g) for s, g in (("ss_vae", 0), ("shape_vae", 0), ("tex_vae", 1), ("view_pretrain", 0))}
+        # By default GPU 0: the SS-VAE (small, dense) beside the shape VAE and the view pretraining; the texture
+        # VAE, the slowest to converge, has a GPU of its own when there are two (--place moves any of them).
+        defaults = {"ss_vae": 0, "shape_vae": 0, "tex_vae": 1, "view_pretrain": 0}
+        gpu = {s: self.gpu_of(s, g) for s, g in defaults.items()}
         jobs = [Job(s, self.train_args(s, a.vae_minutes, [
             f"stage.val_every_n_steps={a.val_every}", "stage.val_batches=3", *extra[s]], devices=_count(gpu[s])),
             gpu=gpu[s], env={"GENRECON_RUN_NAME": s}) for s in VAES]
@@ -223,9 +225,11 @@ class Pipeline:
         # the VAE the latents are encoded with against variants with only their own overrides.
         jobs += [self.tex_variant_job(name, overrides, gpu=1, common=[]) for name, *overrides in a.tex_vae_variant]
         if a.view_pretrain_minutes > 0:
-            jobs.append(Job("view_pretrain", self.train_args("view_pretrain", a.view_pretrain_minutes, [
+            argv = self.train_args("view_pretrain", a.view_pretrain_minutes, [
                 f"stage.val_every_n_steps={a.val_every}", "stage.val_batches=4", *a.view_pretrain_args],
-                devices=_count(gpu["view_pretrain"])), gpu=gpu["view_pretrain"], env={"GENRECON_RUN_NAME": "view_pretrain"}))
+                devices=_count(gpu["view_pretrain"]))
+            jobs.append(Job("view_pretrain", argv, gpu=gpu["view_pretrain"],
+                            env={"GENRECON_RUN_NAME": "view_pretrain"}))
         self.run(jobs)
         for s in (*VAES, "view_pretrain"):
             self.collect_metrics(s)
@@ -509,7 +513,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the whole pipeline must end within this many minutes (a lent machine's budget): the flows "
                         "train for what is left after the earlier phases, less --reserve-minutes")
     p.add_argument("--reserve-minutes", type=float, default=2.5,
-                   help="with --deadline-minutes: kept for the flows' start-up and checkpoint, and the phases after them")
+                   help="with --deadline-minutes: kept for the flows' start-up and checkpoint and the phases after "
+                        "them")
     p.add_argument("--val-every", type=int, default=300)
     p.add_argument("--flow-val-every", type=int, default=1000)
     p.add_argument("--flows", nargs="+", default=list(FLOWS), choices=FLOWS, help="flow runs of the flow phase")

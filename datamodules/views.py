@@ -15,7 +15,6 @@ same pose, so depth and camera-frame normals stay exact; it widens the range of 
 from __future__ import annotations
 
 import json
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from genrecon.data.errors import DataFormatError
 from genrecon.render.shading import load_depth_png, load_normal_png
+from genrecon.utils.workers import available_cpus
 
 _FILES = ("rgba", "depth", "normal", "basecolor")
 
@@ -100,8 +100,7 @@ class SceneViews(Dataset):
             jobs += [(folder, i, w2c[i, :3, :3]) for i in range(len(w2c))]
         if not jobs:
             raise DataFormatError(Path(scenes), "split", f"no room of split {split!r}")
-        threads = threads or min(32, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-        with ThreadPoolExecutor(max(1, threads)) as pool:
+        with ThreadPoolExecutor(max(1, threads or min(32, available_cpus()))) as pool:
             arrays = list(pool.map(lambda j: _read_view(j[0] / "views", j[1], image_size), jobs))
         self.rooms = rooms
         self.rgb = np.stack([a[0] for a in arrays])  # [M, S, S, 3] uint8

@@ -23,11 +23,14 @@ from typing import Any
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
+def available_cpus() -> int:
+    """Cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def threads_per_worker(workers: int, cpus: int | None = None) -> int:
     """Threads each of ``workers`` processes may use on ``cpus`` cores (default: this machine's)."""
-    if cpus is None:
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, int(cpus) // max(1, int(workers)))
+    return max(1, int(cpus or available_cpus()) // max(1, int(workers)))
 
 
 @contextmanager

@@ -59,6 +59,7 @@ from datamodules.chunks import ChunkDataModule
 from genrecon.data.batching import collate, select_fields
 from genrecon.data.shards import decode_chunk_sample, shard_urls
 from genrecon.geometry.ovoxel import ContouredMesh, OVoxel, ovoxel_to_mesh
+from genrecon.metrics.image import array_psnr
 from genrecon.metrics.occupancy import occupancy_fscore
 from genrecon.metrics.surface import (
     chamfer,
@@ -210,9 +211,7 @@ def surface_scores(mesh, chunk: Chunk, device: torch.device) -> dict[str, float 
 
 def colour_psnr(coords: np.ndarray, rgb: np.ndarray, chunk: Chunk) -> float:
     pts, truth = chunk.colour_probe()
-    pred = sample_voxel_attributes(pts, coords, rgb, np.full(3, -0.5), 1.0 / chunk.resolution)
-    mse = float(np.mean((pred - truth) ** 2))
-    return -10.0 * math.log10(max(mse, 1e-10))
+    return array_psnr(sample_voxel_attributes(pts, coords, rgb, np.full(3, -0.5), 1.0 / chunk.resolution), truth)
 
 
 # ============================================================================ runner

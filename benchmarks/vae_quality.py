@@ -29,6 +29,7 @@ from genrecon.data.batching import ViewSampling, collate, select_fields
 from genrecon.data.shards import decode_chunk_sample, shard_urls
 from genrecon.geometry.mesh import sample_surface
 from genrecon.geometry.ovoxel import OVoxel, ovoxel_to_mesh
+from genrecon.metrics.image import array_psnr
 from genrecon.modules.sparse.tensor import SparseTensor
 from genrecon.pipelines.glb import sample_voxel_attributes
 from genrecon.stages.loading import load_stage
@@ -51,10 +52,6 @@ def surface_agreement(a_v, a_f, b_v, b_f, n: int, rng: np.random.Generator) -> t
     chamfer = 0.5 * (da.mean() + db.mean())
     nc = 0.5 * (np.abs((na * nb[ia]).sum(1)).mean() + np.abs((nb * na[ib]).sum(1)).mean())
     return float(chamfer), float(nc)
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    return -10.0 * float(np.log10(max(float(np.mean((a - b) ** 2)), 1e-10)))
 
 
 def latent_cell_mean(coords: np.ndarray, values: np.ndarray, factor: int) -> np.ndarray:
@@ -119,10 +116,10 @@ def main(argv: list[str] | None = None) -> dict:
                 origin, vs = np.full(3, -0.5), 1.0 / R
                 a = sample_voxel_attributes(pts, out.coords[:, 1:].cpu().numpy(), pred[:, :3], origin, vs)
                 b = sample_voxel_attributes(pts, vox.coords, vox.attributes[:, :3], origin, vs)
-                res["tex_psnr_db"].append(psnr(a, b))
+                res["tex_psnr_db"].append(array_psnr(a, b))
                 cell_colour = latent_cell_mean(vox.coords, vox.attributes[:, :3], tex.encoder.factor)
                 res["tex_block_mean_psnr_db"].append(
-                    psnr(sample_voxel_attributes(pts, vox.coords, cell_colour, origin, vs), b))
+                    array_psnr(sample_voxel_attributes(pts, vox.coords, cell_colour, origin, vs), b))
     summary = {k: {"mean": float(np.mean(v)), "min": float(np.min(v)), "n": len(v)} for k, v in res.items() if v}
     summary["seconds"] = round(time.perf_counter() - start, 1)
     summary["device"] = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +42,9 @@ from genrecon.data.shards import decode_chunk_sample, shard_urls
 from genrecon.geometry.cameras import MIN_DEPTH, project_points, unproject_points, w2c_in_chunk_frame
 from genrecon.geometry.mesh import sample_surface
 from genrecon.geometry.ovoxel import OVoxel, ovoxel_to_mesh
+from genrecon.metrics.image import array_psnr
 from genrecon.pipelines.glb import sample_voxel_attributes
 from genrecon.render.shading import load_depth_png
-
-
-def _psnr(pred: np.ndarray, true: np.ndarray) -> float:
-    return -10.0 * math.log10(max(float(np.mean((pred - true) ** 2)), 1e-10))
 
 
 def _iou(pred: np.ndarray, true: np.ndarray) -> tuple[float, float, float]:
@@ -169,30 +165,30 @@ def chunk_bounds(sample: Any, room: RoomViews, views: int, noise: list[float], r
                     out[f"occ_recall_within{d}_{name}"] = float((near & truth).sum() / max(float(truth.sum()), 1))
     vox = OVoxel.unpack(sample.ovoxel, int(meta["ovoxel_resolution"]))
     base = vox.attributes[:, :3]
-    out["tex_constant_psnr"] = _psnr(base.mean(0, keepdims=True), base)
+    out["tex_constant_psnr"] = array_psnr(base.mean(0, keepdims=True), base)
     surface = None  # the texture probe, built once per chunk when needed
     for name, vs in (("n", chosen), ("all", all_views)):
         mean, seen = visible_colours(room, vs, vox, sample.chunk_from_world, float(meta["edge_m"]))
         out[f"tex_visible_share_{name}"] = float(seen.mean())
         if seen.any():
             gain = float((mean[seen] * base[seen]).sum() / max((mean[seen] ** 2).sum(), 1e-12))
-            out[f"tex_visible_psnr_{name}"] = _psnr(mean[seen], base[seen])
-            out[f"tex_visible_gain_psnr_{name}"] = _psnr(np.clip(gain * mean[seen], 0, 1), base[seen])
+            out[f"tex_visible_psnr_{name}"] = array_psnr(mean[seen], base[seen])
+            out[f"tex_visible_gain_psnr_{name}"] = array_psnr(np.clip(gain * mean[seen], 0, 1), base[seen])
         # A perfect de-shader: the base-colour renders at the visible voxels; hidden voxels filled two ways.
         albedo, seen = visible_colours(room, vs, vox, sample.chunk_from_world, float(meta["edge_m"]), "base_colour")
         if seen.any():
             nearest = fill_nearest(albedo, seen, vox.coords)
-            out[f"tex_albedo_visible_psnr_{name}"] = _psnr(albedo[seen], base[seen])
-            out[f"tex_albedo_fill_mean_psnr_{name}"] = _psnr(fill_mean(albedo, seen), base)
-            out[f"tex_albedo_fill_nearest_psnr_{name}"] = _psnr(nearest, base)
+            out[f"tex_albedo_visible_psnr_{name}"] = array_psnr(albedo[seen], base[seen])
+            out[f"tex_albedo_fill_mean_psnr_{name}"] = array_psnr(fill_mean(albedo, seen), base)
+            out[f"tex_albedo_fill_nearest_psnr_{name}"] = array_psnr(nearest, base)
             out[f"tex_albedo_hidden_nearest_psnr_{name}"] = (
-                _psnr(nearest[~seen], base[~seen]) if (~seen).any() else float("nan"))
+                array_psnr(nearest[~seen], base[~seen]) if (~seen).any() else float("nan"))
             # The same fill scored as flow_quality.py scores the texture flow: base colour looked up at samples
             # of the true surface in the filled and the true volume.
             if surface is None:
                 surface = probe(vox, probe_samples, np.random.default_rng(0))  # own rng: keeps the view draws
             pred = sample_voxel_attributes(surface[0], vox.coords, nearest, np.full(3, -0.5), 1.0 / vox.resolution)
-            out[f"tex_albedo_fill_nearest_probe_psnr_{name}"] = _psnr(pred, surface[1])
+            out[f"tex_albedo_fill_nearest_probe_psnr_{name}"] = array_psnr(pred, surface[1])
     return out
 
 

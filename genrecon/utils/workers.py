@@ -23,9 +23,15 @@ from typing import Any
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
+def _allowed_cpus() -> list[int] | None:
+    """The cores of this process's affinity mask; None where the OS has none."""
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+
+
 def available_cpus() -> int:
     """Cores this process may run on (its affinity mask where the OS has one)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = _allowed_cpus()
+    return len(cpus) if cpus is not None else (os.cpu_count() or 1)
 
 
 def threads_per_worker(workers: int, cpus: int | None = None) -> int:
@@ -45,10 +51,6 @@ def thread_limited_env(threads: int) -> Iterator[dict[str, str]]:
     finally:
         for key in added:
             os.environ.pop(key, None)
-
-
-def _allowed_cpus() -> list[int] | None:
-    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
 
 
 def _init_worker(threads: int, slots: Any, cpus: list[int] | None) -> None:

@@ -13,9 +13,9 @@ reuse earlier outputs under ``--root``):
    rate decayed over the budget (``callbacks.time_budget``); ``--tex-vae-variant`` runs train beside the main
    texture VAE on its GPU and are scored by ``vae_quality.py`` (an A/B measured in the same run). With
    ``--view-pretrain-minutes`` the view encoder pretrains beside them (``stage=view_pretrain``) for the
-   ``*_pre`` flows.
+   ``*_pre`` flows; it goes on beside the encoding, and the phase after that waits for it.
 3. ``encode``   latent shards + statistics (``prepare.py steps=[encode]``), beside it the held-out VAE quality
-   (``benchmarks/vae_quality.py``).
+   (``benchmarks/vae_quality.py``), which the next phase waits for.
 4. ``ddp``      shape-flow DDP scaling over all GPUs, resumed on N and on 1 GPU (``benchmarks/ddp_scaling.py``),
    alone on the machine so the timings are clean.
 5. ``flow``     the flows of ``--flows`` (ss_flow, shape_flow, tex_flow and the ablations without projection
@@ -49,6 +49,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 PHASES = ("prepare", "vae", "vae_variants", "encode", "ddp", "flow", "flow_quality", "quality")
@@ -83,6 +84,8 @@ FLOW_GPU = {"ss_flow": 0, "ss_flow_noproj": 0, "ss_flow_photo": 0, "ss_flow_aux"
             "tex_flow_aux": 1, "tex_flow_depth": 1, "tex_flow_dsup": 1, "tex_flow_vis": 1, "tex_flow_visphoto": 1,
             "ss_flow_pre": 0, "tex_flow_pre": 1, "ss_flow_cell": 0, "tex_flow_cell": 1, "tex_vae_long": 1}
 VAES = ("ss_vae", "shape_vae", "tex_vae")
+# Phases that may start while detached jobs of the phase before still run (see Pipeline.run).
+OVERLAPS = ("encode",)
 MAIN_FLOWS = ("ss_flow", "shape_flow", "tex_flow")
 STAGES = ("ss_vae", "shape_vae", "tex_vae", "ss_flow", "shape_flow", "tex_flow")
 
@@ -118,7 +121,12 @@ class Pipeline:
         self.gpus = 0 if args.cpu else (args.gpus if args.gpus is not None else _gpu_count())
         self.env = dict(os.environ, PYTHONPATH=f"{ROOT}:{os.environ.get('PYTHONPATH', '')}",
                         WANDB_MODE="disabled", PYTHONUNBUFFERED="1", HYDRA_FULL_ERROR="1")
+        # The sparse flows allocate differently sized activations every step; growable segments keep the caching
+        # allocator from fragmenting and from freeing and retrying when a new size does not fit (a guess at the
+        # slow first minutes of the DDP texture flow, sessions 10-11; a value the user set is kept).
+        self.env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
         self.place = parse_placement(args.place)
+        self.pending: list[tuple[Job, float, subprocess.Popen, Any]] = []  # detached jobs (see run)
         self.t0 = time.time()
 
     def gpu_of(self, name: str, default: int) -> int | tuple[int, ...]:
@@ -133,8 +141,24 @@ class Pipeline:
         with open(self.results / "progress.log", "a") as f:
             f.write(line + "\n")
 
-    def run(self, jobs: list[Job]) -> dict[str, int]:
-        """Start ``jobs`` together, wait for all; returns exit codes by name."""
+    def run(self, jobs: list[Job], detach: tuple[str, ...] = ()) -> dict[str, int]:
+        """Start ``jobs`` together, wait for all but those named in ``detach``; returns exit codes by name.
+
+        Detached jobs go on beside the next phase and are waited for by :meth:`join`, which every phase but
+        ``encode`` calls first: the encoding needs the VAEs only, not the view pretraining beside them."""
+        procs = self._start(jobs)
+        self.pending += [p for p in procs if p[0].name in detach]
+        return self._wait([p for p in procs if p[0].name not in detach])
+
+    def join(self) -> dict[str, int]:
+        """Wait for the detached jobs of earlier phases and collect their metrics."""
+        procs, self.pending = self.pending, []
+        codes = self._wait(procs)
+        for name in codes:
+            self.collect_metrics(name)
+        return codes
+
+    def _start(self, jobs: list[Job]) -> list[tuple[Job, float, subprocess.Popen, Any]]:
         procs = []
         for job in jobs:
             env = dict(self.env, **job.env)
@@ -147,6 +171,9 @@ class Pipeline:
             self.log(f"start {job.name} (gpu {env.get('CUDA_VISIBLE_DEVICES', '-')})")
             procs.append((job, time.time(), subprocess.Popen(job.argv, cwd=ROOT, env=env, stdout=log,
                                                              stderr=subprocess.STDOUT), log))
+        return procs
+
+    def _wait(self, procs: list[tuple[Job, float, subprocess.Popen, Any]]) -> dict[str, int]:
         codes = {}
         for job, start, proc, log in procs:
             codes[job.name] = proc.wait()
@@ -230,8 +257,10 @@ class Pipeline:
                 devices=_count(gpu["view_pretrain"]))
             jobs.append(Job("view_pretrain", argv, gpu=gpu["view_pretrain"],
                             env={"GENRECON_RUN_NAME": "view_pretrain"}))
-        self.run(jobs)
-        for s in (*VAES, "view_pretrain"):
+        # The pretraining's time budget starts after it has decoded every render, so it ends after the VAEs:
+        # the encoding starts without it (session 11: it ended 109 s after them, and the rest waited).
+        self.run(jobs, detach=("view_pretrain",))
+        for s in VAES:
             self.collect_metrics(s)
         self.score_tex_variants()
 
@@ -271,7 +300,7 @@ class Pipeline:
                 "benchmarks/vae_quality.py", "--shards", str(self.dataset / "shards"),
                 "--ss-vae", str(ckpts["ss_vae"]), "--shape-vae", str(ckpts["shape_vae"]),
                 "--tex-vae", str(ckpts["tex_vae"]), "--out", str(self.results / "vae_quality.json")), gpu=1),
-        ])
+        ], detach=("vae_quality",))  # scoring only: the next phase joins it
         stats = self.dataset / "latents" / "stats.json"
         if stats.is_file():
             shutil.copy(stats, self.results / "latent_stats.json")
@@ -453,8 +482,11 @@ class Pipeline:
     def main(self) -> None:
         self.log(f"phases {self.args.phases}; {self.gpus} GPU(s); root {self.root}")
         for phase in self.args.phases:
+            if phase not in OVERLAPS:
+                self.join()
             self.log(f"=== {phase}")
             getattr(self, phase)()
+        self.join()
         (self.results / "DONE").write_text(f"{time.time() - self.t0:.0f}\n")
         self.log("all phases done")
 

@@ -279,5 +279,6 @@ class ChunkDataModule(L.LightningDataModule):
             shard_urls(self.shards, "val"), self.fields, self.batch_size, self.val_batches,
             self.seed, self.val_views, train=False,
         )
-        return DataLoader(stream, batch_size=None, num_workers=self.num_workers,
+        # A worker per validation batch at most: the others would start (and read the shards' index) for nothing.
+        return DataLoader(stream, batch_size=None, num_workers=min(self.num_workers, self.val_batches),
                           generator=private_generator(self.seed))

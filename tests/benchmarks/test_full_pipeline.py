@@ -14,7 +14,7 @@ def test_vae_variants_train_side_by_side_then_score_each(tmp_path, monkeypatch):
     pipe = fp.Pipeline(args)
     batches = []
 
-    def fake_run(jobs):
+    def fake_run(jobs, detach=()):
         batches.append(jobs)
         for job in jobs:  # training leaves a checkpoint behind for the scoring step
             if job.name.startswith("tex_vae_"):
@@ -46,7 +46,7 @@ def test_vae_phase_trains_variants_beside_the_main_texture_vae(tmp_path, monkeyp
     pipe = fp.Pipeline(args)
     batches = []
 
-    def fake_run(jobs):
+    def fake_run(jobs, detach=()):
         batches.append(jobs)
         for job in jobs:
             if job.name.startswith(("tex_vae", "ss_vae", "shape_vae")):
@@ -71,7 +71,7 @@ def flow_phase(fp, args, monkeypatch):
     pipe = fp.Pipeline(args)
     batches = []
 
-    def fake_run(jobs):
+    def fake_run(jobs, detach=()):
         batches.append(jobs)
         for job in jobs:
             pipe.ckpt(job.name).parent.mkdir(parents=True, exist_ok=True)
@@ -228,3 +228,37 @@ def test_a_deadline_shortens_the_flows_to_leave_time_for_scoring(tmp_path, monke
     pipe.t0 -= 6.5 * 60  # half a minute left for training: not worth starting
     pipe.flow()
     assert len(batches) == 1 and "flow: skipped" in (pipe.results / "progress.log").read_text()
+
+
+def test_detached_jobs_run_beside_the_encoding_and_the_next_phase_waits_for_them(tmp_path, monkeypatch):
+    """The view pretraining outlasts the VAEs: the encoding starts beside it, and the flow phase waits for it."""
+    import json
+    import sys
+
+    fp = load_script("benchmarks/full_pipeline.py")
+    pipe = fp.Pipeline(fp.parse_args(["--root", str(tmp_path), "--cpu", "--phases", "vae", "encode", "flow"]))
+    encoded = tmp_path / "encoded"
+    # The "pretraining" can only succeed if the encoding runs while it does (it gives up after 30 s, rc 3).
+    waiter = [sys.executable, "-c", "import pathlib, sys, time\nfor _ in range(600):\n"
+              f"    if pathlib.Path({str(encoded)!r}).exists(): print('saw the encoding'); sys.exit(0)\n"
+              "    time.sleep(0.05)\nsys.exit(3)"]
+    order = []
+
+    def vae():
+        codes = pipe.run([fp.Job("ss_vae", [sys.executable, "-c", "pass"]), fp.Job("view_pretrain", waiter)],
+                         detach=("view_pretrain",))
+        order.append(("vae", sorted(codes)))
+
+    def encode():
+        order.append(("encode", [p[0].name for p in pipe.pending]))
+        encoded.touch()
+
+    monkeypatch.setattr(pipe, "vae", vae)
+    monkeypatch.setattr(pipe, "encode", encode)
+    monkeypatch.setattr(pipe, "flow", lambda: order.append(("flow", [p[0].name for p in pipe.pending])))
+    pipe.main()
+    assert order == [("vae", ["ss_vae"]), ("encode", ["view_pretrain"]), ("flow", [])]
+    done = [json.loads(line) for line in (pipe.results / "progress.jsonl").read_text().splitlines()]
+    assert {d["job"]: d["rc"] for d in done} == {"ss_vae": 0, "view_pretrain": 0}
+    assert "saw the encoding" in (pipe.results / "view_pretrain.log").read_text()
+    assert (pipe.results / "DONE").is_file()

@@ -71,6 +71,7 @@ from genrecon.metrics.surface import (
 from genrecon.models.sc_vae import decode_to_mesh
 from genrecon.modules.sparse.tensor import SparseTensor, feats_at
 from genrecon.pipelines.glb import sample_voxel_attributes
+from genrecon.stages.flow import load_latent_stats
 from genrecon.stages.loading import load_stage
 from genrecon.stages.sc_vae import TextureVAEStage
 from genrecon.stages.ss_vae import occupancy_iou
@@ -251,9 +252,11 @@ class Benchmark:
                                  "(not the ablation)")
         if not ablation and not proj:
             self.warnings.append(f"{name}: {path} was trained with projection conditioning OFF")
+        floor = float(stage.hparams.get("latent_std_floor", 0.0))
         if self.stats is not None and stage.latent in self.stats:
-            ref = self.stats[stage.latent]
-            mean, std = torch.tensor(ref["mean"]), torch.tensor(ref["std"]).clamp(min=1e-6)
+            # The reference as the stage builds it from stats.json (with its std floor, if it was trained with one).
+            mean, std = load_latent_stats(Path(self.args.latents) / "stats.json", stage.latent,
+                                          stage.latent_mean.numel(), std_floor=floor)
             diff = max((stage.latent_mean.cpu() - mean).abs().max().item(),
                        (stage.latent_std.cpu() - std).abs().max().item())
             self.stats_check[name] = round(diff, 6)
@@ -261,7 +264,8 @@ class Benchmark:
                 self.warnings.append(f"{name}: its latent normalisation differs from {self.args.latents}/"
                                      f"stats.json by {diff:.3g} (trained on other latents?)")
         s = stage.sampler
-        return {"checkpoint": str(path), "projection_conditioning": proj, "load_seconds": round(load_s, 2),
+        return {"checkpoint": str(path), "projection_conditioning": proj, "latent_std_floor": floor,
+                "load_seconds": round(load_s, 2),
                 "sampler": {"steps": s.steps, "guidance_strength": s.guidance_strength,
                             "guidance_rescale": s.guidance_rescale,
                             "guidance_interval": list(s.guidance_interval), "rescale_t": s.rescale_t}}

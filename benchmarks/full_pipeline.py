@@ -46,6 +46,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +56,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PHASES = ("prepare", "vae", "vae_variants", "encode", "ddp", "flow", "flow_quality", "quality")
 FLOWS = ("ss_flow", "ss_flow_noproj", "ss_flow_photo", "ss_flow_aux", "ss_flow_depth", "ss_flow_dsup", "shape_flow",
          "shape_flow_noproj", "tex_flow", "tex_flow_photo", "tex_flow_aux", "tex_flow_depth", "tex_flow_dsup",
-         "tex_flow_vis", "tex_flow_visphoto", "ss_flow_pre", "tex_flow_pre", "ss_flow_cell", "tex_flow_cell")
+         "tex_flow_vis", "tex_flow_visphoto", "ss_flow_pre", "tex_flow_pre", "ss_flow_cell", "tex_flow_cell",
+         "tex_flow_floor", "tex_flow_pre_floor")
 # The photo-consistency cue (genrecon/models/photo_consistency.py) switched on for the *_photo runs.
 PHOTO_CUE = "preset.flow.photo_cue={subdivisions:4,hidden:256}"
 # The auxiliary view read-outs switched on for the *_aux runs: the SS flow's occupancy head
@@ -77,12 +79,16 @@ FROZEN_ENCODER = "preset.image_encoder.frozen=true"
 # The *_cell runs add the sub-patch cell cue (genrecon/models/cell_cue.py) to their *_pre run, its head loaded from
 # the pretraining's dense cells.
 CELL_CUE = "preset.flow.cell_cue={subdivisions:4}"
+# The *_floor runs normalise the texture latent with a std floor (FlowStage's latent_std_floor): its 27 near-constant
+# channels are not scaled up into unit-variance targets.
+STD_FLOOR = "stage.module.latent_std_floor=0.1"
 # Where each flow job runs when there are two or more GPUs: each flow beside its variants (equal conditions),
 # the texture flows beside the extended texture VAE.
 FLOW_GPU = {"ss_flow": 0, "ss_flow_noproj": 0, "ss_flow_photo": 0, "ss_flow_aux": 0, "ss_flow_depth": 0,
             "ss_flow_dsup": 0, "shape_flow": 1, "shape_flow_noproj": 1, "tex_flow": 1, "tex_flow_photo": 1,
             "tex_flow_aux": 1, "tex_flow_depth": 1, "tex_flow_dsup": 1, "tex_flow_vis": 1, "tex_flow_visphoto": 1,
-            "ss_flow_pre": 0, "tex_flow_pre": 1, "ss_flow_cell": 0, "tex_flow_cell": 1, "tex_vae_long": 1}
+            "ss_flow_pre": 0, "tex_flow_pre": 1, "ss_flow_cell": 0, "tex_flow_cell": 1, "tex_flow_floor": 1,
+            "tex_flow_pre_floor": 1, "tex_vae_long": 1}
 VAES = ("ss_vae", "shape_vae", "tex_vae")
 # Phases that may start while detached jobs of the phase before still run (see Pipeline.run).
 OVERLAPS = ("encode",)
@@ -96,6 +102,28 @@ class Job:
     argv: list[str]
     gpu: int | tuple[int, ...] | None = None  # several: the job sees all of them (a DDP training run)
     env: dict[str, str] = field(default_factory=dict)
+
+
+class Running:
+    """A started job; a watcher thread notes when it exits, so a job reaped late (detached, or waited for after
+    a longer one) still reports its own duration."""
+
+    def __init__(self, job: Job, proc: subprocess.Popen, log: Any, start: float) -> None:
+        self.job, self.proc, self.log, self.start = job, proc, log, start
+        self.end: float | None = None
+        self._watcher = threading.Thread(target=self._watch, daemon=True)
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        self.proc.wait()
+        self.end = time.time()
+
+    def wait(self) -> tuple[int, float]:
+        """(exit code, end time)."""
+        rc = self.proc.wait()
+        self._watcher.join()
+        self.log.close()
+        return rc, float(self.end)
 
 
 def flow_stage(run: str) -> str:
@@ -126,7 +154,7 @@ class Pipeline:
         # slow first minutes of the DDP texture flow, sessions 10-11; a value the user set is kept).
         self.env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
         self.place = parse_placement(args.place)
-        self.pending: list[tuple[Job, float, subprocess.Popen, Any]] = []  # detached jobs (see run)
+        self.pending: list[Running] = []  # detached jobs (see run)
         self.t0 = time.time()
 
     def gpu_of(self, name: str, default: int) -> int | tuple[int, ...]:
@@ -146,44 +174,41 @@ class Pipeline:
 
         Detached jobs go on beside the next phase and are waited for by :meth:`join`, which every phase but
         ``encode`` calls first: the encoding needs the VAEs only, not the view pretraining beside them."""
-        procs = self._start(jobs)
-        self.pending += [p for p in procs if p[0].name in detach]
-        return self._wait([p for p in procs if p[0].name not in detach])
+        running = [self._start(job) for job in jobs]
+        self.pending += [r for r in running if r.job.name in detach]
+        return self._wait([r for r in running if r.job.name not in detach])
 
     def join(self) -> dict[str, int]:
         """Wait for the detached jobs of earlier phases and collect their metrics."""
-        procs, self.pending = self.pending, []
-        codes = self._wait(procs)
+        running, self.pending = self.pending, []
+        codes = self._wait(running)
         for name in codes:
             self.collect_metrics(name)
         return codes
 
-    def _start(self, jobs: list[Job]) -> list[tuple[Job, float, subprocess.Popen, Any]]:
-        procs = []
-        for job in jobs:
-            env = dict(self.env, **job.env)
-            if job.gpu is not None and self.gpus:
-                gpus = job.gpu if isinstance(job.gpu, tuple) else (job.gpu,)
-                env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g % self.gpus) for g in gpus)
-            log = open(self.results / f"{job.name}.log", "w")
-            log.write(f"$ {' '.join(job.argv)}\n")
-            log.flush()
-            self.log(f"start {job.name} (gpu {env.get('CUDA_VISIBLE_DEVICES', '-')})")
-            procs.append((job, time.time(), subprocess.Popen(job.argv, cwd=ROOT, env=env, stdout=log,
-                                                             stderr=subprocess.STDOUT), log))
-        return procs
+    def _start(self, job: Job) -> Running:
+        env = dict(self.env, **job.env)
+        if job.gpu is not None and self.gpus:
+            gpus = job.gpu if isinstance(job.gpu, tuple) else (job.gpu,)
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g % self.gpus) for g in gpus)
+        log = open(self.results / f"{job.name}.log", "w")
+        log.write(f"$ {' '.join(job.argv)}\n")
+        log.flush()
+        self.log(f"start {job.name} (gpu {env.get('CUDA_VISIBLE_DEVICES', '-')})")
+        proc = subprocess.Popen(job.argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        return Running(job, proc, log, time.time())
 
-    def _wait(self, procs: list[tuple[Job, float, subprocess.Popen, Any]]) -> dict[str, int]:
+    def _wait(self, running: list[Running]) -> dict[str, int]:
+        """Wait for ``running`` in order; each job's record has its own end time, however late it is reaped."""
         codes = {}
-        for job, start, proc, log in procs:
-            codes[job.name] = proc.wait()
-            log.close()
-            seconds = time.time() - start
-            self.log(f"{'done' if codes[job.name] == 0 else 'FAILED'} {job.name}: rc {codes[job.name]}, "
-                     f"{seconds:.0f} s")
+        for r in running:
+            rc, end = r.wait()
+            codes[r.job.name] = rc
+            self.log(f"{'done' if rc == 0 else 'FAILED'} {r.job.name}: rc {rc}, {end - r.start:.0f} s "
+                     f"(ended at {end - self.t0:.1f} s)")
             with open(self.results / "progress.jsonl", "a") as f:
-                f.write(json.dumps({"job": job.name, "rc": codes[job.name], "seconds": round(seconds, 1),
-                                    "end_s": round(time.time() - self.t0, 1)}) + "\n")
+                f.write(json.dumps({"job": r.job.name, "rc": rc, "seconds": round(end - r.start, 1),
+                                    "end_s": round(end - self.t0, 1)}) + "\n")
         return codes
 
     def python(self, *args: str) -> list[str]:
@@ -364,7 +389,8 @@ class Pipeline:
         pre = [f"stage.module.image_encoder_ckpt={self.ckpt('view_pretrain')}", FROZEN_ENCODER, DEPTH_CUE]
         extra.update({"ss_flow_pre": ss + [OCC_AUX, *pre], "tex_flow_pre": [LATENT_AUX, VISIBILITY, *pre]})
         extra.update({"ss_flow_cell": extra["ss_flow_pre"] + [CELL_CUE],
-                      "tex_flow_cell": extra["tex_flow_pre"] + [CELL_CUE]})
+                      "tex_flow_cell": extra["tex_flow_pre"] + [CELL_CUE], "tex_flow_floor": [STD_FLOOR],
+                      "tex_flow_pre_floor": extra["tex_flow_pre"] + [STD_FLOOR]})
         runs = [f for f in FLOWS if f in a.flows]
         if a.tex_vae_extend_minutes > 0:
             runs.append("tex_vae_long")
@@ -442,7 +468,10 @@ class Pipeline:
                                          "tex_flow": "tex_flow_pre"},
                     "flow_quality_cell": {"ss_flow": "ss_flow_cell", "ss_flow_noproj": "ss_flow_noproj",
                                           "tex_flow": "tex_flow_cell"},
-                    "flow_quality_visphoto": {"tex_flow": "tex_flow_visphoto"}}
+                    "flow_quality_visphoto": {"tex_flow": "tex_flow_visphoto"},
+                    # The std-floor A/Bs: against tex_flow (family flow_quality) and tex_flow_pre (flow_quality_pre).
+                    "flow_quality_floor": {"tex_flow": "tex_flow_floor"},
+                    "flow_quality_pre_floor": {"tex_flow": "tex_flow_pre_floor"}}
         jobs = []
         for name, runs in families.items():
             # A variant family is scored only when one of its variant runs (a run not named after its slot) exists,

@@ -32,8 +32,15 @@ LATENT_KEYS = {"ss": "ss_latent", "shape": "shape_feats", "tex": "tex_feats"}
 ENCODE_CHUNK = 64
 
 
-def load_latent_stats(path: str | Path | None, name: str, channels: int) -> tuple[Tensor, Tensor]:
-    """Per-channel mean/std of one latent from the dataset's ``stats.json`` (identity when ``path`` is None)."""
+def load_latent_stats(path: str | Path | None, name: str, channels: int,
+                      std_floor: float = 0.0) -> tuple[Tensor, Tensor]:
+    """Per-channel mean/std of one latent from the dataset's ``stats.json`` (identity when ``path`` is None).
+
+    ``std_floor`` > 0 raises every channel's std to at least that share of the largest one, so that a channel that
+    carries almost nothing is not scaled up into unit-variance targets (see ``FlowStage``'s ``latent_std_floor``).
+    """
+    if not 0.0 <= std_floor < 1.0:
+        raise ValueError(f"latent std floor must lie in [0, 1), got {std_floor}")
     if path is None:
         return torch.zeros(channels), torch.ones(channels)
     path = Path(path)
@@ -45,7 +52,8 @@ def load_latent_stats(path: str | Path | None, name: str, channels: int) -> tupl
     mean, std = torch.tensor(stats[name]["mean"]), torch.tensor(stats[name]["std"])
     if mean.numel() != channels:
         raise ValueError(f"{path}: field '{name}.mean' has {mean.numel()} channels, the model expects {channels}")
-    return mean, std.clamp(min=1e-6)
+    std = std.clamp(min=1e-6)
+    return mean, torch.maximum(std, std_floor * std.max()) if std_floor > 0 else std
 
 
 def host_to_device(values: Sequence[int], device: torch.device) -> Tensor:
@@ -114,6 +122,11 @@ class FlowStage(Stage):
             ``preset.flow.cell_cue`` the cell cue's head from its dense cell head
             (:func:`genrecon.stages.view_pretrain.load_pretrained_view_encoder`). ``preset.image_encoder.frozen``
             keeps the encoder fixed, as the published flows keep DINOv3.
+        latent_std_floor: > 0 (a deviation, off by default) normalises each latent channel by at least this share
+            of the largest channel std. The texture VAE's block-mean shortcut leaves 5 of its 32 channels with
+            std 0.16-0.52 and 27 with std 0.002-0.01 (every run since session 5); per-channel statistics scale
+            those 27 up 100-500x into unit-variance targets, 27/32 of the flow loss, while the decoded colour
+            lives in the other 5. With a floor of 0.1 they stay below 0.2 in the model's units.
     """
 
     new_parameter_prefixes = ("aggregator", "proj_linears", "photo_cue", "depth_cue", "cell_cue", "image_encoder",
@@ -139,6 +152,7 @@ class FlowStage(Stage):
         depth_supervision_weight: float = 0.0,
         depth_supervision_subcells: int = 2,
         image_encoder_ckpt: str | None = None,
+        latent_std_floor: float = 0.0,
         **stage_kwargs: Any,
     ) -> None:
         super().__init__(**stage_kwargs)
@@ -176,7 +190,7 @@ class FlowStage(Stage):
         self.depth_supervision_subcells = int(depth_supervision_subcells)
         if self.depth_supervision_weight > 0 and getattr(self.model, "depth_cue", None) is None:
             raise ValueError("depth_supervision_weight trains the depth cue: set preset.flow.depth_cue")
-        mean, std = load_latent_stats(latent_stats, self.latent, latent_channels)
+        mean, std = load_latent_stats(latent_stats, self.latent, latent_channels, latent_std_floor)
         self.register_buffer("latent_mean", mean)
         self.register_buffer("latent_std", std)
 

@@ -234,6 +234,7 @@ def test_detached_jobs_run_beside_the_encoding_and_the_next_phase_waits_for_them
     """The view pretraining outlasts the VAEs: the encoding starts beside it, and the flow phase waits for it."""
     import json
     import sys
+    import time
 
     fp = load_script("benchmarks/full_pipeline.py")
     pipe = fp.Pipeline(fp.parse_args(["--root", str(tmp_path), "--cpu", "--phases", "vae", "encode", "flow"]))
@@ -250,15 +251,35 @@ def test_detached_jobs_run_beside_the_encoding_and_the_next_phase_waits_for_them
         order.append(("vae", sorted(codes)))
 
     def encode():
-        order.append(("encode", [p[0].name for p in pipe.pending]))
+        order.append(("encode", [r.job.name for r in pipe.pending]))
         encoded.touch()
+        order.append(time.time() - pipe.t0)
+        time.sleep(1.0)  # the "pretraining" ends now, but is reaped only after this phase
 
     monkeypatch.setattr(pipe, "vae", vae)
     monkeypatch.setattr(pipe, "encode", encode)
-    monkeypatch.setattr(pipe, "flow", lambda: order.append(("flow", [p[0].name for p in pipe.pending])))
+    monkeypatch.setattr(pipe, "flow", lambda: order.append(("flow", [r.job.name for r in pipe.pending])))
     pipe.main()
+    touched = order.pop(2)
     assert order == [("vae", ["ss_vae"]), ("encode", ["view_pretrain"]), ("flow", [])]
-    done = [json.loads(line) for line in (pipe.results / "progress.jsonl").read_text().splitlines()]
-    assert {d["job"]: d["rc"] for d in done} == {"ss_vae": 0, "view_pretrain": 0}
+    done = {d["job"]: d for d in map(json.loads, (pipe.results / "progress.jsonl").read_text().splitlines())}
+    assert {name: d["rc"] for name, d in done.items()} == {"ss_vae": 0, "view_pretrain": 0}
+    assert touched < done["view_pretrain"]["end_s"] < touched + 0.8  # its own end, not when it was reaped
     assert "saw the encoding" in (pipe.results / "view_pretrain.log").read_text()
     assert (pipe.results / "DONE").is_file()
+
+
+def test_floor_runs_are_their_base_run_plus_the_std_floor_and_are_scored_against_it(tmp_path, monkeypatch):
+    fp = load_script("benchmarks/full_pipeline.py")
+    args = fp.parse_args(["--root", str(tmp_path), "--gpus", "2", "--phases", "flow", "flow_quality",
+                          "--flows", "tex_flow", "tex_flow_floor", "tex_flow_pre", "tex_flow_pre_floor"])
+    pipe, batches = flow_phase(fp, args, monkeypatch)
+    by_name = {j.name: j.argv for j in batches[0]}
+    for base, floor in (("tex_flow", "tex_flow_floor"), ("tex_flow_pre", "tex_flow_pre_floor")):
+        assert [x for x in by_name[floor] if x not in by_name[base]] == [fp.STD_FLOOR]
+        assert fp.STD_FLOOR not in by_name[base]
+    pipe.flow_quality()
+    scored = {j.name: j.argv[j.argv.index("--tex-flow") + 1] for j in batches[-1]}
+    assert scored == {name: str(pipe.ckpt(run)) for name, run in (
+        ("flow_quality", "tex_flow"), ("flow_quality_floor", "tex_flow_floor"),
+        ("flow_quality_pre", "tex_flow_pre"), ("flow_quality_pre_floor", "tex_flow_pre_floor"))}

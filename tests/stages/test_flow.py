@@ -33,6 +33,43 @@ def test_encode_step_writes_latents_and_statistics(tiny_latents):
     assert sample.views.shape[0] == sample.meta["num_views"]  # the chunk's other members are kept
 
 
+def test_a_std_floor_keeps_near_constant_latent_channels_small_and_round_trips(tmp_path):
+    """The texture latents' pattern: a few live channels and many near-constant ones. Per-channel statistics scale
+    the near-constant ones up to unit variance; with a floor they stay small and the live ones are unchanged."""
+    from genrecon.stages.flow import load_latent_stats
+
+    rng = np.random.default_rng(0)
+    std = np.array([0.4, 0.5, 0.2] + [0.004] * 5)
+    latents = rng.normal(0.3, 1.0, size=(20000, 8)) * std
+    path = tmp_path / "stats.json"
+    path.write_text(json.dumps({"tex": {"mean": latents.mean(0).tolist(), "std": latents.std(0).tolist()}}))
+    x = torch.from_numpy(latents).float()
+    for floor, quiet_std in ((0.0, 1.0), (0.1, 0.004 / 0.05)):
+        mean, scale = load_latent_stats(path, "tex", 8, std_floor=floor)
+        z = (x - mean) / scale
+        np.testing.assert_allclose(z.std(0)[:3].numpy(), 1.0, rtol=0.02)  # live channels: unit variance either way
+        np.testing.assert_allclose(z.std(0)[3:].numpy(), quiet_std, rtol=0.05)
+        torch.testing.assert_close(z * scale + mean, x, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="floor"):
+        load_latent_stats(path, "tex", 8, std_floor=1.0)
+
+
+def test_the_texture_flow_built_from_config_normalises_with_the_floor(tiny_latents, tmp_path):
+    import hydra
+
+    from tests.conftest import compose_config
+
+    stats = json.loads((tiny_latents / "latents" / "stats.json").read_text())["tex"]
+    built = {}
+    for floor in (0.0, 0.5):
+        cfg = compose_config("train", TINY_MODEL_OVERRIDES + [
+            "stage=tex_flow", "hardware=cpu", f"dataset.root={tiny_latents}", f"paths.output_dir={tmp_path}",
+            f"stage.module.latent_std_floor={floor}"])
+        built[floor] = hydra.utils.instantiate(cfg.stage.module).latent_std
+    np.testing.assert_allclose(built[0.0].numpy(), np.maximum(stats["std"], 1e-6), rtol=1e-6)
+    np.testing.assert_allclose(built[0.5].numpy(), np.maximum(stats["std"], 0.5 * max(stats["std"])), rtol=1e-6)
+
+
 @pytest.mark.parametrize("stage,ratio", [("ss_flow", 0.7), ("shape_flow", 0.8), ("tex_flow", 0.8)])
 def test_flow_loss_falls(tiny_latents, tmp_path, stage, ratio):
     torch.manual_seed(0)

@@ -56,6 +56,14 @@ def load_latent_stats(path: str | Path | None, name: str, channels: int,
     return mean, torch.maximum(std, std_floor * std.max()) if std_floor > 0 else std
 
 
+def pooled_r2(pred: Tensor, target: Tensor) -> Tensor:
+    """Share of the variance of ``target [..., C]`` that ``pred`` explains, pooled over channels (each channel
+    centred on its own mean)."""
+    residual = (pred - target).pow(2).sum()
+    total = (target - target.flatten(0, -2).mean(0)).pow(2).sum().clamp(min=1e-12)
+    return 1.0 - residual / total
+
+
 def host_to_device(values: Sequence[int], device: torch.device) -> Tensor:
     """Host ints -> int64 tensor on ``device`` without blocking the host (pinned memory, asynchronous copy)."""
     if device.type == "cuda":
@@ -108,7 +116,8 @@ class FlowStage(Stage):
             (MSE). The flow loss reaches the image encoder and aggregator only through the zero-initialised
             injection layers, so an untrained pathway gets no signal from it; this term gives them a direct one.
             Validation logs ``val/latent_aux_r2``, the share of the latent's variance the views explain
-            linearly.
+            linearly, and ``val/latent_aux_r2_raw``, the same in the latent's own units (channels weighed by
+            their variance, not by the normalisation).
         depth_supervision_weight: > 0 (a deviation, off by default; needs ``preset.flow.depth_cue``) trains the
             depth cue's head directly: for every patch of every view, the cross-entropy of its depth distribution
             against the depths of the chunk's own surface points seen through the patch
@@ -350,9 +359,11 @@ class FlowStage(Stage):
         aux = self._latent_aux(prepared)
         if aux is not None:
             pred, target = aux
-            residual = (pred - target).pow(2).sum()
-            total = (target - target.flatten(0, -2).mean(0)).pow(2).sum().clamp(min=1e-12)
-            out["latent_aux_r2"] = 1.0 - residual / total
+            out["latent_aux_r2"] = pooled_r2(pred, target)
+            # In the latent's own units: each channel weighs by the variance the decoder sees, whatever the
+            # normalisation (comparable between runs with and without latent_std_floor).
+            scale = self.latent_std.float()
+            out["latent_aux_r2_raw"] = pooled_r2(pred * scale, target * scale)
         depth = self._depth_supervision(batch, prepared[0])
         if depth is not None:
             out["depth_aux_hit"] = DepthCue.mode_hit(*depth)

@@ -129,8 +129,22 @@ def test_dense_latent_head_targets_the_token_layout_and_reports_r2() -> None:
     with torch.no_grad():  # a head that outputs the target exactly explains all of its variance
         stage.latent_head.weight.zero_()
         stage.latent_head.bias.copy_(tokens.mean((0, 1)))
-    r2 = stage.auxiliary_metrics(batch, prepared)["latent_aux_r2"]
-    assert float(r2) == pytest.approx(0.0, abs=1e-5)  # the mean alone explains nothing
+    metrics = stage.auxiliary_metrics(batch, prepared)
+    assert float(metrics["latent_aux_r2"]) == pytest.approx(0.0, abs=1e-5)  # the mean alone explains nothing
+    assert float(metrics["latent_aux_r2_raw"]) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_raw_r2_weighs_channels_by_their_own_variance() -> None:
+    """A prediction exact on a loud channel and useless on a quiet one: in normalised units (both unit variance)
+    it explains half, in the latent's own units nearly all."""
+    from genrecon.stages.flow import pooled_r2
+
+    torch.manual_seed(0)
+    target = torch.randn(4000, 2)  # normalised: unit variance in both channels
+    pred = torch.stack([target[:, 0], torch.zeros(4000)], dim=1)
+    assert float(pooled_r2(pred, target)) == pytest.approx(0.5, abs=0.02)
+    scale = torch.tensor([0.5, 0.005])  # the channels' std in the latent's own units
+    assert float(pooled_r2(pred * scale, target * scale)) == pytest.approx(1.0, abs=1e-3)
 
 
 @pytest.mark.parametrize("cls,in_channels", [("ShapeFlowStage", 32), ("TextureFlowStage", 64)])

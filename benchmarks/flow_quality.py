@@ -450,16 +450,25 @@ class Benchmark:
     def sampler_variants(self, name: str, stage) -> Iterator[tuple[str, dict[str, Any]]]:
         """Yield (entry, sampler settings): the stage's own sampler as ``name``, then each ``--cfg-sweep`` value
         as ``name@cfg<g>`` and, with ``--x0-estimate``, one Euler step from the noise as ``name@x0``, with the
-        stage's sampler set to them while the caller samples.
+        stage's sampler set to them while the caller samples. With ``--uncond`` the same without the views
+        (``name@uncond``, ``name@x0_uncond``): the unconditional pass of the guidance, at every step.
 
         One step gives the model's estimate of E[x0 | views] rather than a sample: per-voxel errors (PSNR, IoU)
-        reward the posterior mean, a sample pays its spread on top (about twice the posterior variance)."""
+        reward the posterior mean, a sample pays its spread on top (about twice the posterior variance). The gap
+        between a variant and its ``_uncond`` twin is what the views add."""
         sampler = stage.sampler
-        own = {"guidance_strength": float(sampler.guidance_strength), "steps": int(sampler.steps)}
+        own = {"guidance_strength": float(sampler.guidance_strength), "steps": int(sampler.steps),
+               "guidance_interval": tuple(sampler.guidance_interval)}
         variants = [(name, own)] + [(f"{name}@cfg{g:g}", dict(own, guidance_strength=g))
                                     for g in self.args.cfg_sweep if g != own["guidance_strength"]]
         if self.args.x0_estimate:
             variants.append((f"{name}@x0", dict(own, steps=1)))
+        if self.args.uncond:
+            # Strength 0 over the whole interval: the sampler's negative (zero-condition) pass only.
+            blind = dict(guidance_strength=0.0, guidance_interval=(0.0, 1.0))
+            variants.append((f"{name}@uncond", dict(own, **blind)))
+            if self.args.x0_estimate:
+                variants.append((f"{name}@x0_uncond", dict(own, steps=1, **blind)))
         try:
             for entry, settings in variants:
                 for key, value in settings.items():
@@ -699,6 +708,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--x0-estimate", action="store_true",
                    help="also score the SS and texture flows sampled in one Euler step, the model's posterior-mean "
                         "estimate (entries name@x0)")
+    p.add_argument("--uncond", action="store_true",
+                   help="also score the SS and texture flows without the views (zero conditions, as the training's "
+                        "guidance dropout; entries name@uncond and, with --x0-estimate, name@x0_uncond)")
     args = p.parse_args(argv)
     args.command = " ".join(["benchmarks/flow_quality.py", *(sys.argv[1:] if argv is None else argv)])
     if args.max_chunks < 1 or args.batch_size < 1 or args.views < 1 or args.samples < 1:

@@ -107,13 +107,16 @@ def test_cfg_sweep_scores_each_guidance_strength(tiny_pipeline, tmp_path):
     ck = {s: str(ckpts / f"{s}.ckpt") for s in ("ss_vae", "tex_vae", "ss_flow", "tex_flow")}
     result = _flow_quality().main([
         "--latents", str(root / "latents"), "--max-chunks", "2", "--batch-size", "2", "--steps", "2",
-        "--samples", "5000", "--device", "cpu", "--cfg-sweep", "1", "3", "--x0-estimate",
+        "--samples", "5000", "--device", "cpu", "--cfg-sweep", "1", "3", "--x0-estimate", "--uncond",
         "--ss-vae", ck["ss_vae"], "--tex-vae", ck["tex_vae"], "--ss-flow", ck["ss_flow"], "--tex-flow", ck["tex_flow"],
     ])
     r = result["results"]
     # The texture sampler's own strength is 1.0: the sweep's 1 adds no duplicate entry for it.
-    assert set(r) == {"ss_vae_roundtrip", "ss_flow", "ss_flow@cfg1", "ss_flow@cfg3", "ss_flow@x0", "tex_vae_roundtrip",
-                      "tex_flow", "tex_flow@cfg3", "tex_flow@x0"}
+    assert set(r) == {"ss_vae_roundtrip", "ss_flow", "ss_flow@cfg1", "ss_flow@cfg3", "ss_flow@x0", "ss_flow@uncond",
+                      "ss_flow@x0_uncond", "tex_vae_roundtrip", "tex_flow", "tex_flow@cfg3", "tex_flow@x0",
+                      "tex_flow@uncond", "tex_flow@x0_uncond"}
+    assert r["tex_flow@x0_uncond"]["guidance_strength"] == 0.0 and r["tex_flow@x0_uncond"]["steps"] == 1
+    assert all(math.isfinite(v) for v in r["tex_flow@x0_uncond"]["per_chunk"]["psnr_db"])
     assert r["ss_flow"]["guidance_strength"] == 7.5 and r["ss_flow@cfg1"]["guidance_strength"] == 1.0
     assert r["ss_flow"]["steps"] == 2 and r["ss_flow@x0"]["steps"] == 1 and r["tex_flow@x0"]["steps"] == 1
     assert r["tex_flow"]["guidance_strength"] == 1.0 and r["tex_flow@cfg3"]["guidance_strength"] == 3.0
@@ -127,10 +130,35 @@ def test_sampler_variants_set_the_sampler_while_sampling_and_restore_it():
 
     fq = _flow_quality()
     bench = fq.Benchmark.__new__(fq.Benchmark)
-    bench.args = SimpleNamespace(cfg_sweep=[1.0, 7.5, 3.0], x0_estimate=True)
-    stage = SimpleNamespace(sampler=SimpleNamespace(guidance_strength=7.5, steps=12))
+    bench.args = SimpleNamespace(cfg_sweep=[1.0, 7.5, 3.0], x0_estimate=True, uncond=False)
+    stage = SimpleNamespace(sampler=SimpleNamespace(guidance_strength=7.5, steps=12, guidance_interval=(0.6, 1.0)))
     seen = [(entry, settings["guidance_strength"], settings["steps"], stage.sampler.guidance_strength,
              stage.sampler.steps) for entry, settings in bench.sampler_variants("ss_flow", stage)]
     assert seen == [("ss_flow", 7.5, 12, 7.5, 12), ("ss_flow@cfg1", 1.0, 12, 1.0, 12), ("ss_flow@cfg3", 3.0, 12, 3.0, 12),
                     ("ss_flow@x0", 7.5, 1, 7.5, 1)]
     assert stage.sampler.guidance_strength == 7.5 and stage.sampler.steps == 12
+
+
+def test_uncond_variants_sample_without_the_views_and_restore_the_sampler():
+    from types import SimpleNamespace
+
+    import torch
+
+    from genrecon.pipelines.sampler import EulerSampler
+
+    fq = _flow_quality()
+    bench = fq.Benchmark.__new__(fq.Benchmark)
+    bench.args = SimpleNamespace(cfg_sweep=[], x0_estimate=True, uncond=True)
+    sampler = EulerSampler(steps=12, guidance_strength=1.0, guidance_interval=(0.6, 0.9))
+    stage = SimpleNamespace(sampler=sampler)
+    seen = {}
+    for entry, _ in bench.sampler_variants("tex_flow", stage):
+        # Which passes the sampler makes at the start (t = 1) and inside the interval: (cond, zeroed) conditions.
+        calls = []
+        model = lambda x, t, c2, c3: calls.append(bool(c2.abs().sum() > 0)) or torch.zeros_like(x)  # noqa: E731
+        for t in (1.0, 0.7):
+            sampler.velocity(model, torch.zeros(2, 3), t, torch.ones(2, 4), torch.ones(5, 4))
+        seen[entry] = (sampler.steps, calls)
+    assert seen == {"tex_flow": (12, [True, True]), "tex_flow@x0": (1, [True, True]),
+                    "tex_flow@uncond": (12, [False, False]), "tex_flow@x0_uncond": (1, [False, False])}
+    assert sampler.guidance_strength == 1.0 and sampler.guidance_interval == (0.6, 0.9) and sampler.steps == 12

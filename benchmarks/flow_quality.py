@@ -60,7 +60,7 @@ from genrecon.data.batching import collate, select_fields
 from genrecon.data.shards import decode_chunk_sample, shard_urls
 from genrecon.geometry.ovoxel import ContouredMesh, OVoxel, ovoxel_to_mesh
 from genrecon.metrics.image import array_psnr
-from genrecon.metrics.occupancy import occupancy_fscore
+from genrecon.metrics.occupancy import occupancy_fscore, pooled_occupancy_iou
 from genrecon.metrics.surface import (
     chamfer,
     normal_consistency,
@@ -230,12 +230,29 @@ class Benchmark:
         latents = Path(args.latents)
         stats_path = latents / "stats.json"
         self.stats = json.loads(stats_path.read_text()) if stats_path.is_file() else None
+        manifest = latents / "manifest.json"
+        preset = json.loads(manifest.read_text()).get("config", {}).get("preset", {}) if manifest.is_file() else {}
+        self.structure_resolution = args.structure_resolution or preset.get("shape_latent_resolution")
 
     # ------------------------------------------------------------------ plumbing
     def load(self, path: str, stage: str):
         with Timer(self.device) as t:
             module = load_stage(path, expected_stage=stage, device=self.device)
         return module, t.seconds
+
+    @property
+    def pooled_key(self) -> str:
+        return f"iou_{self.structure_resolution}"
+
+    def pool_factor(self, occupancy: torch.Tensor) -> int:
+        """How many occupancy voxels per shape latent cell along each axis (64³ -> 32³: 2)."""
+        if not self.structure_resolution:
+            raise ValueError(f"{self.args.latents}/manifest.json has no config.preset.shape_latent_resolution: "
+                             "pass --structure-resolution")
+        r, s = int(occupancy.shape[-1]), int(self.structure_resolution)
+        if r % s:
+            raise ValueError(f"--structure-resolution {s} does not divide the occupancy grid {r}")
+        return r // s
 
     def batches(self):
         bs = self.args.batch_size
@@ -298,7 +315,7 @@ class Benchmark:
         a = self.args
         vae, vae_s = self.load(a.ss_vae, "ss_vae")
         start = time.perf_counter()
-        ious, f1s, diffs = [], [], []
+        ious, f1s, diffs, pooled = [], [], [], []
         with torch.no_grad():
             for _, idx, batch in self.batches():
                 occ = batch["occupancy"]
@@ -306,12 +323,13 @@ class Benchmark:
                 diffs.append((z - batch["ss_latent"]).abs().max().item())
                 logits = vae.decoder(z)
                 ious += occupancy_iou(logits, occ).tolist()
+                pooled += pooled_occupancy_iou(logits, occ, 0.0, self.pool_factor(occ)).tolist()
                 f1s += occupancy_fscore(logits, occ, tolerance=OCC_TOLERANCE_VOXELS)["fscore"].tolist()
                 for j, i in enumerate(idx):
                     self.keep("occ_gt", i, occ[j, 0].bool().cpu().numpy())
         self.latent_check["ss"] = round(max(diffs), 6)
         self.record("ss_vae_roundtrip", {"checkpoint": a.ss_vae, "load_seconds": round(vae_s, 2)},
-                    {"iou": ious, "fscore_1vox": f1s}, time.perf_counter() - start)
+                    {"iou": ious, "fscore_1vox": f1s, self.pooled_key: pooled}, time.perf_counter() - start)
         for name, path, ablation in (("ss_flow", a.ss_flow, False),
                                      ("ss_flow_ablation", a.ss_flow_ablation, True)):
             if not path:
@@ -321,13 +339,15 @@ class Benchmark:
             threshold = float(getattr(stage, "occ_threshold", 0.0))
             meta["occ_threshold"] = threshold
             for entry, settings in self.sampler_variants(name, stage):
-                start, sample_s, ious, f1s, occupied = time.perf_counter(), 0.0, [], [], []
+                start, sample_s, ious, f1s, occupied, pooled = time.perf_counter(), 0.0, [], [], [], []
                 with torch.no_grad():
                     for k, idx, batch in self.batches():
                         x, s = self.sample(stage, batch, k)
                         sample_s += s
                         logits = vae.decoder(stage.denormalise(x, 1))
                         ious += occupancy_iou(logits, batch["occupancy"], threshold).tolist()
+                        pooled += pooled_occupancy_iou(logits, batch["occupancy"], threshold,
+                                                       self.pool_factor(batch["occupancy"])).tolist()
                         f1s += occupancy_fscore(logits, batch["occupancy"], threshold,
                                                 OCC_TOLERANCE_VOXELS)["fscore"].tolist()
                         pred = logits > threshold
@@ -336,7 +356,8 @@ class Benchmark:
                             for j, i in enumerate(idx):
                                 self.keep(name, i, (pred[j, 0].cpu().numpy(), ious[i]))
                 self.record(entry, dict(meta, **settings),
-                            {"iou": ious, "fscore_1vox": f1s, "occupied_fraction": occupied},
+                            {"iou": ious, "fscore_1vox": f1s, self.pooled_key: pooled,
+                             "occupied_fraction": occupied},
                             time.perf_counter() - start, sample_s)
             del stage
             self.free()
@@ -549,7 +570,8 @@ def headline(results: dict[str, Any]) -> dict[str, float | None]:
     keys = {"ss": ["iou", "fscore_1vox"], "shape": ["chamfer_vox", "fscore", "normal_consistency"], "tex": ["psnr_db"]}
     out = {}
     for name, entry in results.items():
-        for m in keys[name.split("_")[0]]:
+        pooled = [m for m in entry["metrics"] if m.startswith("iou_")]  # the SS IoU on the shape latent grid
+        for m in keys[name.split("_")[0]] + pooled:
             out[f"{name}/{m}_mean"] = entry["metrics"][m]["mean"]
     return out
 
@@ -695,6 +717,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="chunks per sampling batch (the noise depends on it)")
     p.add_argument("--samples", type=int, default=100_000, help="surface samples per mesh / texture probe")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--structure-resolution", type=int, default=None,
+                   help="the shape latent grid the SS occupancy is OR-pooled onto for iou_<R> (default: the "
+                        "latents' manifest, config.preset.shape_latent_resolution; preset small: 32)")
     p.add_argument("--steps", type=int, default=None,
                    help="sampler steps (default: each stage's own sampler)")
     p.add_argument("--device", default="auto")

@@ -57,7 +57,7 @@ PHASES = ("prepare", "vae", "vae_variants", "encode", "ddp", "flow", "flow_quali
 FLOWS = ("ss_flow", "ss_flow_noproj", "ss_flow_photo", "ss_flow_aux", "ss_flow_depth", "ss_flow_dsup", "shape_flow",
          "shape_flow_noproj", "tex_flow", "tex_flow_photo", "tex_flow_aux", "tex_flow_depth", "tex_flow_dsup",
          "tex_flow_vis", "tex_flow_visphoto", "ss_flow_pre", "tex_flow_pre", "ss_flow_cell", "tex_flow_cell",
-         "tex_flow_floor", "tex_flow_pre_floor")
+         "tex_flow_floor", "tex_flow_pre_floor", "ss_flow_pre_noproj")
 # The photo-consistency cue (genrecon/models/photo_consistency.py) switched on for the *_photo runs.
 PHOTO_CUE = "preset.flow.photo_cue={subdivisions:4,hidden:256}"
 # The auxiliary view read-outs switched on for the *_aux runs: the SS flow's occupancy head
@@ -88,7 +88,7 @@ FLOW_GPU = {"ss_flow": 0, "ss_flow_noproj": 0, "ss_flow_photo": 0, "ss_flow_aux"
             "ss_flow_dsup": 0, "shape_flow": 1, "shape_flow_noproj": 1, "tex_flow": 1, "tex_flow_photo": 1,
             "tex_flow_aux": 1, "tex_flow_depth": 1, "tex_flow_dsup": 1, "tex_flow_vis": 1, "tex_flow_visphoto": 1,
             "ss_flow_pre": 0, "tex_flow_pre": 1, "ss_flow_cell": 0, "tex_flow_cell": 1, "tex_flow_floor": 1,
-            "tex_flow_pre_floor": 1, "tex_vae_long": 1}
+            "tex_flow_pre_floor": 1, "ss_flow_pre_noproj": 0, "tex_vae_long": 1}
 VAES = ("ss_vae", "shape_vae", "tex_vae")
 # Phases that may start while detached jobs of the phase before still run (see Pipeline.run).
 OVERLAPS = ("encode",)
@@ -387,7 +387,10 @@ class Pipeline:
                  "tex_flow_dsup": [LATENT_AUX, DEPTH_CUE, DEPTH_SUP], "tex_flow_vis": [LATENT_AUX, VISIBILITY],
                  "tex_flow_visphoto": [LATENT_AUX, VISIBILITY, VIS_PHOTO_CUE]}
         pre = [f"stage.module.image_encoder_ckpt={self.ckpt('view_pretrain')}", FROZEN_ENCODER, DEPTH_CUE]
-        extra.update({"ss_flow_pre": ss + [OCC_AUX, *pre], "tex_flow_pre": [LATENT_AUX, VISIBILITY, *pre]})
+        extra.update({"ss_flow_pre": ss + [OCC_AUX, *pre], "tex_flow_pre": [LATENT_AUX, VISIBILITY, *pre],
+                      # the ablation of ss_flow_pre: the same frozen pretrained encoder for the cross-attention
+                      # tokens, no projection (so neither the occupancy head nor the depth cue, which read it)
+                      "ss_flow_pre_noproj": ss + noproj + pre[:2]})
         extra.update({"ss_flow_cell": extra["ss_flow_pre"] + [CELL_CUE],
                       "tex_flow_cell": extra["tex_flow_pre"] + [CELL_CUE], "tex_flow_floor": [STD_FLOOR],
                       "tex_flow_pre_floor": extra["tex_flow_pre"] + [STD_FLOOR]})
@@ -464,7 +467,8 @@ class Pipeline:
                                           "tex_flow": "tex_flow_dsup"},
                     # Texture-only families: structure visibility exists in the sparse flows only.
                     "flow_quality_vis": {"tex_flow": "tex_flow_vis"},
-                    "flow_quality_pre": {"ss_flow": "ss_flow_pre", "ss_flow_noproj": "ss_flow_noproj",
+                    "flow_quality_pre": {"ss_flow": "ss_flow_pre", "ss_flow_noproj": (
+                                             "ss_flow_pre_noproj" if have("ss_flow_pre_noproj") else "ss_flow_noproj"),
                                          "tex_flow": "tex_flow_pre"},
                     "flow_quality_cell": {"ss_flow": "ss_flow_cell", "ss_flow_noproj": "ss_flow_noproj",
                                           "tex_flow": "tex_flow_cell"},

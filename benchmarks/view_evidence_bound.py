@@ -47,6 +47,12 @@ from genrecon.pipelines.glb import sample_voxel_attributes
 from genrecon.render.shading import load_depth_png
 
 
+def _or_pool(occ: np.ndarray, factor: int) -> np.ndarray:
+    """``[R, R, R]`` bool OR-pooled by ``factor`` (kernel = stride): the grid the shape flow receives."""
+    r = occ.shape[0] // factor
+    return occ.reshape(r, factor, r, factor, r, factor).any(axis=(1, 3, 5))
+
+
 def _iou(pred: np.ndarray, true: np.ndarray) -> tuple[float, float, float]:
     inter = float((pred & true).sum())
     return inter / max(float((pred | true).sum()), 1), inter / max(float(true.sum()), 1), inter / max(float(pred.sum()), 1)
@@ -145,7 +151,7 @@ def visible_colours(room: RoomViews, views: list[int], vox: OVoxel, chunk_from_w
 
 
 def chunk_bounds(sample: Any, room: RoomViews, views: int, noise: list[float], rng: np.random.Generator,
-                 probe_samples: int = 20000) -> dict:
+                 probe_samples: int = 20000, pool: int = 2) -> dict:
     meta = sample.meta
     all_views = [int(i) for i in meta["room_view_index"]]
     chosen = sorted(rng.choice(all_views, size=views, replace=False).tolist()) if len(all_views) > views else all_views
@@ -157,6 +163,14 @@ def chunk_bounds(sample: Any, room: RoomViews, views: int, noise: list[float], r
             iou, recall, precision = _iou(occ, truth)
             tag = f"{name}_noise{sigma:g}" if sigma else name
             out[f"occ_iou_{tag}"], out[f"occ_recall_{tag}"], out[f"occ_precision_{tag}"] = iou, recall, precision
+            if pool > 1:  # the same on the shape latent grid (flow_quality.py's iou_<R>)
+                r = truth.shape[0] // pool
+                coarse, coarse_truth = _or_pool(occ, pool), _or_pool(truth, pool)
+                out[f"occ_iou{r}_{tag}"], out[f"occ_recall{r}_{tag}"], _ = _iou(coarse, coarse_truth)
+                if not sigma:
+                    near = ndimage.binary_dilation(coarse, iterations=1)
+                    out[f"occ_recall{r}_within1_{name}"] = float((near & coarse_truth).sum()
+                                                                 / max(float(coarse_truth.sum()), 1))
             if not sigma:
                 # How much a prior could add by completing locally (wall and slab backs lie 0.1 m = ~2 voxels
                 # behind the seen faces): the true voxels within d voxels (Chebyshev) of a seen voxel.
@@ -230,6 +244,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--encoder-ckpt", default=None,
                    help="a stage=view_pretrain checkpoint: its predicted base colour replaces the base-colour renders "
                         "(tex_albedo_*: a learnt de-shader instead of a perfect one)")
+    p.add_argument("--pool", type=int, default=2,
+                   help="also score occupancy OR-pooled by this factor (64³ -> the 32³ shape latent grid); 1: off")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     data = Path(args.data)
@@ -248,7 +264,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if not (folder / "scene.json").is_file():
             raise SystemExit(f"{folder}: no scene.json (the bound needs prepare.py's room folders)")
         room = rooms.setdefault(scene, RoomViews(folder, predictor))
-        chunks.append(chunk_bounds(sample, room, args.views, args.depth_noise, rng, args.probe_samples))
+        chunks.append(chunk_bounds(sample, room, args.views, args.depth_noise, rng, args.probe_samples,
+                                   args.pool))
         if args.max_chunks and len(chunks) >= args.max_chunks:
             break
     keys = [k for k in chunks[0] if k not in ("key",)]

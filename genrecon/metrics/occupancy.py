@@ -42,3 +42,27 @@ def occupancy_fscore(logits: Tensor, target: Tensor, threshold: float = 0.0,
     fscore = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12),
                          torch.zeros_like(precision))
     return {"precision": precision, "recall": recall, "fscore": fscore}
+
+
+def pooled_occupancy_iou(logits: Tensor, target: Tensor, threshold: float = 0.0, factor: int = 2) -> Tensor:
+    """Per-sample IoU ``[B]`` after OR-pooling prediction and target by ``factor`` (kernel = stride).
+
+    The pipeline max-pools the SS decoder's logits onto the shape latent grid before the shape flow (the
+    published 512 pipeline: 64³ -> 32³; ``genrecon/pipelines/reconstruct.py``), so this is the IoU of the structure
+    the next stage receives. Thresholding then OR-pooling equals max-pooling the logits then thresholding.
+
+    Args:
+        logits, target: ``[B, 1, R, R, R]`` (or ``[B, R, R, R]``), ``R`` divisible by ``factor``.
+    Both empty: IoU 0 (as :func:`genrecon.stages.ss_vae.occupancy_iou`).
+    """
+    pred, gt = logits > threshold, target > 0.5
+    if pred.dim() == 4:
+        pred, gt = pred[:, None], gt[:, None]
+    if any(s % factor for s in pred.shape[2:]):
+        raise ValueError(f"grid {tuple(pred.shape[2:])} is not divisible by the pooling factor {factor}")
+    if factor > 1:
+        pred = F.max_pool3d(pred.float(), factor) > 0
+        gt = F.max_pool3d(gt.float(), factor) > 0
+    inter = (pred & gt).flatten(1).sum(1).float()
+    union = (pred | gt).flatten(1).sum(1).float().clamp(min=1.0)
+    return inter / union

@@ -48,6 +48,10 @@ def test_scores_all_three_flows_and_their_ablations(tiny_pipeline, tmp_path, cap
         # Within one voxel is never stricter than voxel-exact (F >= IoU per chunk).
         f1 = r[name]["per_chunk"]["fscore_1vox"]
         assert len(f1) == 2 and all(f >= iou - 1e-3 for f, iou in zip(f1, ious))
+        # the structure the shape flow receives: occupancy (tiny: 32³) OR-pooled onto the shape latent grid (16³)
+        pooled = r[name]["per_chunk"]["iou_16"]
+        assert len(pooled) == 2 and all(0.0 <= v <= 1.0 for v in pooled)
+        assert f"{name}/iou_16_mean" in result["headline"]
     assert r["ss_flow_ablation"]["per_chunk"] == r["ss_flow"]["per_chunk"]
 
     for name in ("shape_vae_roundtrip", "shape_flow", "shape_flow_ablation"):

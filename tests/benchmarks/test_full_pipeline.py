@@ -173,6 +173,24 @@ def test_view_pretraining_runs_beside_the_vaes_and_the_pre_flows_load_it(tmp_pat
     assert argv[argv.index("--tex-flow") + 1] == str(pipe.ckpt("tex_flow_cell")) and "--ss-flow" not in argv
 
 
+def test_the_pre_ss_flow_is_ablated_with_the_same_encoder_and_scored_against_that_ablation(tmp_path, monkeypatch):
+    fp = load_script("benchmarks/full_pipeline.py")
+    args = fp.parse_args(["--root", str(tmp_path), "--gpus", "2", "--phases", "flow", "flow_quality",
+                          "--flows", "ss_flow_pre", "ss_flow_pre_noproj", "--place", "ss_flow_pre_noproj=1"])
+    pipe, batches = flow_phase(fp, args, monkeypatch)
+    by_name = {j.name: j for j in batches[0]}
+    pre, ablation = by_name["ss_flow_pre"].argv, by_name["ss_flow_pre_noproj"].argv
+    init = f"stage.module.image_encoder_ckpt={pipe.ckpt('view_pretrain')}"
+    assert init in ablation and fp.FROZEN_ENCODER in ablation and "stage.module.projection_conditioning=false" in ablation
+    # what reads the projection is not in the ablation; everything else is shared
+    assert fp.OCC_AUX not in ablation and fp.DEPTH_CUE not in ablation
+    assert set(ablation) - set(pre) == {"stage.module.projection_conditioning=false"}
+    assert by_name["ss_flow_pre_noproj"].gpu == 1
+    pipe.flow_quality()
+    argv = {j.name: j.argv for j in batches[-1]}["flow_quality_pre"]
+    assert argv[argv.index("--ss-flow-ablation") + 1] == str(pipe.ckpt("ss_flow_pre_noproj"))
+
+
 def test_place_moves_jobs_and_a_job_on_several_gpus_trains_ddp(tmp_path, monkeypatch):
     """On a 4-GPU machine each VAE and the pretraining take a GPU of their own, and the texture flow runs DDP over
     three GPUs while the SS flow has the fourth: the job sees exactly its GPUs and asks for the DDP hardware."""

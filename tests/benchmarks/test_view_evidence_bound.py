@@ -30,6 +30,20 @@ def test_bound_from_exact_depth(tiny_dataset, tmp_path):
     assert mean["occ_recall_n"] <= mean["occ_recall_within1_n"] <= mean["occ_recall_within2_n"] \
         <= mean["occ_recall_within3_n"] <= 1
     assert mean["tex_albedo_fill_nearest_probe_psnr_n"] > 0
+    # The same on the coarser grid the shape flow receives (32³ -> 16³ here): local completion by one coarse
+    # cell can only add true cells.
+    assert 0 < mean["occ_recall16_n"] <= mean["occ_recall16_within1_n"] <= 1
+    assert 0 < mean["occ_iou16_n"] <= 1
+
+
+def test_or_pool_is_a_block_any():
+    import numpy as np
+
+    bound = load_script("benchmarks/view_evidence_bound.py")
+    occ = np.zeros((4, 4, 4), bool)
+    occ[1, 2, 3] = True
+    pooled = bound._or_pool(occ, 2)
+    assert pooled.shape == (2, 2, 2) and pooled.sum() == 1 and pooled[0, 1, 1]
 
 
 def test_bound_with_a_pretrained_encoder_as_the_de_shader(tiny_dataset, view_pretrain_run):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from genrecon.metrics.occupancy import occupancy_fscore
+from genrecon.metrics.occupancy import occupancy_fscore, pooled_occupancy_iou
 from genrecon.stages.ss_vae import occupancy_iou
 
 
@@ -40,3 +40,25 @@ def test_empty_cases_and_unbatched_channel():
     assert both["fscore"].tolist() == [1.0, 1.0]
     missed = occupancy_fscore(empty[:1] - 1, _wall(3)[:, 0])
     assert missed["recall"].item() == 0.0 and missed["fscore"].item() == 0.0
+
+
+def test_pooled_iou_scores_the_structure_the_shape_flow_receives():
+    gt = _wall(4)
+    inside = _wall(5) * 2 - 1  # one voxel off, inside the same 2-voxel cell: 0 at full resolution, 1 pooled
+    assert occupancy_iou(inside, gt).item() == 0.0
+    assert pooled_occupancy_iou(inside, gt, factor=2).item() == 1.0
+    across = _wall(6) * 2 - 1  # one voxel further: another cell, still wrong after pooling
+    assert pooled_occupancy_iou(across, gt, factor=2).item() == 0.0
+    # factor 1 is the plain IoU, per sample, unbatched channel accepted
+    pair = torch.cat([_wall(4), _wall(9)]) * 2 - 1
+    both = torch.cat([gt, gt])
+    assert pooled_occupancy_iou(pair, both, factor=1).tolist() == occupancy_iou(pair, both).tolist()
+    assert pooled_occupancy_iou(pair[:, 0], both[:, 0], factor=4).tolist() == [1.0, 0.0]
+    # pooling equals max-pooling the logits then thresholding (what genrecon/pipelines/reconstruct.py does)
+    logits = torch.randn(3, 1, 8, 8, 8)
+    target = (torch.rand(3, 1, 8, 8, 8) > 0.7).float()
+    pooled_logits = torch.nn.functional.max_pool3d(logits, 2)
+    pooled_target = torch.nn.functional.max_pool3d(target, 2)
+    assert torch.equal(pooled_occupancy_iou(logits, target, -0.5, 2), occupancy_iou(pooled_logits, pooled_target, -0.5))
+    with pytest.raises(ValueError, match="divisible"):
+        pooled_occupancy_iou(torch.zeros(1, 1, 6, 6, 6), torch.zeros(1, 1, 6, 6, 6), factor=4)

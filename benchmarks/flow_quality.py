@@ -311,25 +311,41 @@ class Benchmark:
             self.figure.setdefault(column, {})[index] = payload
 
     # ------------------------------------------------------------------ SS (issue 5)
+    def occupancy_scores(self, logits: torch.Tensor, occ: torch.Tensor, threshold: float) -> dict[str, list]:
+        """Per-chunk SS scores of one batch: voxel-exact IoU, the IoU on the shape latent grid, the F-score within
+        a voxel, the occupied shares of prediction and truth, and both IoUs again at the inference pipeline's
+        threshold (``conf/infer.yaml`` occ_threshold) when it differs from the stage's."""
+        factor = self.pool_factor(occ)
+        pred = logits > threshold
+        out = {"iou": occupancy_iou(logits, occ, threshold).tolist(),
+               self.pooled_key: pooled_occupancy_iou(logits, occ, threshold, factor).tolist(),
+               "fscore_1vox": occupancy_fscore(logits, occ, threshold, OCC_TOLERANCE_VOXELS)["fscore"].tolist(),
+               "occupied_fraction": pred.flatten(1).float().mean(1).tolist(),
+               "truth_fraction": (occ > 0.5).flatten(1).float().mean(1).tolist()}
+        t = self.args.infer_occ_threshold
+        if t is not None and t != threshold:
+            out[f"iou_t{t:g}"] = occupancy_iou(logits, occ, t).tolist()
+            out[f"{self.pooled_key}_t{t:g}"] = pooled_occupancy_iou(logits, occ, t, factor).tolist()
+        return out
+
     def run_ss(self) -> None:
         a = self.args
         vae, vae_s = self.load(a.ss_vae, "ss_vae")
         start = time.perf_counter()
-        ious, f1s, diffs, pooled = [], [], [], []
+        scores: dict[str, list] = {}
+        diffs = []
         with torch.no_grad():
             for _, idx, batch in self.batches():
                 occ = batch["occupancy"]
                 z = vae.encode(occ)
                 diffs.append((z - batch["ss_latent"]).abs().max().item())
-                logits = vae.decoder(z)
-                ious += occupancy_iou(logits, occ).tolist()
-                pooled += pooled_occupancy_iou(logits, occ, 0.0, self.pool_factor(occ)).tolist()
-                f1s += occupancy_fscore(logits, occ, tolerance=OCC_TOLERANCE_VOXELS)["fscore"].tolist()
+                for key, values in self.occupancy_scores(vae.decoder(z), occ, 0.0).items():
+                    scores.setdefault(key, []).extend(values)
                 for j, i in enumerate(idx):
                     self.keep("occ_gt", i, occ[j, 0].bool().cpu().numpy())
         self.latent_check["ss"] = round(max(diffs), 6)
         self.record("ss_vae_roundtrip", {"checkpoint": a.ss_vae, "load_seconds": round(vae_s, 2)},
-                    {"iou": ious, "fscore_1vox": f1s, self.pooled_key: pooled}, time.perf_counter() - start)
+                    scores, time.perf_counter() - start)
         for name, path, ablation in (("ss_flow", a.ss_flow, False),
                                      ("ss_flow_ablation", a.ss_flow_ablation, True)):
             if not path:
@@ -338,27 +354,20 @@ class Benchmark:
             meta = self.flow_meta(name, stage, path, load_s, ablation)
             threshold = float(getattr(stage, "occ_threshold", 0.0))
             meta["occ_threshold"] = threshold
+            meta["infer_occ_threshold"] = a.infer_occ_threshold
             for entry, settings in self.sampler_variants(name, stage):
-                start, sample_s, ious, f1s, occupied, pooled = time.perf_counter(), 0.0, [], [], [], []
+                start, sample_s, scores = time.perf_counter(), 0.0, {}
                 with torch.no_grad():
                     for k, idx, batch in self.batches():
                         x, s = self.sample(stage, batch, k)
                         sample_s += s
                         logits = vae.decoder(stage.denormalise(x, 1))
-                        ious += occupancy_iou(logits, batch["occupancy"], threshold).tolist()
-                        pooled += pooled_occupancy_iou(logits, batch["occupancy"], threshold,
-                                                       self.pool_factor(batch["occupancy"])).tolist()
-                        f1s += occupancy_fscore(logits, batch["occupancy"], threshold,
-                                                OCC_TOLERANCE_VOXELS)["fscore"].tolist()
-                        pred = logits > threshold
-                        occupied += pred.flatten(1).float().mean(1).tolist()
+                        for key, values in self.occupancy_scores(logits, batch["occupancy"], threshold).items():
+                            scores.setdefault(key, []).extend(values)
                         if entry == name:
                             for j, i in enumerate(idx):
-                                self.keep(name, i, (pred[j, 0].cpu().numpy(), ious[i]))
-                self.record(entry, dict(meta, **settings),
-                            {"iou": ious, "fscore_1vox": f1s, self.pooled_key: pooled,
-                             "occupied_fraction": occupied},
-                            time.perf_counter() - start, sample_s)
+                                self.keep(name, i, ((logits[j, 0] > threshold).cpu().numpy(), scores["iou"][i]))
+                self.record(entry, dict(meta, **settings), scores, time.perf_counter() - start, sample_s)
             del stage
             self.free()
         del vae
@@ -570,7 +579,8 @@ def headline(results: dict[str, Any]) -> dict[str, float | None]:
     keys = {"ss": ["iou", "fscore_1vox"], "shape": ["chamfer_vox", "fscore", "normal_consistency"], "tex": ["psnr_db"]}
     out = {}
     for name, entry in results.items():
-        pooled = [m for m in entry["metrics"] if m.startswith("iou_")]  # the SS IoU on the shape latent grid
+        # the SS IoUs on the shape latent grid and at the inference threshold
+        pooled = [m for m in entry["metrics"] if m.startswith("iou_")]
         for m in keys[name.split("_")[0]] + pooled:
             out[f"{name}/{m}_mean"] = entry["metrics"][m]["mean"]
     return out
@@ -717,6 +727,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="chunks per sampling batch (the noise depends on it)")
     p.add_argument("--samples", type=int, default=100_000, help="surface samples per mesh / texture probe")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--infer-occ-threshold", type=float, default=-1.0,
+                   help="also score the SS IoUs at this logit threshold (iou_t<T>): infer.py's occ_threshold, the "
+                        "published reconstruct_scene.py default; the main IoU keeps the stage's own (0)")
     p.add_argument("--structure-resolution", type=int, default=None,
                    help="the shape latent grid the SS occupancy is OR-pooled onto for iou_<R> (default: the "
                         "latents' manifest, config.preset.shape_latent_resolution; preset small: 32)")

@@ -57,7 +57,7 @@ PHASES = ("prepare", "vae", "vae_variants", "encode", "ddp", "flow", "flow_quali
 FLOWS = ("ss_flow", "ss_flow_noproj", "ss_flow_photo", "ss_flow_aux", "ss_flow_depth", "ss_flow_dsup", "shape_flow",
          "shape_flow_noproj", "tex_flow", "tex_flow_photo", "tex_flow_aux", "tex_flow_depth", "tex_flow_dsup",
          "tex_flow_vis", "tex_flow_visphoto", "ss_flow_pre", "tex_flow_pre", "ss_flow_cell", "tex_flow_cell",
-         "tex_flow_floor", "tex_flow_pre_floor", "ss_flow_pre_noproj")
+         "tex_flow_nofloor", "tex_flow_pre_nofloor", "ss_flow_pre_noproj")
 # The photo-consistency cue (genrecon/models/photo_consistency.py) switched on for the *_photo runs.
 PHOTO_CUE = "preset.flow.photo_cue={subdivisions:4,hidden:256}"
 # The auxiliary view read-outs switched on for the *_aux runs: the SS flow's occupancy head
@@ -79,16 +79,17 @@ FROZEN_ENCODER = "preset.image_encoder.frozen=true"
 # The *_cell runs add the sub-patch cell cue (genrecon/models/cell_cue.py) to their *_pre run, its head loaded from
 # the pretraining's dense cells.
 CELL_CUE = "preset.flow.cell_cue={subdivisions:4}"
-# The *_floor runs normalise the texture latent with a std floor (FlowStage's latent_std_floor): its 27 near-constant
-# channels are not scaled up into unit-variance targets.
-STD_FLOOR = "stage.module.latent_std_floor=0.1"
+# The texture flow normalises its latent with a std floor (FlowStage's latent_std_floor, 0.1 in
+# conf/stage/tex_flow.yaml since session 12): its 27 near-constant channels are not scaled up into unit-
+# variance targets. The *_nofloor runs switch it off (the published per-channel normalisation).
+NO_FLOOR = "stage.module.latent_std_floor=0.0"
 # Where each flow job runs when there are two or more GPUs: each flow beside its variants (equal conditions),
 # the texture flows beside the extended texture VAE.
 FLOW_GPU = {"ss_flow": 0, "ss_flow_noproj": 0, "ss_flow_photo": 0, "ss_flow_aux": 0, "ss_flow_depth": 0,
             "ss_flow_dsup": 0, "shape_flow": 1, "shape_flow_noproj": 1, "tex_flow": 1, "tex_flow_photo": 1,
             "tex_flow_aux": 1, "tex_flow_depth": 1, "tex_flow_dsup": 1, "tex_flow_vis": 1, "tex_flow_visphoto": 1,
-            "ss_flow_pre": 0, "tex_flow_pre": 1, "ss_flow_cell": 0, "tex_flow_cell": 1, "tex_flow_floor": 1,
-            "tex_flow_pre_floor": 1, "ss_flow_pre_noproj": 0, "tex_vae_long": 1}
+            "ss_flow_pre": 0, "tex_flow_pre": 1, "ss_flow_cell": 0, "tex_flow_cell": 1, "tex_flow_nofloor": 1,
+            "tex_flow_pre_nofloor": 1, "ss_flow_pre_noproj": 0, "tex_vae_long": 1}
 VAES = ("ss_vae", "shape_vae", "tex_vae")
 # Phases that may start while detached jobs of the phase before still run (see Pipeline.run).
 OVERLAPS = ("encode",)
@@ -392,8 +393,8 @@ class Pipeline:
                       # tokens, no projection (so neither the occupancy head nor the depth cue, which read it)
                       "ss_flow_pre_noproj": ss + noproj + pre[:2]})
         extra.update({"ss_flow_cell": extra["ss_flow_pre"] + [CELL_CUE],
-                      "tex_flow_cell": extra["tex_flow_pre"] + [CELL_CUE], "tex_flow_floor": [STD_FLOOR],
-                      "tex_flow_pre_floor": extra["tex_flow_pre"] + [STD_FLOOR]})
+                      "tex_flow_cell": extra["tex_flow_pre"] + [CELL_CUE], "tex_flow_nofloor": [NO_FLOOR],
+                      "tex_flow_pre_nofloor": extra["tex_flow_pre"] + [NO_FLOOR]})
         runs = [f for f in FLOWS if f in a.flows]
         if a.tex_vae_extend_minutes > 0:
             runs.append("tex_vae_long")
@@ -474,8 +475,8 @@ class Pipeline:
                                           "tex_flow": "tex_flow_cell"},
                     "flow_quality_visphoto": {"tex_flow": "tex_flow_visphoto"},
                     # The std-floor A/Bs: against tex_flow (family flow_quality) and tex_flow_pre (flow_quality_pre).
-                    "flow_quality_floor": {"tex_flow": "tex_flow_floor"},
-                    "flow_quality_pre_floor": {"tex_flow": "tex_flow_pre_floor"}}
+                    "flow_quality_nofloor": {"tex_flow": "tex_flow_nofloor"},
+                    "flow_quality_pre_nofloor": {"tex_flow": "tex_flow_pre_nofloor"}}
         jobs = []
         for name, runs in families.items():
             # A variant family is scored only when one of its variant runs (a run not named after its slot) exists,

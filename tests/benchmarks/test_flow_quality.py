@@ -52,6 +52,11 @@ def test_scores_all_three_flows_and_their_ablations(tiny_pipeline, tmp_path, cap
         pooled = r[name]["per_chunk"]["iou_16"]
         assert len(pooled) == 2 and all(0.0 <= v <= 1.0 for v in pooled)
         assert f"{name}/iou_16_mean" in result["headline"]
+        # infer.py thresholds the logits at -1 (looser than the stage's 0): those IoUs are scored beside
+        per = r[name]["per_chunk"]
+        assert len(per["iou_t-1"]) == len(per["iou_16_t-1"]) == 2 and f"{name}/iou_t-1_mean" in result["headline"]
+        assert per["truth_fraction"] == r["ss_vae_roundtrip"]["per_chunk"]["truth_fraction"]
+        assert all(0.0 <= v <= 1.0 for v in per["occupied_fraction"] + per["truth_fraction"])
     assert r["ss_flow_ablation"]["per_chunk"] == r["ss_flow"]["per_chunk"]
 
     for name in ("shape_vae_roundtrip", "shape_flow", "shape_flow_ablation"):

@@ -289,17 +289,17 @@ def test_detached_jobs_run_beside_the_encoding_and_the_next_phase_waits_for_them
     assert (pipe.results / "DONE").is_file()
 
 
-def test_floor_runs_are_their_base_run_plus_the_std_floor_and_are_scored_against_it(tmp_path, monkeypatch):
+def test_nofloor_runs_are_their_base_run_without_the_floor_and_are_scored_against_it(tmp_path, monkeypatch):
     fp = load_script("benchmarks/full_pipeline.py")
     args = fp.parse_args(["--root", str(tmp_path), "--gpus", "2", "--phases", "flow", "flow_quality",
-                          "--flows", "tex_flow", "tex_flow_floor", "tex_flow_pre", "tex_flow_pre_floor"])
+                          "--flows", "tex_flow", "tex_flow_nofloor", "tex_flow_pre", "tex_flow_pre_nofloor"])
     pipe, batches = flow_phase(fp, args, monkeypatch)
     by_name = {j.name: j.argv for j in batches[0]}
-    for base, floor in (("tex_flow", "tex_flow_floor"), ("tex_flow_pre", "tex_flow_pre_floor")):
-        assert [x for x in by_name[floor] if x not in by_name[base]] == [fp.STD_FLOOR]
-        assert fp.STD_FLOOR not in by_name[base]
+    for base, ablation in (("tex_flow", "tex_flow_nofloor"), ("tex_flow_pre", "tex_flow_pre_nofloor")):
+        assert [x for x in by_name[ablation] if x not in by_name[base]] == [fp.NO_FLOOR]
+        assert fp.NO_FLOOR not in by_name[base]  # the base runs keep the config's floor
     pipe.flow_quality()
     scored = {j.name: j.argv[j.argv.index("--tex-flow") + 1] for j in batches[-1]}
     assert scored == {name: str(pipe.ckpt(run)) for name, run in (
-        ("flow_quality", "tex_flow"), ("flow_quality_floor", "tex_flow_floor"),
-        ("flow_quality_pre", "tex_flow_pre"), ("flow_quality_pre_floor", "tex_flow_pre_floor"))}
+        ("flow_quality", "tex_flow"), ("flow_quality_nofloor", "tex_flow_nofloor"),
+        ("flow_quality_pre", "tex_flow_pre"), ("flow_quality_pre_nofloor", "tex_flow_pre_nofloor"))}

@@ -69,6 +69,7 @@ from genrecon.metrics.surface import (
     surface_distances,
 )
 from genrecon.models.sc_vae import decode_to_mesh
+from genrecon.models.visibility import StructureVisibility
 from genrecon.modules.sparse.tensor import SparseTensor, feats_at
 from genrecon.pipelines.glb import sample_voxel_attributes
 from genrecon.stages.flow import load_latent_stats
@@ -210,9 +211,35 @@ def surface_scores(mesh, chunk: Chunk, device: torch.device) -> dict[str, float 
             "faces": int(len(mesh.faces))}
 
 
-def colour_psnr(coords: np.ndarray, rgb: np.ndarray, chunk: Chunk) -> float:
+def colour_psnr_split(coords: np.ndarray, rgb: np.ndarray, chunk: Chunk, seen: np.ndarray) -> dict[str, float]:
+    """Base-colour PSNR over the probe points (as ``vae_quality.py``: the true surface's samples, the colour of the
+    voxel under each), and apart over those some evaluation view sees and those none does (``seen [P]``; None
+    where a part is empty)."""
     pts, truth = chunk.colour_probe()
-    return array_psnr(sample_voxel_attributes(pts, coords, rgb, np.full(3, -0.5), 1.0 / chunk.resolution), truth)
+    pred = sample_voxel_attributes(pts, coords, rgb, np.full(3, -0.5), 1.0 / chunk.resolution)
+    part = lambda m: array_psnr(pred[m], truth[m]) if m.any() else None  # noqa: E731
+    return {"psnr_db": array_psnr(pred, truth), "psnr_seen_db": part(seen), "psnr_hidden_db": part(~seen)}
+
+
+def probe_visibility(chunk: Chunk, item: dict[str, Any], device: torch.device) -> np.ndarray:
+    """``[P]`` bool: which texture-probe points of the chunk some of its evaluation views see.
+
+    A z-buffer of the true O-Voxel cells per view (:class:`StructureVisibility`, 64² pixels, 2³ sub-points per cell,
+    1.5 cells of slack, no fallback): a point is seen when it is no deeper than the nearest structure at its pixel
+    plus the slack. Geometry outside the chunk hides nothing, so the seen share is an upper bound."""
+    pts, _ = chunk.colour_probe()
+    if not len(item.get("w2c", [])):
+        return np.zeros(len(pts), bool)
+    vis = StructureVisibility(grid=64, subdivisions=2, tolerance=1.5, fallback=False)
+    w2c = torch.as_tensor(np.asarray(item["w2c"]), dtype=torch.float32, device=device)[None]
+    K = torch.as_tensor(np.asarray(item["intrinsics"]), dtype=torch.float32, device=device)[None]
+    mask = torch.ones(w2c.shape[:2], dtype=torch.bool, device=device)
+    cell = 1.0 / chunk.resolution
+    centres = torch.as_tensor((chunk.vox.coords + 0.5) * cell - 0.5, dtype=torch.float32, device=device)
+    zbuf = vis.zbuffer(centres, torch.zeros(len(centres), dtype=torch.long, device=device), w2c, K, mask, cell)
+    probe = torch.as_tensor(pts, dtype=torch.float32, device=device)
+    seen = vis.visible(zbuf, probe, torch.zeros(len(probe), dtype=torch.long, device=device), w2c, K, mask, cell)
+    return seen.any(dim=1).cpu().numpy()
 
 
 # ============================================================================ runner
@@ -227,6 +254,7 @@ class Benchmark:
         self.warnings: list[str] = []
         self.figure: dict[str, dict[int, Any]] = {}  # column -> chunk index -> picture payload
         self.figure_chunks = set(range(args.figure_chunks)) if args.figure else set()
+        self._seen: dict[int, np.ndarray] = {}  # chunk index -> which texture-probe points its views see
         latents = Path(args.latents)
         stats_path = latents / "stats.json"
         self.stats = json.loads(stats_path.read_text()) if stats_path.is_file() else None
@@ -428,22 +456,32 @@ class Benchmark:
         self.free()
 
     # ------------------------------------------------------------------ texture (issue 6)
+    def seen(self, i: int) -> np.ndarray:
+        """Which probe points of chunk ``i`` its evaluation views see (built once per chunk)."""
+        if i not in self._seen:
+            self._seen[i] = probe_visibility(self.chunks[i], self.items[i], self.device)
+        return self._seen[i]
+
     def tex_scores(self, out: SparseTensor, batch: dict[str, Any], idx: list[int], column: str,
-                   psnr: list[float]) -> None:
-        """``out``: decoded PBR in [0, 1] on the true voxels (texture VAE ``decode``)."""
+                   scores: dict[str, list]) -> None:
+        """``out``: decoded PBR in [0, 1] on the true voxels (texture VAE ``decode``). Appends each chunk's PSNR,
+        its PSNR over the probe points its views see and over those they do not, and the seen share."""
         aligned = feats_at(out, SparseTensor(batch["ovoxel_coords"], batch["ovoxel_coords"][:, :1]))
         for j, i in enumerate(idx):
             sel = out.coords[:, 0] == j
             coords, rgb = out.coords[sel, 1:].cpu().numpy(), out.feats[sel, :3].float().cpu().numpy()
-            psnr.append(colour_psnr(coords, rgb, self.chunks[i]))
+            seen = self.seen(i)
+            for key, value in colour_psnr_split(coords, rgb, self.chunks[i], seen).items():
+                scores.setdefault(key, []).append(value)
+            scores.setdefault("seen_share", []).append(float(seen.mean()))
             if i in self.figure_chunks:
                 rgb = aligned[batch["ovoxel_coords"][:, 0] == j, :3].float().cpu().numpy()
-                self.keep(column, i, (rgb, psnr[-1]))
+                self.keep(column, i, (rgb, scores["psnr_db"][-1]))
 
     def run_tex(self) -> None:
         a = self.args
         vae, vae_s = self.load(a.tex_vae, "tex_vae")
-        start, psnr, diffs, guides = time.perf_counter(), [], [], {}
+        start, scores, diffs, guides = time.perf_counter(), {}, [], {}
         with torch.no_grad():
             for k, idx, batch in self.batches():
                 post = vae.encoder(TextureVAEStage._input(batch), sample_posterior=False)
@@ -451,17 +489,17 @@ class Benchmark:
                 if "tex_feats" in batch:
                     stored = SparseTensor(batch["shape_coords"], batch["tex_feats"], batch_size=len(idx))
                     diffs.append((feats_at(post.mean, stored) - stored.feats).abs().max().item())
-                self.tex_scores(vae.decode(post.mean, post.subs), batch, idx, "tex_vae_roundtrip", psnr)
+                self.tex_scores(vae.decode(post.mean, post.subs), batch, idx, "tex_vae_roundtrip", scores)
         if diffs:
             self.latent_check["tex"] = round(max(diffs), 6)
         self.record("tex_vae_roundtrip", {"checkpoint": a.tex_vae, "load_seconds": round(vae_s, 2)},
-                    {"psnr_db": psnr}, time.perf_counter() - start)
+                    scores, time.perf_counter() - start)
         if a.tex_flow:
             stage, load_s = self.load(a.tex_flow, "tex_flow")
             meta = self.flow_meta("tex_flow", stage, a.tex_flow, load_s, False)
             meta["guide"] = "texture-encoder child masks of the ground-truth O-Voxel (the true voxels)"
             for entry, settings in self.sampler_variants("tex_flow", stage):
-                start, sample_s, psnr = time.perf_counter(), 0.0, []
+                start, sample_s, scores = time.perf_counter(), 0.0, {}
                 with torch.no_grad():
                     for k, idx, batch in self.batches():
                         x, s = self.sample(stage, batch, k)
@@ -469,9 +507,8 @@ class Benchmark:
                         latent = SparseTensor(batch["shape_coords"], stage.denormalise(x, 1), batch_size=len(idx))
                         guide = [g.to(self.device) for g in guides[k]]
                         column = "tex_flow" if entry == "tex_flow" else "_sweep"
-                        self.tex_scores(vae.decode(latent, guide), batch, idx, column, psnr)
-                self.record(entry, dict(meta, **settings), {"psnr_db": psnr},
-                            time.perf_counter() - start, sample_s)
+                        self.tex_scores(vae.decode(latent, guide), batch, idx, column, scores)
+                self.record(entry, dict(meta, **settings), scores, time.perf_counter() - start, sample_s)
             self.figure.pop("_sweep", None)
             del stage
         del vae
@@ -576,7 +613,8 @@ class Benchmark:
 
 
 def headline(results: dict[str, Any]) -> dict[str, float | None]:
-    keys = {"ss": ["iou", "fscore_1vox"], "shape": ["chamfer_vox", "fscore", "normal_consistency"], "tex": ["psnr_db"]}
+    keys = {"ss": ["iou", "fscore_1vox"], "shape": ["chamfer_vox", "fscore", "normal_consistency"],
+            "tex": ["psnr_db", "psnr_seen_db", "psnr_hidden_db"]}
     out = {}
     for name, entry in results.items():
         # the SS IoUs on the shape latent grid and at the inference threshold

@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from datamodules.chunks import ChunkDataModule
@@ -68,8 +69,15 @@ def test_scores_all_three_flows_and_their_ablations(tiny_pipeline, tmp_path, cap
     assert r["shape_flow_ablation"]["per_chunk"] == r["shape_flow"]["per_chunk"]
 
     for name in ("tex_vae_roundtrip", "tex_flow"):
-        psnr = r[name]["per_chunk"]["psnr_db"]
+        per = r[name]["per_chunk"]
+        psnr = per["psnr_db"]
         assert len(psnr) == 2 and all(math.isfinite(v) and v > 0 for v in psnr)
+        # the seen and hidden parts split the same probe points: their MSEs average, by the seen share, to the whole
+        for whole, seen, hidden, share in zip(psnr, per["psnr_seen_db"], per["psnr_hidden_db"], per["seen_share"]):
+            assert 0.0 < share < 1.0 and seen is not None and hidden is not None
+            mse = share * 10 ** (-seen / 10) + (1 - share) * 10 ** (-hidden / 10)
+            assert mse == pytest.approx(10 ** (-whole / 10), rel=1e-3)
+    assert r["tex_flow"]["per_chunk"]["seen_share"] == r["tex_vae_roundtrip"]["per_chunk"]["seen_share"]
 
     for name in ("ss_flow", "shape_flow", "tex_flow"):
         assert r[name]["sampler"]["steps"] == 2 and r[name]["sample_seconds"] >= 0
@@ -171,3 +179,25 @@ def test_uncond_variants_sample_without_the_views_and_restore_the_sampler():
     assert seen == {"tex_flow": (12, [True, True]), "tex_flow@x0": (1, [True, True]),
                     "tex_flow@uncond": (12, [False, False]), "tex_flow@x0_uncond": (1, [False, False])}
     assert sampler.guidance_strength == 1.0 and sampler.guidance_interval == (0.6, 0.9) and sampler.steps == 12
+
+
+def test_probe_visibility_sees_the_front_of_a_wall_and_not_its_back():
+    """A 4-voxel-thick wall across the chunk, one camera in front of it: probe points on its front face are seen,
+    those on the back face are hidden behind it, and without cameras nothing is seen."""
+    from types import SimpleNamespace
+
+    fq = _flow_quality()
+    r = 32
+    xs, ys, zs = np.meshgrid(np.arange(14, 18), np.arange(r), np.arange(r), indexing="ij")
+    coords = np.stack([xs.ravel(), ys.ravel(), zs.ravel()], 1)
+    rng = np.random.default_rng(0)
+    yz = rng.uniform(-0.4, 0.4, size=(200, 2))
+    front = np.c_[np.full(200, 18 / r - 0.5), yz]  # the wall's +x face (voxels 14..17 end at x = 18/r)
+    back = np.c_[np.full(200, 14 / r - 0.5), yz]
+    chunk = SimpleNamespace(resolution=r, vox=SimpleNamespace(coords=coords),
+                            colour_probe=lambda: (np.concatenate([front, back]), None))
+    w2c, K = fq._look_at(np.array([1.2, 0.1, 0.05]), fov_deg=70.0)
+    item = {"w2c": w2c[None].astype(np.float32), "intrinsics": K[None].astype(np.float32)}
+    seen = fq.probe_visibility(chunk, item, torch.device("cpu"))
+    assert seen[:200].mean() > 0.95 and seen[200:].mean() < 0.05
+    assert not fq.probe_visibility(chunk, {"w2c": np.zeros((0, 4, 4))}, torch.device("cpu")).any()

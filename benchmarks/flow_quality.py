@@ -19,8 +19,10 @@ Any subset of checkpoints may be given; a metric runs when its flow and decoding
   ``--steps``. Sampling runs under bf16 autocast on CUDA (``--precision fp32`` to turn it off); the VAE
   decoders and all metrics run in fp32.
 * SS flow (issue 5): sampled latent -> ``denormalise`` -> SS-VAE decoder -> occupancy IoU (logit > the
-  stage's ``occ_threshold``) against the chunk's ground-truth occupancy. Reference: the SS-VAE round trip
-  (posterior mean of the true occupancy, decoded).
+  stage's ``occ_threshold``) against the chunk's ground-truth occupancy; ``iou_<R>`` the same after OR-pooling
+  both onto the shape latent grid (R³, the structure the shape flow receives), ``iou_t-1`` / ``iou_<R>_t-1`` at
+  ``infer.py``'s threshold (``--infer-occ-threshold``), ``fscore_1vox`` within one voxel. Reference: the SS-VAE
+  round trip (posterior mean of the true occupancy, decoded).
 * Shape flow (issue 6): 32-ch latent sampled on the ground-truth latent coordinates, denormalised, decoded by
   the shape VAE with free-running subdivisions, dual-contoured (``decode_to_mesh``) and compared with the
   ground-truth O-Voxel mesh on ``--samples`` area-uniform samples each: Chamfer (mean of both directional mean
@@ -33,7 +35,9 @@ Any subset of checkpoints may be given; a metric runs when its flow and decoding
   texture encoder's posterior child masks of the true O-Voxel (the same masks as the shape VAE encoder's, as
   both are the child masks of the true voxel pyramid), so the decoded voxels are the true ones. Base colour
   is looked up (sparse trilinear) at ``--samples`` samples of the ground-truth surface in the decoded and the
-  true volume: PSNR in dB. Reference: the texture VAE round trip, exactly as vae_quality.py.
+  true volume: PSNR in dB; ``psnr_seen_db`` / ``psnr_hidden_db`` over the samples some evaluation view sees /
+  none does (z-buffer of the true O-Voxels, ``probe_visibility``; ``seen_share``). Reference: the texture VAE
+  round trip, exactly as vae_quality.py.
 * ``latent_check``: max |stored latent - latent re-encoded by the given VAE|; large values mean the VAE
   checkpoints are not the ones that wrote the latent shards (then the flow numbers are not meaningful).
   ``stats_check``: max |checkpoint normalisation - stats.json next to the shards|.

@@ -83,11 +83,16 @@ def flow_phase(fp, args, monkeypatch):
     return pipe, batches
 
 
-def test_flow_phase_places_the_aux_runs_beside_their_baselines(tmp_path, monkeypatch):
+def two_gpu_flows(tmp_path, monkeypatch, *argv: str):
+    """The script and :func:`flow_phase` of a 2-GPU pipeline (phases flow, flow_quality) given ``argv``."""
     fp = load_script("benchmarks/full_pipeline.py")
-    args = fp.parse_args(["--root", str(tmp_path), "--gpus", "2", "--phases", "flow", "flow_quality",
-                          "--flows", "ss_flow", "ss_flow_noproj", "ss_flow_aux", "tex_flow", "tex_flow_aux"])
-    pipe, batches = flow_phase(fp, args, monkeypatch)
+    args = fp.parse_args(["--root", str(tmp_path), "--gpus", "2", "--phases", "flow", "flow_quality", *argv])
+    return (fp, *flow_phase(fp, args, monkeypatch))
+
+
+def test_flow_phase_places_the_aux_runs_beside_their_baselines(tmp_path, monkeypatch):
+    fp, pipe, batches = two_gpu_flows(
+        tmp_path, monkeypatch, "--flows", "ss_flow", "ss_flow_noproj", "ss_flow_aux", "tex_flow", "tex_flow_aux")
     by_name = {j.name: j for j in batches[0]}
     assert {n: j.gpu for n, j in by_name.items()} == {"ss_flow": 0, "ss_flow_noproj": 0, "ss_flow_aux": 0,
                                                       "tex_flow": 1, "tex_flow_aux": 1}
@@ -121,10 +126,8 @@ def test_flow_quality_skips_the_base_family_without_a_main_flow(tmp_path, monkey
 
 
 def test_visibility_runs_train_beside_the_texture_flow_and_are_scored_in_their_own_families(tmp_path, monkeypatch):
-    fp = load_script("benchmarks/full_pipeline.py")
-    args = fp.parse_args(["--root", str(tmp_path), "--gpus", "2", "--phases", "flow", "flow_quality",
-                          "--flows", "tex_flow", "tex_flow_aux", "tex_flow_vis", "tex_flow_visphoto"])
-    pipe, batches = flow_phase(fp, args, monkeypatch)
+    fp, pipe, batches = two_gpu_flows(
+        tmp_path, monkeypatch, "--flows", "tex_flow", "tex_flow_aux", "tex_flow_vis", "tex_flow_visphoto")
     by_name = {j.name: j for j in batches[0]}
     assert {n: j.gpu for n, j in by_name.items()} == {"tex_flow": 1, "tex_flow_aux": 1, "tex_flow_vis": 1,
                                                       "tex_flow_visphoto": 1}
@@ -174,10 +177,8 @@ def test_view_pretraining_runs_beside_the_vaes_and_the_pre_flows_load_it(tmp_pat
 
 
 def test_the_pre_ss_flow_is_ablated_with_the_same_encoder_and_scored_against_that_ablation(tmp_path, monkeypatch):
-    fp = load_script("benchmarks/full_pipeline.py")
-    args = fp.parse_args(["--root", str(tmp_path), "--gpus", "2", "--phases", "flow", "flow_quality",
-                          "--flows", "ss_flow_pre", "ss_flow_pre_noproj", "--place", "ss_flow_pre_noproj=1"])
-    pipe, batches = flow_phase(fp, args, monkeypatch)
+    fp, pipe, batches = two_gpu_flows(
+        tmp_path, monkeypatch, "--flows", "ss_flow_pre", "ss_flow_pre_noproj", "--place", "ss_flow_pre_noproj=1")
     by_name = {j.name: j for j in batches[0]}
     pre, ablation = by_name["ss_flow_pre"].argv, by_name["ss_flow_pre_noproj"].argv
     init = f"stage.module.image_encoder_ckpt={pipe.ckpt('view_pretrain')}"
@@ -290,10 +291,8 @@ def test_detached_jobs_run_beside_the_encoding_and_the_next_phase_waits_for_them
 
 
 def test_nofloor_runs_are_their_base_run_without_the_floor_and_are_scored_against_it(tmp_path, monkeypatch):
-    fp = load_script("benchmarks/full_pipeline.py")
-    args = fp.parse_args(["--root", str(tmp_path), "--gpus", "2", "--phases", "flow", "flow_quality",
-                          "--flows", "tex_flow", "tex_flow_nofloor", "tex_flow_pre", "tex_flow_pre_nofloor"])
-    pipe, batches = flow_phase(fp, args, monkeypatch)
+    fp, pipe, batches = two_gpu_flows(
+        tmp_path, monkeypatch, "--flows", "tex_flow", "tex_flow_nofloor", "tex_flow_pre", "tex_flow_pre_nofloor")
     by_name = {j.name: j.argv for j in batches[0]}
     for base, ablation in (("tex_flow", "tex_flow_nofloor"), ("tex_flow_pre", "tex_flow_pre_nofloor")):
         assert [x for x in by_name[ablation] if x not in by_name[base]] == [fp.NO_FLOOR]

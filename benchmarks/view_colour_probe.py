@@ -1,7 +1,8 @@
 """How much base colour can the projection pathway read from the views? A probe of the texture flow's conditioning.
 
     python benchmarks/view_colour_probe.py --shards <root>/synthetic_small/shards --steps 600 \
-        [--config '{"width": 128, "depth": 4, "lr": 1e-3, "cells": 32}'] [--visibility [--no-fallback]] \
+        [--config '{"width": 128, "depth": 4, "lr": 1e-3, "cells": 32, "sampling": "bilinear"}'] \
+        [--visibility [--no-fallback]] \
         [--encoder-ckpt <view_pretrain checkpoint> [--train-encoder]]
 
 Question behind it (issue 6): the texture flow samples plausible colours, but on held-out chunks it paints a
@@ -48,7 +49,8 @@ from genrecon.stages.view_pretrain import load_pretrained_view_encoder
 from genrecon.utils.jsonl import JsonLinesLog
 from genrecon.utils.probe_cli import load_probe_chunks, probe_arguments
 
-DEFAULTS = {"width": 128, "depth": 4, "num_heads": 4, "patch_size": 16, "lr": 1e-3, "cells": 32}
+DEFAULTS = {"width": 128, "depth": 4, "num_heads": 4, "patch_size": 16, "lr": 1e-3, "cells": 32,
+            "sampling": "nearest"}
 
 
 def load(shards: str, split: str, views: int) -> list[dict]:
@@ -184,7 +186,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     else:
         encoder = SmallViT(width=cfg["width"], depth=cfg["depth"], num_heads=cfg["num_heads"],
                            patch_size=cfg["patch_size"], num_registers=4)
-    projection = Projection(encoder.num_global_tokens, encoder.patch_grid(image_size))
+    # "sampling": the patch token under each projection (published) or bilinear between the four nearest
+    projection = Projection(encoder.num_global_tokens, encoder.patch_grid(image_size), cfg["sampling"])
     aggregator = ViewAggregator(encoder.out_channels)
     head = torch.nn.Linear(encoder.out_channels, 3)
     torch.nn.init.zeros_(head.weight)

@@ -99,3 +99,19 @@ def test_probe_reads_through_a_frozen_pretrained_encoder(tiny_dataset, view_pret
     reference = load_pretrained_view_encoder(ckpt)
     assert encoder.frozen and all(torch.equal(a, b) for a, b in zip(encoder.state_dict().values(),
                                                                       reference.state_dict().values()))
+
+
+def test_the_config_chooses_the_projection_sampling(tiny_dataset, monkeypatch):
+    probe = load_script("benchmarks/view_colour_probe.py")
+    built = []
+
+    class Spy(probe.Projection):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(self)
+
+    monkeypatch.setattr(probe, "Projection", Spy)
+    config = {"width": 32, "depth": 1, "num_heads": 2, "patch_size": 8, "cells": 8, "sampling": "bilinear"}
+    lines = probe.main(["--shards", str(tiny_dataset / "shards"), "--steps", "2", "--every", "2", "--views", "2",
+                        "--threads", "1", "--config", json.dumps(config)])
+    assert [p.sampling for p in built] == ["bilinear"] and lines[-1]["step"] == 2

@@ -64,7 +64,7 @@ from genrecon.data.batching import collate, select_fields
 from genrecon.data.shards import decode_chunk_sample, shard_urls
 from genrecon.geometry.ovoxel import ContouredMesh, OVoxel, ovoxel_to_mesh
 from genrecon.metrics.image import array_psnr
-from genrecon.metrics.occupancy import occupancy_fscore, pooled_occupancy_iou
+from genrecon.metrics.occupancy import occupancy_fscore, occupancy_iou, pooled_occupancy_iou
 from genrecon.metrics.surface import (
     chamfer,
     normal_consistency,
@@ -79,7 +79,6 @@ from genrecon.pipelines.glb import sample_voxel_attributes
 from genrecon.stages.flow import load_latent_stats
 from genrecon.stages.loading import load_stage
 from genrecon.stages.sc_vae import TextureVAEStage
-from genrecon.stages.ss_vae import occupancy_iou
 
 FSCORE_VOXELS = 2.0  # F-score threshold in voxel edges of the O-Voxel grid
 # Occupancy F-score tolerance in voxels of the 64³ grid, beside the voxel-exact IoU of issue 5 (a wall one voxel

@@ -83,18 +83,18 @@ CELL_CUE = "preset.flow.cell_cue={subdivisions:4}"
 # conf/stage/tex_flow.yaml since session 12): its 27 near-constant channels are not scaled up into unit-
 # variance targets. The *_nofloor runs switch it off (the published per-channel normalisation).
 NO_FLOOR = "stage.module.latent_std_floor=0.0"
-# Where each flow job runs when there are two or more GPUs: each flow beside its variants (equal conditions),
-# the texture flows beside the extended texture VAE.
-FLOW_GPU = {"ss_flow": 0, "ss_flow_noproj": 0, "ss_flow_photo": 0, "ss_flow_aux": 0, "ss_flow_depth": 0,
-            "ss_flow_dsup": 0, "shape_flow": 1, "shape_flow_noproj": 1, "tex_flow": 1, "tex_flow_photo": 1,
-            "tex_flow_aux": 1, "tex_flow_depth": 1, "tex_flow_dsup": 1, "tex_flow_vis": 1, "tex_flow_visphoto": 1,
-            "ss_flow_pre": 0, "tex_flow_pre": 1, "ss_flow_cell": 0, "tex_flow_cell": 1, "tex_flow_nofloor": 1,
-            "tex_flow_pre_nofloor": 1, "ss_flow_pre_noproj": 0, "tex_vae_long": 1}
 VAES = ("ss_vae", "shape_vae", "tex_vae")
 # Phases that may start while detached jobs of the phase before still run (see Pipeline.run).
 OVERLAPS = ("encode",)
 MAIN_FLOWS = ("ss_flow", "shape_flow", "tex_flow")
 STAGES = ("ss_vae", "shape_vae", "tex_vae", "ss_flow", "shape_flow", "tex_flow")
+
+
+def default_flow_gpu(run: str) -> int:
+    """Where a flow job runs when there are two or more GPUs and ``--place`` names none: the SS flows on GPU 0,
+    the shape and texture flows (and the extended texture VAE) on GPU 1, so each flow trains beside its variants
+    under equal conditions."""
+    return 0 if run.startswith("ss_") else 1
 
 
 @dataclass
@@ -387,18 +387,19 @@ class Pipeline:
                  "tex_flow_aux": [LATENT_AUX], "tex_flow_depth": [LATENT_AUX, DEPTH_CUE],
                  "tex_flow_dsup": [LATENT_AUX, DEPTH_CUE, DEPTH_SUP], "tex_flow_vis": [LATENT_AUX, VISIBILITY],
                  "tex_flow_visphoto": [LATENT_AUX, VISIBILITY, VIS_PHOTO_CUE]}
-        pre = [f"stage.module.image_encoder_ckpt={self.ckpt('view_pretrain')}", FROZEN_ENCODER, DEPTH_CUE]
+        encoder = [f"stage.module.image_encoder_ckpt={self.ckpt('view_pretrain')}", FROZEN_ENCODER]
+        pre = [*encoder, DEPTH_CUE]
         extra.update({"ss_flow_pre": ss + [OCC_AUX, *pre], "tex_flow_pre": [LATENT_AUX, VISIBILITY, *pre],
                       # the ablation of ss_flow_pre: the same frozen pretrained encoder for the cross-attention
                       # tokens, no projection (so neither the occupancy head nor the depth cue, which read it)
-                      "ss_flow_pre_noproj": ss + noproj + pre[:2]})
+                      "ss_flow_pre_noproj": ss + noproj + encoder})
         extra.update({"ss_flow_cell": extra["ss_flow_pre"] + [CELL_CUE],
                       "tex_flow_cell": extra["tex_flow_pre"] + [CELL_CUE], "tex_flow_nofloor": [NO_FLOOR],
                       "tex_flow_pre_nofloor": extra["tex_flow_pre"] + [NO_FLOOR]})
         runs = [f for f in FLOWS if f in a.flows]
         if a.tex_vae_extend_minutes > 0:
             runs.append("tex_vae_long")
-        gpu = {r: self.gpu_of(r, FLOW_GPU[r] if self.gpus >= 2 else 0) for r in runs}
+        gpu = {r: self.gpu_of(r, default_flow_gpu(r) if self.gpus >= 2 else 0) for r in runs}
         sharing = {r: sum(1 for o in runs if set(_gpu_set(gpu[o])) & set(_gpu_set(gpu[r]))) for r in runs}
         jobs = []
         for run in runs:

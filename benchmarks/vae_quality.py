@@ -34,7 +34,7 @@ from genrecon.modules.sparse.tensor import SparseTensor
 from genrecon.pipelines.glb import sample_voxel_attributes
 from genrecon.stages.loading import load_stage
 from genrecon.stages.sc_vae import TextureVAEStage
-from genrecon.stages.ss_vae import occupancy_iou
+from genrecon.metrics.occupancy import occupancy_iou
 
 
 def _normals(v: np.ndarray, f: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Occupancy-grid scores with a tolerance: how close sampled structure comes, not only whether it is voxel-exact.
+"""Occupancy-grid scores: voxel-exact IoU, IoU on a coarser grid, and an F-score with a tolerance.
 
 IoU at 64³ counts a wall placed one voxel (4.4 cm at a 2.8 m chunk) off as entirely wrong. The F-score here counts
 a predicted voxel as correct when a true one lies within ``tolerance`` voxels (Chebyshev distance), and a true
@@ -10,6 +10,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 from torch.nn import functional as F
+
+
+def occupancy_iou(logits: Tensor, target: Tensor, threshold: float = 0.0) -> Tensor:
+    """Per-sample IoU ``[B]`` of ``logits > threshold`` against the binary target (both empty: 0)."""
+    pred = (logits > threshold).flatten(1)
+    gt = target.flatten(1) > 0.5
+    inter = (pred & gt).sum(1).float()
+    union = (pred | gt).sum(1).float().clamp(min=1.0)
+    return inter / union
 
 
 def _dilate(occ: Tensor, tolerance: int) -> Tensor:
@@ -49,20 +58,16 @@ def pooled_occupancy_iou(logits: Tensor, target: Tensor, threshold: float = 0.0,
 
     The pipeline max-pools the SS decoder's logits onto the shape latent grid before the shape flow (the
     published 512 pipeline: 64³ -> 32³; ``genrecon/pipelines/reconstruct.py``), so this is the IoU of the structure
-    the next stage receives. Thresholding then OR-pooling equals max-pooling the logits then thresholding.
+    the next stage receives. Max-pooling then thresholding equals thresholding then OR-pooling (monotone).
 
     Args:
         logits, target: ``[B, 1, R, R, R]`` (or ``[B, R, R, R]``), ``R`` divisible by ``factor``.
-    Both empty: IoU 0 (as :func:`genrecon.stages.ss_vae.occupancy_iou`).
+    Both empty: IoU 0 (as :func:`occupancy_iou`).
     """
-    pred, gt = logits > threshold, target > 0.5
-    if pred.dim() == 4:
-        pred, gt = pred[:, None], gt[:, None]
-    if any(s % factor for s in pred.shape[2:]):
-        raise ValueError(f"grid {tuple(pred.shape[2:])} is not divisible by the pooling factor {factor}")
+    if logits.dim() == 4:
+        logits, target = logits[:, None], target[:, None]
+    if any(s % factor for s in logits.shape[2:]):
+        raise ValueError(f"grid {tuple(logits.shape[2:])} is not divisible by the pooling factor {factor}")
     if factor > 1:
-        pred = F.max_pool3d(pred.float(), factor) > 0
-        gt = F.max_pool3d(gt.float(), factor) > 0
-    inter = (pred & gt).flatten(1).sum(1).float()
-    union = (pred | gt).flatten(1).sum(1).float().clamp(min=1.0)
-    return inter / union
+        logits, target = F.max_pool3d(logits.float(), factor), F.max_pool3d(target.float(), factor)
+    return occupancy_iou(logits, target, threshold)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from genrecon.metrics.occupancy import occupancy_iou
 from genrecon.models.aggregator import ViewAggregator
 from genrecon.models.depth_cue import DepthCue, patch_depth_targets
 from genrecon.models.flow_transformer import DenseFlowTransformer
@@ -474,8 +475,6 @@ class SparseStructureFlowStage(FlowStage):
     def sample_metrics(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         if self.ss_decoder is None or "occupancy" not in batch:
             return {}
-        from genrecon.stages.ss_vae import occupancy_iou
-
         decoder = self.ss_decoder.to(self.device)
         logits = decoder(self.denormalise(self.sample(batch), 1).to(next(decoder.parameters()).dtype))
         return {"val/sample_iou": occupancy_iou(logits, batch["occupancy"], self.occ_threshold).mean()}

@@ -8,17 +8,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from genrecon.metrics.occupancy import occupancy_iou
 from genrecon.models.ss_vae import SparseStructureDecoder, SparseStructureEncoder, ss_vae_losses
 from genrecon.stages.base import Stage
-
-
-def occupancy_iou(logits: Tensor, target: Tensor, threshold: float = 0.0) -> Tensor:
-    """Per-sample IoU ``[B]`` of ``logits > threshold`` against the binary target."""
-    pred = (logits > threshold).flatten(1)
-    gt = target.flatten(1) > 0.5
-    inter = (pred & gt).sum(1).float()
-    union = (pred | gt).sum(1).float().clamp(min=1.0)
-    return inter / union
 
 
 class SparseStructureVAEStage(Stage):

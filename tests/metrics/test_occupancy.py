@@ -3,8 +3,7 @@
 import pytest
 import torch
 
-from genrecon.metrics.occupancy import occupancy_fscore, pooled_occupancy_iou
-from genrecon.stages.ss_vae import occupancy_iou
+from genrecon.metrics.occupancy import occupancy_fscore, occupancy_iou, pooled_occupancy_iou
 
 
 def _wall(x: int, r: int = 16) -> torch.Tensor:

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from genrecon.stages.ss_vae import SparseStructureVAEStage, occupancy_iou
+from genrecon.metrics.occupancy import occupancy_iou
+from genrecon.stages.ss_vae import SparseStructureVAEStage
 from tests.stages.helpers import head_tail_ratio, run_train
 
 

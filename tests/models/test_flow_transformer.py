@@ -32,6 +32,8 @@ def _randomise_outputs(model: nn.Module) -> None:
     # The zero-initialised output layer would hide every difference.
     for p in (model.out_layer.weight, model.adaLN_modulation[1].weight):
         nn.init.normal_(p, std=0.05)
+    if getattr(model, "patch_size", 1) > 1:  # the patched model's per-cell head ends in its own zero layer
+        nn.init.normal_(model.fine_out.weight, std=0.05)
 
 
 def _views(batch: int, n_views: int = 3, g: torch.Generator | None = None):
@@ -479,3 +481,90 @@ def coords_points(resolution: int) -> torch.Tensor:
 def test_photo_cue_needs_the_projection_pathway() -> None:
     with pytest.raises(ValueError, match="projection pathway"):
         _tiny(DenseFlowTransformer, photo_cue={"subdivisions": 2})
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Patched sparse flow (patch_size > 1, a deviation): blocks over occupied 2³ blocks of cells
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _unique_cells(lengths, resolution, g):
+    """Packed coords [K, 4] of ``lengths[b]`` distinct random cells per sample, grouped by sample."""
+    rows = []
+    for b, n in enumerate(lengths):
+        flat = torch.randperm(resolution**3, generator=g)[:n]
+        xyz = torch.stack([flat // resolution**2, (flat // resolution) % resolution, flat % resolution], 1)
+        rows.append(torch.cat([torch.full((n, 1), b), xyz], 1))
+    return torch.cat(rows).int()
+
+
+def test_patched_sparse_flow_runs_on_blocks_and_keeps_the_token_order() -> None:
+    torch.manual_seed(11)
+    g = torch.Generator().manual_seed(12)
+    model = _tiny(SparseFlowTransformer, resolution=6, patch_size=2)
+    _randomise_outputs(model)
+    coords = _unique_cells((30, 0, 50), 6, g)
+    feats, t, c = torch.randn(len(coords), 4, generator=g), torch.rand(3, generator=g), torch.randn(3, 5, 32)
+    seen: list[int] = []
+    model.blocks[0].register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0]))
+    out = model(feats, t, c, coords=coords)
+    assert out.shape == (len(coords), 4) and out.abs().sum() > 0
+    blocks = {(int(b), int(x) // 2, int(y) // 2, int(z) // 2) for b, x, y, z in coords.tolist()}
+    assert seen == [len(blocks)] and len(blocks) < len(coords)
+    # Any token order gives the same per-token velocities.
+    perm = torch.randperm(len(coords), generator=g)
+    out_perm = model(feats[perm], t, c, coords=coords[perm])
+    torch.testing.assert_close(out_perm, out[perm], rtol=1e-5, atol=1e-6)
+    # Each cell's velocity depends on where it sits in its block: the same input in two children of one block
+    # gives different outputs.
+    pair = torch.tensor([[0, 0, 0, 0], [0, 1, 1, 1]], dtype=torch.int32)
+    same = torch.randn(1, 4, generator=g).expand(2, 4)
+    two = model(same, t[:1], c[:1], coords=pair)
+    assert not torch.allclose(two[0], two[1])
+
+
+def test_patched_sparse_flow_keeps_samples_isolated_and_starts_at_zero() -> None:
+    torch.manual_seed(13)
+    g = torch.Generator().manual_seed(14)
+    model = _tiny(SparseFlowTransformer, resolution=6, patch_size=2)
+    coords = _unique_cells((20, 25, 15), 6, g)
+    feats, t, c = torch.randn(len(coords), 4, generator=g), torch.rand(3, generator=g), torch.randn(3, 5, 32)
+    assert model(feats, t, c, coords=coords).abs().max() == 0  # zero-initialised un-patchify: zero velocity
+    _randomise_outputs(model)
+    out = model(feats, t, c, coords=coords)
+    feats2, t2, c2 = feats.clone(), t.clone(), c.clone()
+    feats2[20:45] += 1.0
+    t2[1] = 1 - t2[1]
+    c2[1] *= 3
+    out2 = model(feats2, t2, c2, coords=coords)
+    assert torch.equal(out[:20], out2[:20]) and torch.equal(out[45:], out2[45:])
+    assert not torch.equal(out[20:45], out2[20:45])
+
+
+def test_patched_projection_pathway_is_inert_at_init_and_pools_the_childrens_mean() -> None:
+    torch.manual_seed(15)
+    g = torch.Generator().manual_seed(16)
+    model = _tiny(SparseFlowTransformer, resolution=4, conditioned=True, patch_size=2)
+    _randomise_outputs(model)
+    coords = _unique_cells((12, 9), 4, g)
+    tokens, w2c, K, mask = _views(2, g=g)
+    feats, t, c = torch.randn(len(coords), 4, generator=g), torch.rand(2, generator=g), torch.randn(2, 5, 32)
+    cond_3d = model.cond_3d_from_views(coords, tokens, w2c, K, mask)
+    assert cond_3d.shape == (len(coords), 32)  # fused per cell, pooled per block inside the model
+    with_cond = model(feats, t, c, cond_3d, coords=coords)
+    torch.testing.assert_close(with_cond, model(feats, t, c, None, coords=coords), rtol=0, atol=0)
+    # The pooling starts as the mean over a block's 8 cells (absent ones count as zero).
+    v = torch.randn(32, generator=g)
+    pooled = model.cond_patch(v.repeat(8)[None])[0]
+    torch.testing.assert_close(pooled, v, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(model.cond_patch(torch.cat([v, torch.zeros(7 * 32)])[None])[0], v / 8,
+                               rtol=1e-5, atol=1e-6)
+    # Once the injection has weights the condition reaches the output.
+    for linear in model.proj_linears:
+        nn.init.normal_(linear.weight, std=0.1)
+    assert not torch.allclose(model(feats, t, c, cond_3d, coords=coords), with_cond)
+
+
+def test_patch_size_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="patch_size"):
+        _tiny(SparseFlowTransformer, resolution=4, patch_size=0)

@@ -6,7 +6,7 @@ the data on the CPU.
 
     python benchmarks/flow_step.py --preset small --device cuda --out probe.json \\
         --stages ss_flow shape_flow tex_flow --batches 4 8 16 --steps 12 --warmup 4 \\
-        [--tokens 9000] [--views 16] [--backends auto torch_varlen sdpa_loop] [--checkpoint both] \\
+        [--tokens 4600] [--views 16] [--backends auto torch_varlen sdpa_loop] [--checkpoint both] \\
         [--time-budget 600] [--mem-fraction 1.0]                                       # GPU
     python benchmarks/flow_step.py --preset tiny --device cpu --steps 2 --warmup 1      # CPU check (~15 s)
 
@@ -39,7 +39,7 @@ What runs, per configuration (stage x batch x attention backend x activation che
   - sparse coordinates (shape/texture latents): a floor, two walls and random boxes' surfaces voxelised at
     the preset's ``shape_latent_resolution``, deduplicated, sorted by ``(x, y, z)`` as the encode step writes
     them, and trimmed at random to ``--tokens`` x U(0.7, 1.3) voxels per sample, so packed lengths differ;
-    ``--tokens`` defaults to 9000 at a 32^3 grid, scaled with the grid's area (2250 at 16^3);
+    ``--tokens`` defaults to 4600 at a 32^3 grid, scaled with the grid's area (1150 at 16^3);
   - latents: standard normal (normalised latents are ~N(0, 1)); ``ss_latent [8, r, r, r]``;
   - VAEs (``shape_vae``, ``tex_vae``): an O-Voxel of the same kind of surface at ``ovoxel_resolution``
     (Morton-sorted, random offsets, flags and PBR), ``--vae-tokens`` voxels per sample (default:
@@ -114,8 +114,10 @@ STAGES = FLOW_STAGES + VAE_STAGES
 ATTENTION_KIND = {"ss_flow": "dense", "shape_flow": "varlen", "tex_flow": "varlen"}
 # A bigger batch is chosen only if the best smaller one reaches less than this share of the best samples/s.
 SPEEDUP_FRACTION = 0.75
-# Active latent voxels per sample at a 32^3 grid when --tokens is not given (scaled with the grid's area).
-DEFAULT_TOKENS_32 = 9000
+# Active latent voxels per sample at a 32^3 grid when --tokens is not given (scaled with the grid's area): the
+# synthetic rooms' training chunks hold 74k O-Voxels at 128^3 on average (session 13, 288 rooms), about 4.6k cells
+# of the 32^3 latent (4,331 on the CPU's 40 rooms). Until session 13 this was 9000, twice the real count.
+DEFAULT_TOKENS_32 = 4600
 TOKEN_JITTER = 0.3
 GIB = float(2**30)
 

@@ -37,7 +37,9 @@ Any subset of checkpoints may be given; a metric runs when its flow and decoding
   is looked up (sparse trilinear) at ``--samples`` samples of the ground-truth surface in the decoded and the
   true volume: PSNR in dB; ``psnr_seen_db`` / ``psnr_hidden_db`` over the samples some evaluation view sees /
   none does (z-buffer of the true O-Voxels, ``probe_visibility``; ``seen_share``). Reference: the texture VAE
-  round trip, exactly as vae_quality.py.
+  round trip, exactly as vae_quality.py. A flow trained with a latent head (``latent_aux_weight``) also gets
+  ``tex_flow@head``: the head's linear read-out of the fused views, decoded and scored the same way, i.e. what
+  the flow adds to its own conditioning.
 * ``latent_check``: max |stored latent - latent re-encoded by the given VAE|; large values mean the VAE
   checkpoints are not the ones that wrote the latent shards (then the flow numbers are not meaningful).
   ``stats_check``: max |checkpoint normalisation - stats.json next to the shards|.
@@ -512,6 +514,20 @@ class Benchmark:
                         column = "tex_flow" if entry == "tex_flow" else "_sweep"
                         self.tex_scores(vae.decode(latent, guide), batch, idx, column, scores)
                 self.record(entry, dict(meta, **settings), scores, time.perf_counter() - start, sample_s)
+            if stage.latent_head is not None:
+                # The latent head's linear read-out of the fused views, decoded like a sample: what the flow adds
+                # to its own conditioning (entry name@head).
+                start, scores = time.perf_counter(), {}
+                with torch.no_grad():
+                    for k, idx, batch in self.batches():
+                        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
+                            x = stage.latent_head_readout(batch)
+                        latent = SparseTensor(batch["shape_coords"], stage.denormalise(x.float(), 1),
+                                              batch_size=len(idx))
+                        guide = [g.to(self.device) for g in guides[k]]
+                        self.tex_scores(vae.decode(latent, guide), batch, idx, "_sweep", scores)
+                self.record("tex_flow@head", dict(meta, readout="latent head on the fused view features, no flow"),
+                            scores, time.perf_counter() - start)
             self.figure.pop("_sweep", None)
             del stage
         del vae

@@ -373,6 +373,17 @@ class FlowStage(Stage):
         return out
 
     @torch.no_grad()
+    def latent_head_readout(self, batch: dict[str, Any]) -> Tensor | None:
+        """The latent head's estimate of the batch's (normalised) latent from the fused views alone, in the layout
+        :meth:`sample` returns; None without the head. A diagnostic beside the samples: where it scores as well as
+        the flow, the flow adds nothing to a linear read-out of its own conditioning."""
+        if self.latent_head is None:
+            return None
+        _, inputs = self._prepare(batch)
+        pred, x0 = self.latent_head(inputs["cond_3d"]), inputs["x0"]
+        return pred.transpose(1, 2).reshape(x0.shape) if x0.dim() == 5 else pred
+
+    @torch.no_grad()
     def sample(self, batch: dict[str, Any], seed: int = 0) -> Tensor:
         """Generate the batch's latent (normalised) with the stage's sampler from seeded noise."""
         tokens, inputs = self._prepare(batch)

@@ -201,3 +201,29 @@ def test_probe_visibility_sees_the_front_of_a_wall_and_not_its_back():
     seen = fq.probe_visibility(chunk, item, torch.device("cpu"))
     assert seen[:200].mean() > 0.95 and seen[200:].mean() < 0.05
     assert not fq.probe_visibility(chunk, {"w2c": np.zeros((0, 4, 4))}, torch.device("cpu")).any()
+
+
+def test_a_latent_head_readout_is_decoded_and_scored_like_a_sample(tiny_pipeline, monkeypatch):
+    """``tex_flow@head`` decodes whatever the stage's ``latent_head_readout`` returns on the true voxels: a read-out
+    of the true latent scores the texture VAE's round trip."""
+    fq = _flow_quality()
+    root, ckpts = tiny_pipeline
+    original = fq.Benchmark.load
+
+    def load(self, path, stage):
+        module, seconds = original(self, path, stage)
+        if stage == "tex_flow":  # the tiny flow has no head: give it one whose read-out is the true latent
+            module.latent_head = torch.nn.Linear(module.model.cond_channels, 32)
+            module.latent_head_readout = lambda batch: module.normalise(batch["tex_feats"], 1)
+        return module, seconds
+
+    monkeypatch.setattr(fq.Benchmark, "load", load)
+    r = fq.main(["--latents", str(root / "latents"), "--max-chunks", "2", "--batch-size", "2", "--steps", "2",
+                 "--samples", "5000", "--device", "cpu", "--tex-vae", str(ckpts / "tex_vae.ckpt"),
+                 "--tex-flow", str(ckpts / "tex_flow.ckpt")])["results"]
+    assert set(r) == {"tex_vae_roundtrip", "tex_flow", "tex_flow@head"}
+    assert r["tex_flow@head"]["readout"].startswith("latent head")
+    np.testing.assert_allclose(r["tex_flow@head"]["per_chunk"]["psnr_db"],
+                               r["tex_vae_roundtrip"]["per_chunk"]["psnr_db"], atol=0.05)
+    assert not np.allclose(r["tex_flow"]["per_chunk"]["psnr_db"], r["tex_vae_roundtrip"]["per_chunk"]["psnr_db"],
+                           atol=0.05)

@@ -165,3 +165,28 @@ def test_sparse_latent_head_trains_the_view_pathway(cls, in_channels) -> None:
     groups = {g["name"]: g["params"] for g in stage.parameter_groups()}
     new = {id(p) for name, ps in groups.items() if name.startswith("new") for p in ps}
     assert {id(p) for p in stage.latent_head.parameters()} <= new
+
+
+def test_latent_head_readout_is_the_head_on_the_fused_views_in_the_sample_layout() -> None:
+    """Dense (SS) and packed sparse (texture) stages: the read-out is the head applied to ``cond_3d``, shaped as
+    ``sample`` returns; a stage without the head has none."""
+    assert _stage(weight=0.0).latent_head_readout(_batch()) is None
+    stage, batch = _stage(weight=0.0, latent_weight=1.0), _batch()
+    with torch.no_grad():
+        torch.nn.init.normal_(stage.latent_head.weight)
+    prepared = stage._prepare(batch)
+    readout = stage.latent_head_readout(batch)
+    assert readout.shape == prepared[1]["x0"].shape == stage.sample(batch).shape  # [B, 8, 4, 4, 4]
+    torch.testing.assert_close(stage.latent_tokens(readout), stage.latent_head(prepared[1]["cond_3d"]))
+
+    torch.manual_seed(2)
+    encoder = SmallViT(width=32, depth=1, num_heads=2, patch_size=8, num_registers=0)
+    model = partial(SparseFlowTransformer, **flow_preset("tiny"), resolution=8, in_channels=64, out_channels=32,
+                    attn_backend="sdpa_loop", attn_device="cpu")
+    stage = flow.TextureFlowStage(model=model, image_encoder=encoder, objective=RectifiedFlow(t_schedule="uniform"),
+                                  sampler=EulerSampler(steps=2), image_size=SIZE, latent_channels=32,
+                                  latent_aux_weight=1.0)
+    batch = sparse_batch()
+    readout = stage.latent_head_readout(batch)
+    assert readout.shape == stage.sample(batch).shape == (len(batch["shape_coords"]), 32)
+    torch.testing.assert_close(readout, stage.latent_head(stage._prepare(batch)[1]["cond_3d"]))

@@ -6,6 +6,7 @@ import importlib.util
 import os
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
@@ -152,14 +153,14 @@ PIPELINE_DATA = ["dataset=synthetic", "dataset.num_scenes=3", "dataset.val_fract
 PIPELINE_PREPARE = PIPELINE_DATA + ["render.max_cameras=16", "chunks.per_scene=2", "contact_sheet.rooms=1"]
 
 
-def _train_stage(stage: str, root: Path, out: Path) -> Path:
+def _train_stage(stage: str, root: Path, out: Path, extra: Sequence[str] = ()) -> Path:
     from genrecon.tasks.train import train
 
     cfg = compose_config("train", PIPELINE_DATA + [
         f"stage={stage}", "hardware=cpu", "logger=none", "stage.max_steps=3", "stage.val_every_n_steps=3",
         "stage.val_batches=1", "stage.datamodule.batch_size=2", "stage.checkpoint_every_n_steps=3",
         "callbacks.model_summary=null", "callbacks.lr_monitor=null", "callbacks.progress_bar=null",
-        f"dataset.root={root}", f"paths.output_dir={out}",
+        f"dataset.root={root}", f"paths.output_dir={out}", *extra,
     ] + (["stage.module.sample_batches=0"] if stage.endswith("flow") else []))
     train(cfg)
     return out / "checkpoints" / "last.ckpt"

@@ -42,6 +42,22 @@ def test_infer_writes_textured_glb_and_summary(tiny_pipeline, tmp_path):
     assert len(json.loads((tmp_path / "views.json").read_text())["views"]) == saved["num_views"] <= 8
 
 
+def test_infer_runs_sparse_flows_trained_on_block_tokens(tiny_pipeline, tmp_path):
+    """Shape and texture flows trained with ``preset.flow.patch_size=2`` (a deviation) load from their checkpoints
+    and sample the scene's chunks jointly: the patched models take the chunk-local cells the joint sampler gives."""
+    from tests.conftest import _train_stage
+
+    root, ckpts = tiny_pipeline
+    patched = tmp_path / "ckpts"
+    shutil.copytree(ckpts, patched)
+    for stage in ("shape_flow", "tex_flow"):
+        ckpt = _train_stage(stage, root, tmp_path / stage, ["preset.flow.patch_size=2"])
+        assert torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]["model.fine_out.weight"].ndim == 2
+        shutil.copy(ckpt, patched / f"{stage}.ckpt")
+    summary = _infer(root, patched, tmp_path / "out")
+    assert summary["faces"] > 0 and (tmp_path / "out" / "scene.glb").stat().st_size > 0
+
+
 def test_wrong_checkpoint_for_stage_fails_without_glb(tiny_pipeline, tmp_path):
     root, ckpts = tiny_pipeline
     bad = tmp_path / "ckpts"

@@ -1,7 +1,6 @@
 """infer.py end to end on a tiny synthetic room with tiny checkpoints trained by train.py in the fixture."""
 
 import json
-import os
 import shutil
 from pathlib import Path
 

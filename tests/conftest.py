@@ -17,6 +17,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from genrecon.utils.run_dir import register_resolvers
+from genrecon.utils.test_size import (  # noqa: F401 (tests import the overrides from here)
+    TINY_DATA_OVERRIDES, TINY_MODEL_OVERRIDES, tiny_vae_overrides,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
@@ -65,21 +68,6 @@ def _fresh_run_name():
         os.environ["GENRECON_RUN_NAME"] = saved
 
 
-# Test-size data: every dimension shrunk so a whole prepare + train cycle takes seconds on 2 CPU cores.
-TINY_DATA_OVERRIDES = [
-    "dataset=synthetic",
-    "dataset.num_scenes=4",
-    "dataset.val_fraction=0.25",
-    "preset.ovoxel_resolution=32",
-    "preset.occupancy_resolution=32",
-    "preset.image_size=32",
-    "render.max_cameras=16",
-    "chunks.per_scene=3",
-    "chunks.min_voxels=16",
-    "contact_sheet.rooms=2",
-]
-
-
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     """A small synthetic dataset written by the real prepare task (shared by the tests of a session)."""
@@ -92,13 +80,6 @@ def tiny_dataset(tmp_path_factory) -> Path:
     return Path(cfg.dataset.root)
 
 
-# Test-size model overrides matching TINY_DATA_OVERRIDES (32³ occupancy -> 8³ SS latent, 32 px views).
-TINY_MODEL_OVERRIDES = [
-    "preset.ovoxel_resolution=32", "preset.occupancy_resolution=32", "preset.image_size=32",
-    "preset.ss_latent_resolution=8", "preset.ss_vae.channels=[8,16,16]", "preset.shape_latent_resolution=8",
-]
-
-
 @pytest.fixture(scope="session")
 def tiny_latents(tiny_dataset, tmp_path_factory) -> Path:
     """``tiny_dataset`` plus SS, shape and texture latents from VAEs briefly trained by train.py; returns the
@@ -109,12 +90,7 @@ def tiny_latents(tiny_dataset, tmp_path_factory) -> Path:
     ckpts = {}
     for stage in ("ss_vae", "shape_vae", "tex_vae"):
         out = tmp_path_factory.mktemp(f"{stage}_run")
-        cfg = compose_config("train", TINY_MODEL_OVERRIDES + [
-            f"stage={stage}", "hardware=cpu", "logger=none", "callbacks=default", "stage.max_steps=10",
-            "stage.val_every_n_steps=10", "stage.val_batches=1", "stage.datamodule.batch_size=2",
-            "stage.checkpoint_every_n_steps=10", "callbacks.model_summary=null", "callbacks.lr_monitor=null",
-            "callbacks.progress_bar=null", f"dataset.root={tiny_dataset}", f"paths.output_dir={out}",
-        ])
+        cfg = compose_config("train", tiny_vae_overrides(stage, tiny_dataset, out))
         train(cfg)
         ckpts[stage] = out / "checkpoints" / "last.ckpt"
     cfg = compose_config("prepare", TINY_DATA_OVERRIDES + [

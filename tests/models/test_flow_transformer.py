@@ -498,10 +498,12 @@ def _unique_cells(lengths, resolution, g):
     return torch.cat(rows).int()
 
 
-def test_patched_sparse_flow_runs_on_blocks_and_keeps_the_token_order() -> None:
+@pytest.mark.parametrize("cell_blocks", [0, 1])
+def test_patched_sparse_flow_runs_on_blocks_and_keeps_the_token_order(cell_blocks: int) -> None:
     torch.manual_seed(11)
     g = torch.Generator().manual_seed(12)
-    model = _tiny(SparseFlowTransformer, resolution=6, patch_size=2)
+    model = _tiny(SparseFlowTransformer, resolution=6, patch_size=2, patch_cell_blocks=cell_blocks)
+    assert len(model.cell_blocks) == cell_blocks
     _randomise_outputs(model)
     coords = _unique_cells((30, 0, 50), 6, g)
     feats, t, c = torch.randn(len(coords), 4, generator=g), torch.rand(3, generator=g), torch.randn(3, 5, 32)
@@ -524,6 +526,7 @@ def test_patched_sparse_flow_runs_on_blocks_and_keeps_the_token_order() -> None:
 
 
 def test_patched_sparse_flow_keeps_samples_isolated_and_starts_at_zero() -> None:
+    """With its cell blocks (one by default), which attend per sample at full resolution."""
     torch.manual_seed(13)
     g = torch.Generator().manual_seed(14)
     model = _tiny(SparseFlowTransformer, resolution=6, patch_size=2)

@@ -2,30 +2,20 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 from genrecon.tasks.train import train
+from genrecon.utils.test_size import FAST_TRAINER_OVERRIDES, logged_series
 from tests.conftest import compose_config
 
-FAST_TRAINER = [
-    "hardware=cpu", "logger=csv", "callbacks=none", "trainer.enable_model_summary=false",
-    "+trainer.enable_progress_bar=false", "+trainer.enable_checkpointing=false", "trainer.log_every_n_steps=1",
-]
+FAST_TRAINER = FAST_TRAINER_OVERRIDES
 
 
 def run_train(overrides: list[str], dataset_root: Path, out: Path) -> tuple[dict[str, float], dict[str, list[float]]]:
     """``train(cfg)`` with the overrides; returns its metrics and every logged series from metrics.csv."""
     cfg = compose_config("train", FAST_TRAINER + [f"dataset.root={dataset_root}", f"paths.output_dir={out}"] + overrides)
     metrics = train(cfg)
-    series: dict[str, list[float]] = {}
-    latest = max((out / "csv").glob("version_*/metrics.csv"), key=lambda p: p.stat().st_mtime)
-    with open(latest) as f:
-        for row in csv.DictReader(f):
-            for key, value in row.items():
-                if value not in ("", None):
-                    series.setdefault(key, []).append(float(value))
-    return metrics, series
+    return metrics, logged_series(out)
 
 
 def head_tail_ratio(values: list[float], k: int = 5) -> float:

@@ -8,15 +8,11 @@ import torch
 import webdataset as wds
 
 from genrecon.data.shards import decode_chunk_sample, shard_urls
+from genrecon.utils.test_size import TINY_FLOW_OVERRIDES
 from tests.conftest import TINY_MODEL_OVERRIDES
 from tests.stages.helpers import head_tail_ratio, run_train
 
-FLOW_OVERRIDES = TINY_MODEL_OVERRIDES + [
-    "stage.max_steps=120", "stage.val_every_n_steps=120", "stage.val_batches=1", "stage.datamodule.batch_size=4",
-    "stage.datamodule.max_views=4",
-    "stage.module.warmup_steps=10", "stage.module.lr=1e-3", "stage.module.lr_new=1e-3", "stage.module.ema_decay=null",
-    "stage.module.sample_batches=0", "seed=0",
-]
+FLOW_OVERRIDES = TINY_MODEL_OVERRIDES + ["stage.max_steps=120", "stage.val_every_n_steps=120"] + TINY_FLOW_OVERRIDES
 
 
 def test_encode_step_writes_latents_and_statistics(tiny_latents):

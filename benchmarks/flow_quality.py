@@ -504,34 +504,41 @@ class Benchmark:
             meta = self.flow_meta("tex_flow", stage, a.tex_flow, load_s, False)
             meta["guide"] = "texture-encoder child masks of the ground-truth O-Voxel (the true voxels)"
             for entry, settings in self.sampler_variants("tex_flow", stage):
-                start, sample_s, scores = time.perf_counter(), 0.0, {}
-                with torch.no_grad():
-                    for k, idx, batch in self.batches():
-                        x, s = self.sample(stage, batch, k)
-                        sample_s += s
-                        latent = SparseTensor(batch["shape_coords"], stage.denormalise(x, 1), batch_size=len(idx))
-                        guide = [g.to(self.device) for g in guides[k]]
-                        column = "tex_flow" if entry == "tex_flow" else "_sweep"
-                        self.tex_scores(vae.decode(latent, guide), batch, idx, column, scores)
+                start = time.perf_counter()
+                scores, sample_s = self.score_tex_latents(
+                    vae, guides, lambda batch, k: self.sample(stage, batch, k), stage,
+                    "tex_flow" if entry == "tex_flow" else "_sweep")
                 self.record(entry, dict(meta, **settings), scores, time.perf_counter() - start, sample_s)
             if stage.latent_head is not None:
                 # The latent head's linear read-out of the fused views, decoded like a sample: what the flow adds
                 # to its own conditioning (entry name@head).
-                start, scores = time.perf_counter(), {}
-                with torch.no_grad():
-                    for k, idx, batch in self.batches():
-                        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
-                            x = stage.latent_head_readout(batch)
-                        latent = SparseTensor(batch["shape_coords"], stage.denormalise(x.float(), 1),
-                                              batch_size=len(idx))
-                        guide = [g.to(self.device) for g in guides[k]]
-                        self.tex_scores(vae.decode(latent, guide), batch, idx, "_sweep", scores)
+                start = time.perf_counter()
+
+                def readout(batch: dict[str, Any], k: int) -> tuple[torch.Tensor, float]:
+                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
+                        return stage.latent_head_readout(batch).float(), 0.0
+
+                scores, _ = self.score_tex_latents(vae, guides, readout, stage, "_sweep")
                 self.record("tex_flow@head", dict(meta, readout="latent head on the fused view features, no flow"),
                             scores, time.perf_counter() - start)
             self.figure.pop("_sweep", None)
             del stage
         del vae
         self.free()
+
+    def score_tex_latents(self, vae, guides: dict[int, list], produce, stage, column: str) -> tuple[dict, float]:
+        """Decode and score the texture latents ``produce(batch, k) -> (normalised latent [K, C], seconds)`` of
+        every batch on its true voxels; returns the scores and the seconds ``produce`` reported."""
+        scores: dict[str, list] = {}
+        seconds = 0.0
+        with torch.no_grad():
+            for k, idx, batch in self.batches():
+                x, s = produce(batch, k)
+                seconds += s
+                latent = SparseTensor(batch["shape_coords"], stage.denormalise(x, 1), batch_size=len(idx))
+                guide = [g.to(self.device) for g in guides[k]]
+                self.tex_scores(vae.decode(latent, guide), batch, idx, column, scores)
+        return scores, seconds
 
     def sampler_variants(self, name: str, stage) -> Iterator[tuple[str, dict[str, Any]]]:
         """Yield (entry, sampler settings): the stage's own sampler as ``name``, then each ``--cfg-sweep`` value

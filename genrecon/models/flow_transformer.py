@@ -465,8 +465,6 @@ class SparseFlowTransformer(_FlowTransformer):
         if concat_cond is not None:
             feats = torch.cat([feats, _feats(concat_cond)], dim=-1)
         cond_3d = _feats(cond_3d) if cond_3d is not None else None
-        if self.patch_size > 1:
-            return self._forward_patched(feats, coords, t, cond_2d, cond_3d)
 
         order = None
         if offsets is not None:
@@ -485,33 +483,29 @@ class SparseFlowTransformer(_FlowTransformer):
                 cond_3d = cond_3d[order] if cond_3d is not None else None
             # Grouped now: the layout need not check it again (one device sync fewer).
             layout = PackedLayout.from_batch_idx(batch_idx, cond_2d.shape[0], check_sorted=False)
-        phases = rope_phases(coords[:, 1:], self.head_dim, self.rope_theta)
-
-        h = self.input_layer(feats)
-        h = self._run_blocks(h, self._modulation(t), cond_2d, cond_3d, phases, layout)
-        out = self._output(h)
+        if self.patch_size > 1:
+            out = self._forward_patched(feats, coords, t, cond_2d, cond_3d, layout)
+        else:
+            phases = rope_phases(coords[:, 1:], self.head_dim, self.rope_theta)
+            h = self.input_layer(feats)
+            h = self._run_blocks(h, self._modulation(t), cond_2d, cond_3d, phases, layout)
+            out = self._output(h)
         if order is not None:
             out = torch.empty_like(out).index_copy_(0, order, out)
         return out
 
     def _forward_patched(
-        self, feats: Tensor, coords: Tensor, t: Tensor, cond_2d: Tensor, cond_3d: Tensor | None
+        self, feats: Tensor, coords: Tensor, t: Tensor, cond_2d: Tensor, cond_3d: Tensor | None,
+        cell_layout: PackedLayout,
     ) -> Tensor:
         """The blocks over occupied ``p³`` blocks of cells (``patch_size`` p > 1).
 
-        feats [K, C_in], coords [K, 4] (unique cells, any order), cond_3d [K, C_cond] or None -> [K, C_out] in the
-        input's order. Block tokens come out of ``torch.unique`` sorted by (batch, x, y, z): grouped by sample.
+        feats [K, C_in], coords [K, 4] (unique cells grouped by sample, as ``cell_layout`` says), cond_3d
+        [K, C_cond] or None -> [K, C_out] in the cells' order. Block tokens come out of ``torch.unique`` sorted by
+        (batch, x, y, z): grouped by sample.
         """
         p, children = self.patch_size, self.patch_size**3
         r = -(-self.resolution // p)  # blocks per axis
-        order = None
-        if len(self.cell_blocks):
-            batch_idx = coords[:, 0].long()
-            if batch_idx.numel() and bool((batch_idx[1:] < batch_idx[:-1]).any()):
-                # The cell blocks attend per sample: group the cells, undo at the end.
-                order = torch.argsort(batch_idx, stable=True)
-                feats, coords = feats[order], coords[order]
-                cond_3d = cond_3d[order] if cond_3d is not None else None
         batch_idx, xyz = coords[:, 0].long(), coords[:, 1:].long()
         block_xyz, sub = xyz.div(p, rounding_mode="floor"), xyz.remainder(p)
         child = (sub[:, 0] * p + sub[:, 1]) * p + sub[:, 2]  # [K] in [0, p³)
@@ -537,14 +531,10 @@ class SparseFlowTransformer(_FlowTransformer):
         if self.has_cond_3d:  # cond_3d None = the unconditional branch, as zeros: only the bias remains
             fine = fine + (self.fine_cond(cond_3d) if cond_3d is not None else self.fine_cond.bias.to(fine.dtype))
         if len(self.cell_blocks):
-            cell_layout = PackedLayout.from_batch_idx(batch_idx, cond_2d.shape[0], check_sorted=False)
             cell_phases = rope_phases(xyz, self.cell_head_dim, self.rope_theta)
             cell_mod = self.cell_modulation(F.silu(t_emb))
             for block in self.cell_blocks:
                 fine = block(fine, cell_mod, cond_2d, cell_phases, cell_layout)
         shift, scale = self.fine_modulation(F.silu(t_emb)).chunk(2, dim=-1)
         fine = F.layer_norm(fine, fine.shape[-1:]) * (1 + scale[batch_idx]) + shift[batch_idx]
-        out = self.fine_out(F.silu(fine))
-        if order is not None:
-            out = torch.empty_like(out).index_copy_(0, order, out)
-        return out
+        return self.fine_out(F.silu(fine))

@@ -7,7 +7,7 @@ the data on the CPU.
     python benchmarks/flow_step.py --preset small --device cuda --out probe.json \\
         --stages ss_flow shape_flow tex_flow --batches 4 8 16 --steps 12 --warmup 4 \\
         [--tokens 4600] [--views 16] [--backends auto torch_varlen sdpa_loop] [--checkpoint both] \\
-        [--time-budget 600] [--mem-fraction 1.0]                                       # GPU
+        [--time-budget 600] [--mem-fraction 1.0] [--profile-steps 3]                   # GPU
     python benchmarks/flow_step.py --preset tiny --device cpu --steps 2 --warmup 1      # CPU check (~15 s)
 
 Defaults: the three flows, ``--batches 4 8 16`` and ``--checkpoint both`` on CUDA, ``--batches 1 2`` and
@@ -27,8 +27,9 @@ What runs, per configuration (stage x batch x attention backend x activation che
   the EMA callback from ``configure_callbacks`` and the host-to-device copy of every batch all run as in a
   training job.
 * The batch is built once per (stage, batch size) and handed to the loop again every step (a DataLoader over
-  the same collated dict, ``batch_size=None`` like the chunk datamodule), so data loading is not timed; the
-  copy to the device is. Synthetic samples are ``genrecon.data.shards.ChunkSample`` objects run through the
+  the same collated dict, ``batch_size=None`` like the chunk datamodule; with ``--distinct-batches N``, N batches
+  of other token counts and views in turn: what a kernel that plans per shape costs on a real stream), so data
+  loading is not timed; the copy to the device is. Synthetic samples are ``genrecon.data.shards.ChunkSample`` objects run through the
   real ``select_fields`` (the stage's datamodule ``fields``, the datamodule's view sampling: 1..``--views``
   views per sample among those covering >= 40 % of the image) and ``collate``, so keys, dtypes and layout
   are those of a real batch:
@@ -62,6 +63,13 @@ What runs, per configuration (stage x batch x attention backend x activation che
   checkpoint setting over all batch sizes, then the other settings, so each stage gets a baseline early.
 * ``--mem-fraction f`` (CUDA) caps this process at ``f`` of the GPU memory
   (``torch.cuda.set_per_process_memory_fraction``), for a GPU that another job shares.
+
+Profile (``--profile-steps N``): after the timed steps, N more run under ``torch.profiler`` (not timed with
+the others: the profiler slows the host). ``profile`` reports per step: the wall time, the kernels' count and
+summed time (``gpu_busy``), the CPU and device time of the step's named ranges (``flow.view_tokens``,
+``flow.conditioning``, ``cond.visibility``, ``cond.project_aggregate``, ``flow.objective``,
+``model.sparse_forward``, ``flow.auxiliary``), an ATen-call census by range (:func:`op_census`: what paces a
+host-bound step) and the ops with the most device (else CPU) self time.
 
 Output: one JSON object on stdout and in ``--out`` (rewritten after every configuration with
 ``"complete": false``): ``device``, ``torch``, ``preset``, ``args``, ``results`` (one entry per configuration
@@ -453,16 +461,16 @@ def batch_tokens(batch: dict[str, Any]) -> int:
 
 
 class _Repeat(torch.utils.data.Dataset):
-    """The same prebuilt batch ``n`` times."""
+    """``n`` batches cycling through the prebuilt ones."""
 
-    def __init__(self, batch: dict[str, Any], n: int) -> None:
-        self.batch, self.n = batch, n
+    def __init__(self, batches: Sequence[dict[str, Any]], n: int) -> None:
+        self.batches, self.n = list(batches), n
 
     def __len__(self) -> int:
         return self.n
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.batch
+        return self.batches[index % len(self.batches)]
 
 
 def _step_timer(device: torch.device):
@@ -480,6 +488,106 @@ def _step_timer(device: torch.device):
             self.starts.append(time.perf_counter())
 
     return StepTimer()
+
+
+# Named ranges of the flow step (``record_function`` in genrecon/stages/flow.py and models/flow_transformer.py).
+PROFILE_PREFIXES = ("flow.", "cond.", "model.")
+
+
+def _profile_window(device: torch.device, start: int, steps: int):
+    """A callback that runs ``torch.profiler`` over training batches ``start .. start + steps - 1``."""
+    import lightning as L
+    from torch.profiler import ProfilerActivity, profile
+
+    class ProfileWindow(L.Callback):
+        def __init__(self) -> None:
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+            self.profiler = profile(activities=activities)
+            self.active = False
+            self.done = False
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if batch_idx == start and not self.done:
+                self.profiler.__enter__()
+                self.active = True
+            elif batch_idx == start + steps and self.active:
+                self.profiler.__exit__(None, None, None)
+                self.active, self.done = False, True
+
+    return ProfileWindow()
+
+
+# Shape-only ATen calls: no kernel, little host time; left out of the op census.
+VIEW_OPS = frozenset(f"aten::{n}" for n in (
+    "view", "reshape", "_reshape_alias", "_unsafe_view", "slice", "select", "as_strided", "t", "transpose",
+    "permute", "expand", "unsqueeze", "squeeze", "flatten", "unflatten", "narrow", "split", "split_with_sizes",
+    "chunk", "unbind", "alias", "detach", "empty", "empty_like", "empty_strided", "lift_fresh", "numpy_T",
+    "result_type", "size", "stride", "is_nonzero", "resolve_conj", "resolve_neg", "view_as", "expand_as"))
+
+
+def op_census(events: Sequence[Any], steps: int) -> dict[str, Any]:
+    """Top-level ATen calls per step (a call made inside another ATen call is not counted again; shape-only
+    ops are left out), by where they run: the innermost named range, ``backward`` (autograd's engine) or
+    ``other`` (optimiser, EMA, clipping, Lightning). Each call costs host time whether or not the GPU is busy:
+    where the step is host-bound, this count is what sets its length."""
+    by_range: dict[str, int] = {}
+    by_op: dict[str, int] = {}
+    by_range_op: dict[str, dict[str, int]] = {}
+    for e in events:
+        if not e.name.startswith("aten::") or e.name in VIEW_OPS:
+            continue
+        parent = e.cpu_parent
+        if parent is not None and parent.name.startswith("aten::"):
+            continue
+        where = "other"
+        while parent is not None:
+            if parent.name.startswith(PROFILE_PREFIXES):
+                where = parent.name
+                break
+            if parent.name.startswith("autograd::engine"):
+                where = "backward"
+            parent = parent.cpu_parent
+        by_range[where] = by_range.get(where, 0) + 1
+        by_op[e.name] = by_op.get(e.name, 0) + 1
+        ops = by_range_op.setdefault(where, {})
+        ops[e.name] = ops.get(e.name, 0) + 1
+
+    def top(counts: dict[str, int], n: int) -> dict[str, float]:
+        return {k: v / steps for k, v in sorted(counts.items(), key=lambda kv: kv[1], reverse=True)[:n]}
+
+    return {"ops_per_step": sum(by_range.values()) / steps,
+            "by_range": {k: v / steps for k, v in sorted(by_range.items())},
+            "top": top(by_op, 15), "top_by_range": {k: top(v, 8) for k, v in sorted(by_range_op.items())}}
+
+
+def profile_summary(profiler: Any, steps: int, wall_s: float, top: int = 15) -> dict[str, Any]:
+    """Per-step split of a profiled window: the named ranges' CPU and device time, the kernels' total time and
+    count (GPU busy share = kernel time / wall; far below 1 means the host, not the GPU, sets the pace), the
+    op census (:func:`op_census`) and the ops with the most device (else CPU) self time."""
+    events = profiler.events()
+    # Device activity without the named ranges' own spans on the GPU timeline (they would count twice).
+    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA
+               and not getattr(e, "is_user_annotation", False)]
+    kernel_ms = sum(e.time_range.elapsed_us() for e in kernels) / 1e3 / steps
+    averages = profiler.key_averages()
+    ranges = {a.key: {"cpu_ms": round(a.cpu_time_total / 1e3 / steps, 3),
+                      "device_ms": round(a.device_time_total / 1e3 / steps, 3),
+                      "calls": a.count / steps}
+              for a in averages if a.key.startswith(PROFILE_PREFIXES)}
+    by = "self_device_time_total" if kernels else "self_cpu_time_total"
+    ops = sorted(averages, key=lambda a: getattr(a, by), reverse=True)[:top]
+    wall_ms = wall_s * 1e3 / steps
+    return {
+        "steps": steps, "wall_ms": round(wall_ms, 3), "kernel_ms": round(kernel_ms, 3),
+        "kernels_per_step": len(kernels) / steps,
+        "gpu_busy": round(kernel_ms / wall_ms, 3) if kernels and wall_ms > 0 else None,
+        "ranges": ranges,
+        "census": op_census(events, steps),
+        "top_ops": [{"op": a.key[:80], "self_ms": round(getattr(a, by) / 1e3 / steps, 3),
+                     "calls": a.count / steps} for a in ops],
+    }
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -513,16 +621,20 @@ def _quiet() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def time_config(cfg: Any, batch: dict[str, Any], device: torch.device, steps: int, warmup: int,
-                seed: int) -> dict[str, Any]:
-    """Build the stage from ``cfg`` and run ``warmup + steps + 1`` real training steps on ``batch``."""
+def time_config(cfg: Any, batch: dict[str, Any] | Sequence[dict[str, Any]], device: torch.device, steps: int,
+                warmup: int, seed: int, profile_steps: int = 0) -> dict[str, Any]:
+    """Build the stage from ``cfg`` and run ``warmup + steps + 1`` real training steps on ``batch`` (a list of
+    batches: one after another, cycling), then ``profile_steps`` more under ``torch.profiler``, summarised in
+    ``profile``."""
+    batches = [batch] if isinstance(batch, dict) else list(batch)
     import hydra
     import lightning as L
     from omegaconf import OmegaConf
 
     out: dict[str, Any] = {"oom": False, "error": None}
-    total = warmup + steps + 1
-    module = trainer = timer = None
+    # One more batch closes the profiled window (its start ends the last profiled step).
+    total = warmup + steps + 1 + (profile_steps + 1 if profile_steps else 0)
+    module = trainer = timer = window = None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()
@@ -535,15 +647,19 @@ def time_config(cfg: Any, batch: dict[str, Any], device: torch.device, steps: in
                                    "preset": OmegaConf.to_container(cfg.preset, resolve=True)}
             out["params_m"] = round(sum(p.numel() for p in module.parameters()) / 1e6, 3)
             timer = _step_timer(device)
+            callbacks = [timer]
+            if profile_steps:
+                window = _profile_window(device, warmup + steps + 1, profile_steps)
+                callbacks.append(window)
             trainer = L.Trainer(
                 max_steps=total, max_epochs=1, accelerator="gpu" if device.type == "cuda" else "cpu",
                 devices=[device.index or 0] if device.type == "cuda" else 1,
                 precision="bf16-mixed" if device.type == "cuda" else "32-true",
                 logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                limit_val_batches=0, num_sanity_val_steps=0, callbacks=[timer], default_root_dir=tmp,
+                limit_val_batches=0, num_sanity_val_steps=0, callbacks=callbacks, default_root_dir=tmp,
                 gradient_clip_val=None, deterministic=False, benchmark=False,
             )
-            loader = torch.utils.data.DataLoader(_Repeat(batch, total), batch_size=None, shuffle=False,
+            loader = torch.utils.data.DataLoader(_Repeat(batches, total), batch_size=None, shuffle=False,
                                                  num_workers=0)
             trainer.fit(module, train_dataloaders=loader)
             loss = trainer.callback_metrics.get("train/loss")
@@ -561,11 +677,15 @@ def time_config(cfg: Any, batch: dict[str, Any], device: torch.device, steps: in
     else:
         out["peak_mem_gb"] = None
     starts = list(timer.starts) if timer is not None else []
-    del module, trainer, timer
+    if window is not None and window.done and not (out["oom"] or out["error"]):
+        first = warmup + steps + 1
+        out["profile"] = profile_summary(window.profiler, profile_steps,
+                                         starts[first + profile_steps] - starts[first])
+    del module, trainer, timer, window
     _free(device)
     if out["oom"] or out["error"]:
         return out
-    times = [b - a for a, b in itertools.pairwise(starts)][warmup:]
+    times = [b - a for a, b in itertools.pairwise(starts)][warmup:warmup + steps]
     if len(times) < steps:
         out["error"] = f"only {len(times)} of {steps} timed steps ran"
         return out
@@ -612,10 +732,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="choice: peak memory must stay below headroom x mem-fraction x GPU memory")
     p.add_argument("--extra", action="append", default=[],
                    help="extra Hydra override for every stage, or STAGE:override for one (repeatable)")
+    p.add_argument("--profile-steps", type=int, default=0,
+                   help="after the timed steps, run this many more under torch.profiler and report their split "
+                        "by the step's named ranges, kernel time and launches (entry 'profile')")
+    p.add_argument("--distinct-batches", type=int, default=1,
+                   help="cycle through this many synthetic batches of different token counts and views (1: the "
+                        "same batch every step; more shows what new shapes cost, as a real data stream brings)")
     p.add_argument("--seed", type=int, default=42)
     args = p.parse_args(argv)
-    if args.steps < 1 or args.warmup < 0:
-        p.error("--steps must be >= 1 and --warmup >= 0")
+    if args.steps < 1 or args.warmup < 0 or args.distinct_batches < 1:
+        p.error("--steps and --distinct-batches must be >= 1 and --warmup >= 0")
     cuda = torch.device(args.device).type == "cuda"
     if args.batches is None:
         args.batches = [4, 8, 16] if cuda else [1, 2]
@@ -709,15 +835,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 cfg = stage_config(stage, args.preset, device, use_ckpt, backend, args.extra)
                 key = (stage, batch_size)
                 if key not in batches:
-                    batches[key] = synthetic_batch(cfg, batch_size, args.views, plan["tokens"], plan["vae_tokens"],
-                                                   args.seed, args.fixed_views)
-                batch = batches[key]
+                    # Batch i > 0 has other token counts and views (seed + 1000 i): new shapes every step.
+                    batches[key] = [synthetic_batch(cfg, batch_size, args.views, plan["tokens"], plan["vae_tokens"],
+                                                    args.seed + 1000 * i, args.fixed_views)
+                                    for i in range(args.distinct_batches)]
+                batch = batches[key][0]
                 result = {**entry, "resolved_backend": resolved,
                           "tokens_per_batch": batch_tokens(batch),
-                          "views_per_batch": int(batch["view_mask"].sum()) if "view_mask" in batch else 0}
+                          "views_per_batch": int(batch["view_mask"].sum()) if "view_mask" in batch else 0,
+                          "distinct_batches": args.distinct_batches}
                 log(f"{stage} batch={batch_size} backend={backend} ({resolved}) checkpoint={use_ckpt} "
                     f"tokens={result['tokens_per_batch']} views={result['views_per_batch']} ...")
-                timed = time_config(cfg, batch, device, args.steps, args.warmup, args.seed)
+                timed = time_config(cfg, batches[key], device, args.steps, args.warmup, args.seed,
+                                    args.profile_steps)
                 result.update(timed)
                 result.setdefault("median_s", None)
                 result.setdefault("mean_s", None)

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from genrecon.models.aggregator import project_and_aggregate
 from genrecon.models.cell_cue import CellCue
@@ -217,25 +218,28 @@ class _FlowTransformer(nn.Module):
             tokens = self.cell_cue.extend_tokens(tokens)  # [B, N, T, C (+ D) + sub²·Cc]
         visible = None
         if self.visibility is not None:
-            if zbuffer is None:
-                zbuffer = self.structure_zbuffer(points, batch_idx, w2c, K, view_mask)
-            # Once for all points [P, N]: the aggregator's streamed batches and the photo cue share it.
-            visible = self.visibility.visible(zbuffer, points, batch_idx, w2c, K, view_mask, 1.0 / self.resolution)
-        cond = project_and_aggregate(
-            self.projection,
-            self.aggregator,
-            points,
-            batch_idx,
-            tokens,
-            w2c,
-            K,
-            view_mask,
-            batch_voxels=batch_voxels,
-            checkpoint=trains,
-            depth_cue=self.depth_cue,
-            visible=visible,
-            cell_cue=self.cell_cue,
-        )
+            with record_function("cond.visibility"):
+                if zbuffer is None:
+                    zbuffer = self.structure_zbuffer(points, batch_idx, w2c, K, view_mask)
+                # Once for all points [P, N]: the aggregator's streamed batches and the photo cue share it.
+                visible = self.visibility.visible(zbuffer, points, batch_idx, w2c, K, view_mask,
+                                                  1.0 / self.resolution)
+        with record_function("cond.project_aggregate"):
+            cond = project_and_aggregate(
+                self.projection,
+                self.aggregator,
+                points,
+                batch_idx,
+                tokens,
+                w2c,
+                K,
+                view_mask,
+                batch_voxels=batch_voxels,
+                checkpoint=trains,
+                depth_cue=self.depth_cue,
+                visible=visible,
+                cell_cue=self.cell_cue,
+            )
         if self.photo_cue is not None:
             cond = cond + self.photo_cue(images, points, batch_idx, w2c, K, view_mask, visible).to(cond.dtype)
         return cond
@@ -483,13 +487,14 @@ class SparseFlowTransformer(_FlowTransformer):
                 cond_3d = cond_3d[order] if cond_3d is not None else None
             # Grouped now: the layout need not check it again (one device sync fewer).
             layout = PackedLayout.from_batch_idx(batch_idx, cond_2d.shape[0], check_sorted=False)
-        if self.patch_size > 1:
-            out = self._forward_patched(feats, coords, t, cond_2d, cond_3d, layout)
-        else:
-            phases = rope_phases(coords[:, 1:], self.head_dim, self.rope_theta)
-            h = self.input_layer(feats)
-            h = self._run_blocks(h, self._modulation(t), cond_2d, cond_3d, phases, layout)
-            out = self._output(h)
+        with record_function("model.sparse_forward"):
+            if self.patch_size > 1:
+                out = self._forward_patched(feats, coords, t, cond_2d, cond_3d, layout)
+            else:
+                phases = rope_phases(coords[:, 1:], self.head_dim, self.rope_theta)
+                h = self.input_layer(feats)
+                h = self._run_blocks(h, self._modulation(t), cond_2d, cond_3d, phases, layout)
+                out = self._output(h)
         if order is not None:
             out = torch.empty_like(out).index_copy_(0, order, out)
         return out

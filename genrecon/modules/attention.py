@@ -10,6 +10,7 @@ is built, for the device it will run on. Nothing is read from environment variab
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,12 +19,13 @@ from itertools import pairwise
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from genrecon.modules.norms import MultiHeadRMSNorm
 from genrecon.modules.rope import apply_rope
 
 DENSE_BACKENDS = ("sdpa", "naive", "flash_attn")
-VARLEN_BACKENDS = ("flash_attn", "torch_varlen", "sdpa_loop", "naive")
+VARLEN_BACKENDS = ("flash_attn", "torch_varlen", "sdpa_loop", "sdpa_loop_cudnn", "naive")
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
@@ -86,6 +88,8 @@ def resolve_varlen_backend(backend: str, device: torch.device | str | None = Non
     ``auto``: ``flash_attn`` on CUDA when installed, else ``sdpa_loop``. The loop is preferred over
     ``torch_varlen`` because it measured faster on an H100 for fwd+bwd over 8 sequences of 2.5k-20k tokens
     (340 vs 290 useful TFLOP/s) and it also accepts float32; ``torch_varlen`` stays available by name.
+    ``sdpa_loop`` keeps cuDNN attention off (:data:`LOOP_SDPA_BACKENDS`); ``sdpa_loop_cudnn`` is the same loop
+    with torch's own kernel choice, cuDNN first on Hopper, whose per-length plans pay only where lengths repeat.
     device: where the module will run; None = CUDA if available, else CPU.
     """
     device = _default_device(device)
@@ -262,20 +266,33 @@ class PackedLayout:
         return self._cached(("segments", dtype), build)
 
 
+# SDPA kernels of the per-sequence loop: every kernel but cuDNN's. cuDNN attention (which torch picks first on
+# Hopper) builds and caches an execution plan per distinct sequence length; packed chunks bring new lengths every
+# batch (4.6k ± 30 % cells), so its cache fills only over thousands of steps, each miss costing a plan build.
+LOOP_SDPA_BACKENDS = (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH)
+
+
 def _loop_attention(
-    q: Tensor, k: Tensor, v: Tensor, offsets_q: Sequence[int], offsets_k: Sequence[int], naive: bool
+    q: Tensor, k: Tensor, v: Tensor, offsets_q: Sequence[int], offsets_k: Sequence[int], naive: bool,
+    kernels: Sequence[SDPBackend] | None = LOOP_SDPA_BACKENDS,
 ) -> Tensor:
-    """Per-sequence attention; each output row depends only on its own sequence, bit for bit."""
+    """Per-sequence attention; each output row depends only on its own sequence, bit for bit.
+
+    The packed tensors are cut with one ``split`` each rather than one slice per sequence: a slice's backward
+    writes its gradient into a zero tensor of the whole packed size, so B slices cost B full-size fills and
+    B - 1 full-size adds per tensor, where ``split``'s backward is a single concatenation. SDPA may use only
+    ``kernels`` (None: torch's choice)."""
+    len_q = [b - a for a, b in pairwise(offsets_q)]
+    len_k = [b - a for a, b in pairwise(offsets_k)]
     outs = []
-    for (qa, qb), (ka, kb) in zip(pairwise(offsets_q), pairwise(offsets_k), strict=True):
-        if qb == qa:
-            continue
-        # [L, H, D] -> [1, H, L, D]
-        qi, ki, vi = (
-            t[a:b].transpose(0, 1).unsqueeze(0) for t, a, b in ((q, qa, qb), (k, ka, kb), (v, ka, kb))
-        )
-        oi = _naive_attention(qi, ki, vi) if naive else F.scaled_dot_product_attention(qi, ki, vi)
-        outs.append(oi.squeeze(0).transpose(0, 1))
+    with contextlib.nullcontext() if naive or kernels is None else sdpa_kernel(list(kernels)):
+        for qi, ki, vi in zip(q.split(len_q), k.split(len_k), v.split(len_k), strict=True):
+            if qi.shape[0] == 0:
+                continue
+            # [L, H, D] -> [1, H, L, D]
+            qi, ki, vi = (t.transpose(0, 1).unsqueeze(0) for t in (qi, ki, vi))
+            oi = _naive_attention(qi, ki, vi) if naive else F.scaled_dot_product_attention(qi, ki, vi)
+            outs.append(oi.squeeze(0).transpose(0, 1))
     if not outs:
         return q.new_empty(0, q.shape[1], v.shape[-1])
     return torch.cat(outs, dim=0)
@@ -297,15 +314,17 @@ def varlen_attention(
     """Unmasked attention within each packed sequence. q [Tq, H, D], k/v [Tk, H, D] -> [Tq, H, D].
 
     cu_seqlens_q/k [B+1] int32: sequence b is rows cu[b]:cu[b+1]; max_q/max_k: the longest lengths.
-    backend: "flash_attn" | "torch_varlen" | "sdpa_loop" | "naive" | "auto" (resolved for q's device).
+    backend: "flash_attn" | "torch_varlen" | "sdpa_loop" | "sdpa_loop_cudnn" | "naive" | "auto" (resolved for
+    q's device).
     offsets_q/k: host copies of cu_seqlens for the loop backends (avoids a device sync); read from the
     tensors when omitted.
     """
     backend = resolve_varlen_backend(backend, q.device) if backend == "auto" else backend
-    if backend in ("sdpa_loop", "naive"):
+    if backend in ("sdpa_loop", "sdpa_loop_cudnn", "naive"):
         offsets_q = list(offsets_q) if offsets_q is not None else cu_seqlens_q.tolist()
         offsets_k = list(offsets_k) if offsets_k is not None else cu_seqlens_k.tolist()
-        return _loop_attention(q, k, v, offsets_q, offsets_k, naive=backend == "naive")
+        kernels = LOOP_SDPA_BACKENDS if backend == "sdpa_loop" else None
+        return _loop_attention(q, k, v, offsets_q, offsets_k, naive=backend == "naive", kernels=kernels)
     cu_q = cu_seqlens_q.to(device=q.device, dtype=torch.int32)
     cu_k = cu_seqlens_k.to(device=q.device, dtype=torch.int32)
     if backend == "flash_attn":
@@ -317,6 +336,30 @@ def varlen_attention(
         _check_half(q, backend)
         return _torch_varlen_fn()(q, k, v, cu_q, cu_k, max_q, max_k)
     raise ValueError(f"unknown varlen attention backend {backend!r}; choose from {VARLEN_BACKENDS}")
+
+
+@torch.compiler.disable
+def packed_attention(
+    q: Tensor, k: Tensor, v: Tensor, layout: PackedLayout, kv: PackedLayout | int, backend: str
+) -> Tensor:
+    """:func:`varlen_attention` of packed queries q [Tq, H, D] in ``layout`` against keys/values k, v [Tk, H, D]
+    in the layout ``kv``, or, given an int T, against a dense per-sample context of T tokens ([B·T, H, D]).
+
+    Outside ``torch.compile``: the layout (host offsets, a per-batch cache) changes every batch, so a compiled
+    block runs its projections, norms and RoPE as compiled code and calls this as it is (one graph break)."""
+    kv_layout = layout.context(kv) if isinstance(kv, int) else kv
+    return varlen_attention(
+        q,
+        k,
+        v,
+        layout.cu_seqlens,
+        kv_layout.cu_seqlens,
+        layout.max_seqlen,
+        kv_layout.max_seqlen,
+        backend,
+        offsets_q=layout.offsets,
+        offsets_k=kv_layout.offsets,
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -398,19 +441,7 @@ class PackedMultiHeadSelfAttention(_SelfAttentionProjections):
 
     def forward(self, x: Tensor, layout: PackedLayout, phases: Tensor | None = None) -> Tensor:
         q, k, v = self._qkv(x, phases)  # [K, H, D]
-        n = layout.max_seqlen
-        out = varlen_attention(
-            q,
-            k,
-            v,
-            layout.cu_seqlens,
-            layout.cu_seqlens,
-            n,
-            n,
-            self.backend,
-            offsets_q=layout.offsets,
-            offsets_k=layout.offsets,
-        )
+        out = packed_attention(q, k, v, layout, layout, self.backend)
         return self.to_out(out.flatten(-2))
 
 
@@ -490,17 +521,5 @@ class PackedMultiHeadCrossAttention(_CrossAttentionProjections):
             raise ValueError(f"context has batch {batch}, packed tokens have {layout.batch_size} samples")
         q = self._q(x)  # [K, H, D]
         k, v = (t.flatten(0, 1) for t in self._kv(context))  # [B·T, H, D]
-        kv_layout = layout.context(length)
-        out = varlen_attention(
-            q,
-            k,
-            v,
-            layout.cu_seqlens,
-            kv_layout.cu_seqlens,
-            layout.max_seqlen,
-            length,
-            self.backend,
-            offsets_q=layout.offsets,
-            offsets_k=kv_layout.offsets,
-        )
+        out = packed_attention(q, k, v, layout, length, self.backend)
         return self.to_out(out.flatten(-2))

@@ -141,8 +141,10 @@ class SparseModulatedTransformerCrossBlock(ModulatedTransformerCrossBlock):
     self_attention_cls = PackedMultiHeadSelfAttention
     cross_attention_cls = PackedMultiHeadCrossAttention
 
+    @torch.compiler.disable
     def _per_token(self, m: Tensor, layout: PackedLayout | None) -> Tensor:
-        """[B, C] -> [K, C] (or [1, C] for one sample, which broadcasts as is).
+        """[B, C] -> [K, C] (or [1, C] for one sample, which broadcasts as is). Not compiled (it reads the
+        layout's per-batch cache), like :func:`packed_attention`.
 
         One GEMM with the layout's one-hot segment matrix S [K, B] (built once per forward, shared by all
         blocks): row k is 1·m[b] + 0·(other rows), exactly m[b] whenever m is finite, so a sample's output

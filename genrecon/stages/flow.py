@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from genrecon.metrics.occupancy import occupancy_iou
 from genrecon.models.aggregator import ViewAggregator
@@ -111,7 +112,8 @@ class FlowStage(Stage):
         sample_batches: validation batches on which the stage also samples and scores full generations.
         compile_blocks: ``torch.compile`` each transformer block when training starts (regional compilation:
             the blocks share one graph). Fuses the norm / modulation / RoPE element-wise work of a small
-            model's step. Dense models only: a packed block's layout changes every batch and would recompile.
+            model's step, whose GPU step is otherwise bound by the host launching ~11k kernels (session 14
+            profile). Packed blocks compile with dynamic sizes; their attention runs eager between graphs.
         latent_aux_weight: > 0 adds an auxiliary term (a deviation, off by default): a linear ``latent_head``
             reads each token's fused view feature ``cond_3d`` and predicts its clean normalised latent ``x0``
             (MSE). The flow loss reaches the image encoder and aggregator only through the zero-initialised
@@ -188,9 +190,6 @@ class FlowStage(Stage):
         self.sampler = sampler
         self.proj_batch_voxels = proj_batch_voxels
         self.sample_batches = sample_batches
-        if compile_blocks and not isinstance(self.model, DenseFlowTransformer):
-            raise ValueError("compile_blocks is for the dense (sparse-structure) flow: packed blocks take a "
-                             "per-batch layout that would recompile every step")
         self.compile_blocks = compile_blocks
         self.latent_aux_weight = float(latent_aux_weight)
         self.latent_head = None
@@ -224,8 +223,13 @@ class FlowStage(Stage):
         super().on_fit_start()
         # At fit start, not at build: inference rebuilds the stage from its checkpoint and should not compile.
         if self.compile_blocks:
-            for block in self.model.blocks:
-                block.compile()
+            # Packed blocks see another token count every batch: compile them for symbolic sizes at once, so
+            # the first batches do not compile once static and again dynamic. Their attention and per-sample
+            # modulation, which read the batch's layout, stay eager (packed_attention, _per_token).
+            dense = isinstance(self.model, DenseFlowTransformer)
+            blocks = [*self.model.blocks, *(getattr(self.model, "cell_blocks", None) or ())]
+            for block in blocks:
+                block.compile(dynamic=None if dense else True)
 
     # ------------------------------------------------------------------ conditioning
     def view_tokens(self, batch: dict[str, Any]) -> Tensor:
@@ -270,15 +274,19 @@ class FlowStage(Stage):
         cond_2d, cond_3d = self.cond_2d(tokens), inputs["cond_3d"]
         if unconditional:
             cond_2d, cond_3d = torch.zeros_like(cond_2d), None
-        return self.objective.loss(
-            inputs["model_fn"], inputs["x0"], cond_2d, cond_3d,
-            batch_idx=inputs["batch_idx"], cfg_dropout=train and not unconditional, generator=generator,
-        )
+        with record_function("flow.objective"):
+            return self.objective.loss(
+                inputs["model_fn"], inputs["x0"], cond_2d, cond_3d,
+                batch_idx=inputs["batch_idx"], cfg_dropout=train and not unconditional, generator=generator,
+            )
 
     def _prepare(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
         """View tokens ``[B, N, T, C]`` and :meth:`flow_inputs` of the batch."""
-        tokens = self.view_tokens(batch)
-        return tokens, self.flow_inputs(batch, tokens)
+        # Named ranges (free unless a profiler runs): benchmarks/flow_step.py --profile-steps splits the step by them.
+        with record_function("flow.view_tokens"):
+            tokens = self.view_tokens(batch)
+        with record_function("flow.conditioning"):
+            return tokens, self.flow_inputs(batch, tokens)
 
     @staticmethod
     def latent_tokens(x0: Tensor) -> Tensor:
@@ -314,12 +322,13 @@ class FlowStage(Stage):
     def auxiliary_losses(self, batch: dict[str, Any], prepared: tuple[Tensor, dict[str, Any]]) -> dict[str, Tensor]:
         """Extra training terms ``{name: weighted loss}`` on the batch's prepared conditioning."""
         out = {}
-        aux = self._latent_aux(prepared)
-        if aux is not None:
-            out["latent_aux"] = self.latent_aux_weight * F.mse_loss(*aux)
-        depth = self._depth_supervision(batch, prepared[0])
-        if depth is not None:
-            out["depth_aux"] = self.depth_supervision_weight * DepthCue.supervision_loss(*depth)
+        with record_function("flow.auxiliary"):
+            aux = self._latent_aux(prepared)
+            if aux is not None:
+                out["latent_aux"] = self.latent_aux_weight * F.mse_loss(*aux)
+            depth = self._depth_supervision(batch, prepared[0])
+            if depth is not None:
+                out["depth_aux"] = self.depth_supervision_weight * DepthCue.supervision_loss(*depth)
         return out
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:

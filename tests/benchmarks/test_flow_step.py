@@ -54,6 +54,48 @@ def test_probe_times_the_flow_stages_on_cpu(tmp_path, capsys):
     assert report["choice"] == FS.choose(results)
 
 
+def test_profile_splits_the_step_by_its_named_ranges(capsys):
+    report = FS.main([
+        "--preset", "tiny", "--device", "cpu", "--stages", "tex_flow", "--batches", "2", "--steps", "2",
+        "--warmup", "1", "--profile-steps", "2", "--tokens", "300", "--views", "4",
+        "--extra", "stage.module.latent_aux_weight=1.0",
+        "--extra", "preset.flow.visibility={grid:16,subdivisions:1,tolerance:1.5,fallback:true}",
+    ])
+    capsys.readouterr()
+    (r,) = report["results"]
+    assert r["error"] is None and len(r["step_times_s"]) == 2  # the profiled steps are not timed
+    prof = r["profile"]
+    assert prof["steps"] == 2 and prof["wall_ms"] > 0 and prof["gpu_busy"] is None  # CPU: no kernels
+    # Each part of the step ran once per step under its own range.
+    for name in ("flow.view_tokens", "flow.conditioning", "cond.visibility", "cond.project_aggregate",
+                 "flow.objective", "model.sparse_forward", "flow.auxiliary"):
+        assert prof["ranges"][name]["calls"] == 1.0 and prof["ranges"][name]["cpu_ms"] > 0, name
+    census = prof["census"]
+    assert census["ops_per_step"] == pytest.approx(sum(census["by_range"].values()))
+    assert census["by_range"]["backward"] > 0 and census["by_range"]["model.sparse_forward"] > 0
+    # The attention ran per sample in the sparse forward; shape-only ops are not counted.
+    assert census["top_by_range"]["model.sparse_forward"].get("aten::scaled_dot_product_attention", 0) >= 2
+    assert not set(census["top"]) & FS.VIEW_OPS
+
+
+def test_distinct_batches_bring_new_token_counts_every_step(capsys, monkeypatch):
+    seen = []
+    real = FS.time_config
+
+    def spy(cfg, batches, *args, **kwargs):
+        seen.append([FS.batch_tokens(b) for b in batches])
+        return real(cfg, batches, *args, **kwargs)
+
+    monkeypatch.setattr(FS, "time_config", spy)
+    report = FS.main(["--preset", "tiny", "--device", "cpu", "--stages", "shape_flow", "--batches", "2",
+                      "--steps", "3", "--warmup", "1", "--tokens", "300", "--views", "2", "--distinct-batches", "3"])
+    capsys.readouterr()
+    (r,) = report["results"]
+    assert r["error"] is None and r["distinct_batches"] == 3 and len(r["step_times_s"]) == 3
+    (tokens,) = seen
+    assert len(tokens) == 3 and len(set(tokens)) == 3 and r["tokens_per_batch"] == tokens[0]
+
+
 def test_synthetic_batches_have_the_real_layout():
     """The probe's batches carry what the chunk datamodule yields to each stage, in the same layout."""
     for stage, keys in {

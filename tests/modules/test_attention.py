@@ -29,7 +29,7 @@ def _varlen_backends(device: str) -> list[str]:
         fused.append("flash_attn")
     if torch_varlen_available(device):
         fused.append("torch_varlen")
-    return ["sdpa_loop", "naive"] + fused
+    return ["sdpa_loop", "sdpa_loop_cudnn", "naive"] + fused
 
 
 def _dtype(device: str) -> torch.dtype:
@@ -77,6 +77,65 @@ def test_varlen_backends_agree_with_per_sequence_reference(device: str) -> None:
         out = varlen_attention(q, k, v, cq, ck, max(lq), max(lk), backend)
         assert out.shape == q.shape
         torch.testing.assert_close(out.float(), ref, **_tol(device), msg=backend)
+
+
+def _graph_node_names(t: torch.Tensor) -> set[str]:
+    seen, stack, names = set(), [t.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        stack.extend(n for n, _ in node.next_functions)
+    return names
+
+
+@pytest.mark.parametrize("backend", ["sdpa_loop", "naive"])
+def test_loop_attention_gradients_match_separate_sequences_without_per_sequence_slices(backend: str) -> None:
+    g = torch.Generator().manual_seed(4)
+    lq, lk = [5, 0, 9, 3], [4, 6, 7, 2]
+    q, k, v = (torch.randn(sum(n), 2, 8, generator=g, requires_grad=True) for n in (lq, lk, lk))
+    weight = torch.randn(sum(lq), 2, 8, generator=g)
+    out = varlen_attention(q, k, v, _cu(lq), _cu(lk), max(lq), max(lk), backend)
+    # The backward cuts the packed gradient with one split per tensor, not one full-size slice per sequence.
+    assert "SliceBackward0" not in _graph_node_names(out)
+    (out * weight).sum().backward()
+    for i, (qa, qb, ka, kb) in enumerate(zip(_cu(lq)[:-1], _cu(lq)[1:], _cu(lk)[:-1], _cu(lk)[1:], strict=True)):
+        qi, ki, vi = (t.detach()[a:b].clone().requires_grad_() for t, a, b in ((q, qa, qb), (k, ka, kb), (v, ka, kb)))
+        if qb == qa:
+            continue
+        oi = scaled_dot_product(*(t.transpose(0, 1)[None] for t in (qi, ki, vi)), "naive")[0].transpose(0, 1)
+        (oi * weight[qa:qb]).sum().backward()
+        torch.testing.assert_close(q.grad[qa:qb], qi.grad, atol=1e-5, rtol=1e-5, msg=f"dq of sequence {i}")
+        torch.testing.assert_close(k.grad[ka:kb], ki.grad, atol=1e-5, rtol=1e-5, msg=f"dk of sequence {i}")
+        torch.testing.assert_close(v.grad[ka:kb], vi.grad, atol=1e-5, rtol=1e-5, msg=f"dv of sequence {i}")
+    # The keys of the empty query sequence get no gradient.
+    assert torch.count_nonzero(k.grad[4:10]) == 0 and torch.count_nonzero(v.grad[4:10]) == 0
+
+
+def test_loop_attention_keeps_cudnn_attention_off_and_restores_the_flags(monkeypatch) -> None:
+    import torch.nn.functional as F
+
+    seen = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        seen.append((torch.backends.cuda.cudnn_sdp_enabled(), torch.backends.cuda.flash_sdp_enabled()))
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    lengths = [5, 7, 3]
+    q = torch.randn(sum(lengths), 2, 8)
+    varlen_attention(q, q, q, _cu(lengths), _cu(lengths), 7, 7, "sdpa_loop")
+    # cuDNN would build an execution plan per new sequence length; flash stays available.
+    assert seen == [(False, True)] * 3
+    assert torch.backends.cuda.cudnn_sdp_enabled() == before
+    # The same loop left to torch's own choice.
+    seen.clear()
+    varlen_attention(q, q, q, _cu(lengths), _cu(lengths), 7, 7, "sdpa_loop_cudnn")
+    assert seen == [(before, True)] * 3
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -304,11 +304,17 @@ def test_nofloor_runs_are_their_base_run_without_the_floor_and_are_scored_agains
         ("flow_quality_pre", "tex_flow_pre"), ("flow_quality_pre_nofloor", "tex_flow_pre_nofloor"))}
 
 
-def test_patch2_run_is_tex_flow_pre_on_blocks_and_is_scored_beside_it(tmp_path, monkeypatch):
-    fp, pipe, batches = two_gpu_flows(tmp_path, monkeypatch, "--flows", "tex_flow_pre", "tex_flow_pre_patch2")
+def test_patch2_runs_are_tex_flow_pre_on_blocks_and_are_scored_beside_it(tmp_path, monkeypatch):
+    fp, pipe, batches = two_gpu_flows(tmp_path, monkeypatch, "--flows", "tex_flow_pre", "tex_flow_pre_patch2",
+                                      "tex_flow_pre_patch2_b16", "--flow-batch", "8")
     by_name = {j.name: j.argv for j in batches[0]}
     assert [x for x in by_name["tex_flow_pre_patch2"] if x not in by_name["tex_flow_pre"]] == [fp.PATCH2]
+    b16 = by_name["tex_flow_pre_patch2_b16"]
+    assert [x for x in b16 if x not in by_name["tex_flow_pre"]] == [fp.PATCH2, fp.BATCH16]
+    # Its own batch size comes last: it wins over --flow-batch.
+    assert [x for x in b16 if x.startswith("stage.datamodule.batch_size=")][-1] == fp.BATCH16
     pipe.flow_quality()
     scored = {j.name: j.argv[j.argv.index("--tex-flow") + 1] for j in batches[-1]}
     assert scored == {"flow_quality_pre": str(pipe.ckpt("tex_flow_pre")),
-                      "flow_quality_pre_patch2": str(pipe.ckpt("tex_flow_pre_patch2"))}
+                      "flow_quality_pre_patch2": str(pipe.ckpt("tex_flow_pre_patch2")),
+                      "flow_quality_pre_patch2_b16": str(pipe.ckpt("tex_flow_pre_patch2_b16"))}

@@ -65,14 +65,27 @@ def _packed_batch(lengths: list[int], seed: int):
     return feats, coords, torch.rand(len(lengths), generator=g), torch.randn(len(lengths), 5, 32, generator=g)
 
 
-def test_compiled_packed_blocks_compute_what_eager_blocks_do_for_any_token_count() -> None:
-    from torch._dynamo.utils import counters
-
-    stage, eager = _packed(True), _packed(False)
+def _twins(make):
+    """(to be compiled, eager) stages with the same weights; the zero-initialised output layer and modulation
+    are set non-zero so that every parameter gets a gradient."""
+    stage, eager = make(True), make(False)
     eager.load_state_dict(stage.state_dict())
     for s in (stage, eager):
         for p in (s.model.out_layer.weight, s.model.adaLN_modulation[1].weight):
             torch.nn.init.constant_(p, 0.01)
+    return stage, eager
+
+
+def _assert_same_gradients(stage, eager) -> None:
+    grads = [(a.grad, b.grad) for a, b in zip(stage.model.parameters(), eager.model.parameters(), strict=True)
+             if b.grad is not None]
+    assert grads and all(torch.allclose(a, b, atol=1e-5, rtol=1e-4) for a, b in grads)
+
+
+def test_compiled_packed_blocks_compute_what_eager_blocks_do_for_any_token_count() -> None:
+    from torch._dynamo.utils import counters
+
+    stage, eager = _twins(_packed)
     torch._dynamo.reset()
     stage.on_fit_start()
     graphs = []
@@ -85,9 +98,7 @@ def test_compiled_packed_blocks_compute_what_eager_blocks_do_for_any_token_count
         ref = eager.model(feats, t, ctx, coords=coords)
         ref.square().sum().backward()
         torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
-        grads = [(a.grad, b.grad) for a, b in zip(stage.model.parameters(), eager.model.parameters(), strict=True)
-                 if b.grad is not None]
-        assert grads and all(torch.allclose(a, b, atol=1e-5, rtol=1e-4) for a, b in grads)
+        _assert_same_gradients(stage, eager)
         graphs.append(counters["stats"]["unique_graphs"])
     # Compiled for symbolic sizes once: later token counts reuse the graphs.
     assert graphs[0] > 0 and graphs[1] == graphs[0] == graphs[2]
@@ -95,11 +106,7 @@ def test_compiled_packed_blocks_compute_what_eager_blocks_do_for_any_token_count
 
 @pytest.mark.slow
 def test_compiled_blocks_compute_what_eager_blocks_do() -> None:
-    stage, eager = _dense(True), _dense(False)
-    eager.load_state_dict(stage.state_dict())
-    for s in (stage, eager):
-        for p in (s.model.out_layer.weight, s.model.adaLN_modulation[1].weight):
-            torch.nn.init.constant_(p, 0.01)
+    stage, eager = _twins(_dense)
     stage.on_fit_start()
     g = torch.Generator().manual_seed(1)
     x, t, c = torch.randn(2, 8, 4, 4, 4, generator=g), torch.rand(2, generator=g), torch.randn(2, 5, 32, generator=g)
@@ -108,6 +115,4 @@ def test_compiled_blocks_compute_what_eager_blocks_do() -> None:
     ref = eager.model(x, t, c)
     ref.sum().backward()
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
-    grads = [(a.grad, b.grad) for a, b in zip(stage.model.parameters(), eager.model.parameters(), strict=True)
-             if a.grad is not None]
-    assert grads and all(torch.allclose(a, b, atol=1e-5, rtol=1e-4) for a, b in grads)
+    _assert_same_gradients(stage, eager)

@@ -190,6 +190,9 @@ class EpochLoader:
             num_workers=self.num_workers,
             persistent_workers=False,
             generator=private_generator(self.stream.seed, self.stream.position.epoch),
+            # Pinned batches copy to the GPU asynchronously; from pageable memory each copy blocks the host
+            # (session 14's H100 profile: 13-26 ms a step, in a step paced by the host).
+            pin_memory=torch.cuda.is_available(),
         )
         return iter(loader)
 
@@ -281,4 +284,4 @@ class ChunkDataModule(L.LightningDataModule):
         )
         # A worker per validation batch at most: the others would start (and read the shards' index) for nothing.
         return DataLoader(stream, batch_size=None, num_workers=min(self.num_workers, self.val_batches),
-                          generator=private_generator(self.seed))
+                          generator=private_generator(self.seed), pin_memory=torch.cuda.is_available())

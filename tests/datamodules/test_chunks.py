@@ -86,3 +86,23 @@ def test_voxel_share_rule_keeps_only_views_that_show_the_chunk(tiny_dataset):
         share = voxel_view_share(full["occupancy"][i, 0].numpy() > 0, kept["w2c"][i, :n].double().numpy(),
                                  kept["intrinsics"][i, :n].double().numpy())
         assert np.all(share >= 0.3)
+
+
+def test_loaders_pin_batches_exactly_when_a_gpu_will_take_them(tmp_path, monkeypatch):
+    import datamodules.chunks as chunks
+
+    write_shards(tmp_path)
+    requested = []
+
+    def spy(*args, pin_memory=False, **kwargs):
+        requested.append(pin_memory)
+        return torch.utils.data.DataLoader(*args, **kwargs)  # this machine may have nothing to pin for
+
+    monkeypatch.setattr(chunks, "DataLoader", spy)
+    for cuda in (True, False):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
+        dm = ChunkDataModule(str(tmp_path), fields=["occupancy"], batch_size=2, min_view_coverage=0.0)
+        next(iter(dm.train_dataloader()))
+        next(iter(dm.val_dataloader()))
+        assert requested == [cuda, cuda]
+        requested.clear()

@@ -659,8 +659,9 @@ def time_config(cfg: Any, batch: dict[str, Any] | Sequence[dict[str, Any]], devi
                 limit_val_batches=0, num_sanity_val_steps=0, callbacks=callbacks, default_root_dir=tmp,
                 gradient_clip_val=None, deterministic=False, benchmark=False,
             )
+            # Pinned on CUDA, as the chunk datamodule's loaders pin: the copy is timed as in a training job.
             loader = torch.utils.data.DataLoader(_Repeat(batches, total), batch_size=None, shuffle=False,
-                                                 num_workers=0)
+                                                 num_workers=0, pin_memory=device.type == "cuda")
             trainer.fit(module, train_dataloaders=loader)
             loss = trainer.callback_metrics.get("train/loss")
             loss = None if loss is None else float(loss)

@@ -41,9 +41,20 @@ def rope_phases(coords: Tensor, head_dim: int, theta: float = 1e4) -> Tensor:
 
 def apply_rope(x: Tensor, phases: Tensor) -> Tensor:
     """Rotate x [..., L, H, D] by phases [..., L, D/2] (broadcast over heads); returns x's dtype."""
+    if torch.compiler.is_compiling():
+        return rotate_pairs(x, phases)
     x_complex = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
     rotated = x_complex * phases.unsqueeze(-2)
     return torch.view_as_real(rotated).flatten(-2).to(x.dtype)
+
+
+def rotate_pairs(x: Tensor, phases: Tensor) -> Tensor:
+    """:func:`apply_rope` in real arithmetic, (a, b) -> (a·cos − b·sin, a·sin + b·cos): what compiled blocks run,
+    since inductor generates no code for complex tensors (eager, the complex product is fewer kernels)."""
+    pairs = x.float().reshape(*x.shape[:-1], -1, 2)
+    a, b = pairs[..., 0], pairs[..., 1]
+    cos, sin = phases.real.unsqueeze(-2), phases.imag.unsqueeze(-2)
+    return torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2).to(x.dtype)
 
 
 def grid_coords(resolution: int, device: torch.device | str | None = None) -> Tensor:

@@ -63,6 +63,7 @@ class _FlowTransformer(nn.Module):
         qk_rms_norm_cross: bool = True,
         rope_theta: float = 1e4,
         use_checkpoint: bool = False,
+        proj_checkpoint: bool = True,
         attn_backend: str = "auto",
         attn_device: torch.device | str | None = None,
         projection: nn.Module | None = None,
@@ -72,6 +73,8 @@ class _FlowTransformer(nn.Module):
         cell_cue: dict[str, Any] | None = None,
     ) -> None:
         """projection / aggregator: GenRecon's conditioning pathway, given together or not at all.
+        proj_checkpoint: while the aggregator trains, recompute each streamed batch of its per-view features in
+        backward (memory bounded by ``batch_voxels``); False keeps them (more memory, no recomputation).
         attn_backend: see genrecon.modules.attention; "auto" is resolved for attn_device
         (None = CUDA if available, else CPU).
         photo_cue: keyword arguments of :class:`genrecon.models.photo_consistency.PhotoConsistency` (e.g.
@@ -84,6 +87,7 @@ class _FlowTransformer(nn.Module):
         add the view's sub-patch cell under the voxel to its per-view feature; None (published) leaves it out.
         Needs the projection pathway with nearest token sampling."""
         super().__init__()
+        self.proj_checkpoint = proj_checkpoint
         if (projection is None) != (aggregator is None):
             raise ValueError(
                 "projection and aggregator enable the 3-D conditioning together: pass both or neither"
@@ -211,7 +215,7 @@ class _FlowTransformer(nn.Module):
             raise ValueError(f"batch_voxels must be positive, got {batch_voxels}")
         if self.photo_cue is not None and images is None:
             raise ValueError("this model adds the photo-consistency cue: pass the views as images=[B, N, 3, H, W]")
-        trains = any(p.requires_grad for p in self.aggregator.parameters())
+        recompute = self.proj_checkpoint and any(p.requires_grad for p in self.aggregator.parameters())
         if self.depth_cue is not None:
             tokens = self.depth_cue.extend_tokens(tokens)  # [B, N, T, C + D]
         if self.cell_cue is not None:
@@ -235,7 +239,7 @@ class _FlowTransformer(nn.Module):
                 K,
                 view_mask,
                 batch_voxels=batch_voxels,
-                checkpoint=trains,
+                checkpoint=recompute,
                 depth_cue=self.depth_cue,
                 visible=visible,
                 cell_cue=self.cell_cue,

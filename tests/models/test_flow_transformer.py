@@ -283,7 +283,17 @@ def test_projection_pathway_is_inert_at_init_and_streams() -> None:
     assert not torch.allclose(model(x, t, c, cond_3d), out)
 
 
-def test_cond_3d_gradients_reach_the_aggregator_through_checkpointed_batches() -> None:
+def test_cond_3d_gradients_reach_the_aggregator_through_checkpointed_batches(monkeypatch) -> None:
+    import genrecon.models.aggregator as aggregator_module
+
+    recomputed = []
+    real_checkpoint = aggregator_module.activation_checkpoint
+
+    def counting_checkpoint(*args, **kwargs):
+        recomputed.append(1)
+        return real_checkpoint(*args, **kwargs)
+
+    monkeypatch.setattr(aggregator_module, "activation_checkpoint", counting_checkpoint)
     torch.manual_seed(4)
     model = _tiny(SparseFlowTransformer, resolution=4, conditioned=True)
     _randomise_outputs(model)
@@ -293,7 +303,10 @@ def test_cond_3d_gradients_reach_the_aggregator_through_checkpointed_batches() -
     coords = torch.cat([torch.tensor([[0]] * 6 + [[1]] * 4), torch.randint(0, 4, (10, 3))], 1).int()
     tokens, w2c, K, mask = _views(2)
     grads = []
-    for batch_voxels in (3, 100):
+    # Streamed in 4 checkpointed batches, in one, and in 4 kept batches (proj_checkpoint off): same gradients.
+    for batch_voxels, keep in ((3, False), (100, False), (3, True)):
+        model.proj_checkpoint = not keep
+        recomputed.clear()
         model.zero_grad()
         cond_3d = model.cond_3d_from_views(coords, tokens, w2c, K, mask, batch_voxels=batch_voxels)
         out = model(
@@ -305,8 +318,10 @@ def test_cond_3d_gradients_reach_the_aggregator_through_checkpointed_batches() -
         )
         out.square().sum().backward()
         grads.append(model.aggregator.feature_mlp[4].weight.grad.clone())
+        assert len(recomputed) == (0 if keep else -(-10 // batch_voxels))
     assert grads[0].abs().sum() > 0
     torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(grads[0], grads[2], atol=1e-5, rtol=1e-4)
 
 
 def test_gradient_checkpointing_matches() -> None:

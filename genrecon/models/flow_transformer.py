@@ -222,12 +222,13 @@ class _FlowTransformer(nn.Module):
             tokens = self.cell_cue.extend_tokens(tokens)  # [B, N, T, C (+ D) + sub²·Cc]
         visible = None
         if self.visibility is not None:
+            # Once for all points [P, N]: the aggregator's streamed batches and the photo cue share it.
             with record_function("cond.visibility"):
-                if zbuffer is None:
-                    zbuffer = self.structure_zbuffer(points, batch_idx, w2c, K, view_mask)
-                # Once for all points [P, N]: the aggregator's streamed batches and the photo cue share it.
-                visible = self.visibility.visible(zbuffer, points, batch_idx, w2c, K, view_mask,
-                                                  1.0 / self.resolution)
+                if zbuffer is None:  # the points are all the cells: one projection serves both passes
+                    visible = self.visibility(points, batch_idx, w2c, K, view_mask, 1.0 / self.resolution)
+                else:
+                    visible = self.visibility.visible(zbuffer, points, batch_idx, w2c, K, view_mask,
+                                                      1.0 / self.resolution)
         with record_function("cond.project_aggregate"):
             cond = project_and_aggregate(
                 self.projection,

@@ -45,7 +45,7 @@ class StructureVisibility(nn.Module):
         subdivisions: int = 2,
         tolerance: float = 1.5,
         fallback: bool = True,
-        batch_points: int = 32768,
+        batch_points: int = 262144,
     ) -> None:
         super().__init__()
         if grid < 1 or subdivisions < 1 or batch_points < 1:
@@ -92,12 +92,19 @@ class StructureVisibility(nn.Module):
         sample's views only; padded views stay empty.
         """
         b, n, g = w2c.shape[0], w2c.shape[1], self.grid
-        zbuf = torch.full((b * n * g * g,), float("inf"), device=w2c.device)
+        return self._zbuffer_of(self._splats(points, batch_idx, w2c, K, view_mask, cell), w2c)
+
+    def _splats(self, points: Tensor, batch_idx: Tensor, w2c: Tensor, K: Tensor, view_mask: Tensor, cell: float):
+        """:meth:`_splat` of ``points`` in batches of ``batch_points`` sub-points, lazily."""
         step = self._cells_per_batch()
         for start in range(0, points.shape[0], step):
-            flat, depth, valid = self._splat(
-                points[start : start + step], batch_idx[start : start + step], w2c, K, view_mask, cell
-            )
+            yield start, self._splat(points[start : start + step], batch_idx[start : start + step], w2c, K,
+                                     view_mask, cell)
+
+    def _zbuffer_of(self, splats, w2c: Tensor) -> Tensor:
+        b, n, g = w2c.shape[0], w2c.shape[1], self.grid
+        zbuf = torch.full((b * n * g * g,), float("inf"), device=w2c.device)
+        for _, (flat, depth, valid) in splats:
             # Invalid entries scatter +inf into pixel 0: no boolean indexing, no device sync.
             # In place over chunks: the minimum is order-independent, so chunking changes nothing.
             depth = torch.where(valid, depth, torch.full_like(depth, float("inf")))
@@ -120,13 +127,15 @@ class StructureVisibility(nn.Module):
         cell no view sees gets every real view (its users AND this with the projection's valid mask)."""
         if zbuffer.shape[-1] != self.grid:
             raise ValueError(f"z-buffer of {zbuffer.shape[-1]}² pixels, this module uses {self.grid}²")
+        return self._visible_of(zbuffer, self._splats(points, batch_idx, w2c, K, view_mask, cell), batch_idx,
+                                w2c, view_mask, cell)
+
+    def _visible_of(self, zbuffer: Tensor, splats, batch_idx: Tensor, w2c: Tensor, view_mask: Tensor,
+                    cell: float) -> Tensor:
         flat_buffer, slack = zbuffer.reshape(-1), self.tolerance * cell
-        out = []
         step = self._cells_per_batch()
-        for start in range(0, points.shape[0], step):
-            flat, depth, valid = self._splat(
-                points[start : start + step], batch_idx[start : start + step], w2c, K, view_mask, cell
-            )
+        out = []
+        for start, (flat, depth, valid) in splats:
             front = flat_buffer[flat]  # [k, S³, N]
             seen = (valid & (depth <= front + slack)).any(dim=1)  # [k, N]
             if self.fallback:  # hidden everywhere: every real view, to be ANDed with the published valid rule
@@ -137,9 +146,12 @@ class StructureVisibility(nn.Module):
             return torch.zeros(0, w2c.shape[1], dtype=torch.bool, device=w2c.device)
         return torch.cat(out)
 
+    @torch.no_grad()
     def forward(
         self, points: Tensor, batch_idx: Tensor, w2c: Tensor, K: Tensor, view_mask: Tensor, cell: float
     ) -> Tensor:
-        """Visibility ``[K, N]`` of every cell among all of them (same inputs as :meth:`zbuffer`)."""
-        zbuf = self.zbuffer(points, batch_idx, w2c, K, view_mask, cell)
-        return self.visible(zbuf, points, batch_idx, w2c, K, view_mask, cell)
+        """Visibility ``[K, N]`` of every cell among all of them (same inputs as :meth:`zbuffer`). The cells are
+        both the occluders and the cells asked about, so each is projected once for both passes (the sub-points
+        of all cells are kept: ~50 bytes per sub-point and view)."""
+        splats = list(self._splats(points, batch_idx, w2c, K, view_mask, cell))
+        return self._visible_of(self._zbuffer_of(splats, w2c), splats, batch_idx, w2c, view_mask, cell)

@@ -94,6 +94,15 @@ def test_view_order_and_padded_views() -> None:
     # Streaming over sub-points changes nothing.
     module.batch_points = 10**6
     assert torch.equal(module(points, bidx, w2c, K, mask, 1.0 / R), vis)
+    # The one-call path projects each cell once for the z-buffer and the test against it, the two-call path twice.
+    calls = []
+    splat = module._splat
+    module._splat = lambda *args: calls.append(1) or splat(*args)
+    module.batch_points = 8 * 60  # 60 cells a batch: 3 batches of the 150 cells
+    assert torch.equal(module(points, bidx, w2c, K, mask, 1.0 / R), vis) and len(calls) == 3
+    calls.clear()
+    zbuf = module.zbuffer(points, bidx, w2c, K, mask, 1.0 / R)
+    assert torch.equal(module.visible(zbuf, points, bidx, w2c, K, mask, 1.0 / R), vis) and len(calls) == 6
 
 
 def test_samples_do_not_occlude_each_other() -> None:

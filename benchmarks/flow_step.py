@@ -27,12 +27,12 @@ What runs, per configuration (stage x batch x attention backend x activation che
   the EMA callback from ``configure_callbacks`` and the host-to-device copy of every batch all run as in a
   training job.
 * The batch is built once per (stage, batch size) and handed to the loop again every step (a DataLoader over
-  the same collated dict, ``batch_size=None`` like the chunk datamodule; with ``--distinct-batches N``, N batches
-  of other token counts and views in turn: what a kernel that plans per shape costs on a real stream), so data
-  loading is not timed; the copy to the device is. Synthetic samples are ``genrecon.data.shards.ChunkSample`` objects run through the
-  real ``select_fields`` (the stage's datamodule ``fields``, the datamodule's view sampling: 1..``--views``
-  views per sample among those covering >= 40 % of the image) and ``collate``, so keys, dtypes and layout
-  are those of a real batch:
+  the same collated dict, ``batch_size=None`` like the chunk datamodule; with ``--distinct-batches N``, N
+  batches of other token counts and views in turn: what a kernel that plans per shape costs on a real stream),
+  so data loading is not timed; the copy to the device is (from pinned memory on CUDA, as in training).
+  Synthetic samples are ``genrecon.data.shards.ChunkSample`` objects run through the real ``select_fields``
+  (the stage's datamodule ``fields``, the datamodule's view sampling: 1..``--views`` views per sample among
+  those covering >= 40 % of the image) and ``collate``, so keys, dtypes and layout are those of a real batch:
   - views: random RGBA ``uint8`` images at the preset's ``image_size``; cameras on a sphere of radius
     0.9-1.8 chunk edges around the chunk, 5-45 degrees above it, looking at (near) its centre, field of
     view 50-75 degrees (``geometry.cameras.look_at`` / ``intrinsics_from_fov``), coverage from

@@ -249,6 +249,9 @@ class Pipeline:
     def collect_metrics(self, run: str) -> None:
         for path in sorted((self.runs / run / "csv").glob("version_*/metrics.csv"))[-1:]:
             shutil.copy(path, self.results / f"metrics_{run}.csv")
+        steps = self.runs / run / "rank_0_steps.jsonl"  # RunStats' step log, where the run switched it on
+        if steps.is_file():
+            shutil.copy(steps, self.results / f"steps_{run}.jsonl")
 
     # ------------------------------------------------------------------ phases
     def prepare(self) -> None:
@@ -421,13 +424,20 @@ class Pipeline:
             else:
                 stage = flow_stage(run)
                 # A flow and its ablation train with the same configuration: both follow the main flow's probe.
+                # Every step's wall time (rank 0's log is enough): the start-up ramp, measured (step_rate.py).
                 argv = self.train_args(stage, minutes, [
                     f"stage.val_every_n_steps={a.flow_val_every}", "stage.val_batches=2",
+                    "callbacks.run_stats.step_log=true",
                     *self.flow_overrides(stage, sharing[run]), *a.flow_args, *extra[run]], devices=_count(gpu[run]))
             jobs.append(Job(run, argv, gpu=gpu[run], env={"GENRECON_RUN_NAME": run}))
         self.run(jobs)
         for run in runs:
             self.collect_metrics(run)
+        logs = sorted(self.results.glob("steps_*.jsonl"))
+        if logs:
+            self.run([Job("step_rate", self.python(
+                "benchmarks/step_rate.py", *map(str, logs), "--out", str(self.results / "step_rate.json"),
+                "--plot", str(self.results / "step_rate.png")))])
 
     def checkpoint_dirs(self) -> dict[str, Path]:
         """``ckpt/genrecon`` and ``ckpt/noproj``: the six files infer.py reads, as links to the runs."""

@@ -23,5 +23,7 @@ for f in "$R"/*.log; do case "$f" in *progress.log) continue;; esac
 mkdir -p "$R/live"
 for f in "$R"/../logs/train/runs/*/csv/version_*/metrics.csv; do
   [ -f "$f" ] && cp "$f" "$R/live/metrics_$(basename "$(dirname "$(dirname "$(dirname "$f")")")").csv"; done
+for f in "$R"/../logs/train/runs/*/rank_0_steps.jsonl; do  # every step's time: the start-up ramp so far
+  [ -f "$f" ] && cp "$f" "$R/live/steps_$(basename "$(dirname "$f")").jsonl"; done
 mkdir -p "$OUT" && tar czf "$OUT/results.tar.gz" -C "$R" . 2>/dev/null
 ls -la "$OUT"

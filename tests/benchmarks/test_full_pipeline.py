@@ -3,6 +3,8 @@ train.py and vae_quality.py runs tested elsewhere)."""
 
 from __future__ import annotations
 
+import pytest
+
 from tests.conftest import load_script
 
 
@@ -318,3 +320,35 @@ def test_patch2_runs_are_tex_flow_pre_on_blocks_and_are_scored_beside_it(tmp_pat
     assert scored == {"flow_quality_pre": str(pipe.ckpt("tex_flow_pre")),
                       "flow_quality_pre_patch2": str(pipe.ckpt("tex_flow_pre_patch2")),
                       "flow_quality_pre_patch2_b16": str(pipe.ckpt("tex_flow_pre_patch2_b16"))}
+
+
+def test_flows_log_every_step_and_their_speed_is_summarised(tmp_path, monkeypatch):
+    fp = load_script("benchmarks/full_pipeline.py")
+    args = fp.parse_args(["--root", str(tmp_path), "--gpus", "2", "--phases", "flow", "--flows", "tex_flow_pre",
+                          "tex_flow_pre_patch2"])
+    pipe = fp.Pipeline(args)
+    batches = []
+
+    def fake_run(jobs, detach=()):
+        batches.append(jobs)
+        for job in jobs:  # each "training" run leaves rank 0's step log where RunStats writes it
+            if job.name.startswith("tex_flow"):
+                log = pipe.runs / job.name / "rank_0_steps.jsonl"
+                log.parent.mkdir(parents=True, exist_ok=True)
+                log.write_text("".join(f'{{"step": {s}, "time": {s / 2}}}\n' for s in range(1, 200)))
+        return {job.name: 0 for job in jobs}
+
+    monkeypatch.setattr(pipe, "run", fake_run)
+    pipe.flow()
+    train, summary = batches
+    assert all("callbacks.run_stats.step_log=true" in job.argv for job in train)
+    for run in ("tex_flow_pre", "tex_flow_pre_patch2"):
+        assert (pipe.results / f"steps_{run}.jsonl").read_text().count("\n") == 199
+    (job,) = summary
+    assert job.name == "step_rate" and job.gpu is None
+    assert [a for a in job.argv if a.endswith(".jsonl")] == [
+        str(pipe.results / "steps_tex_flow_pre.jsonl"), str(pipe.results / "steps_tex_flow_pre_patch2.jsonl")]
+    assert job.argv[job.argv.index("--plot") + 1] == str(pipe.results / "step_rate.png")
+    # The summary job runs the real script on those logs.
+    report = load_script("benchmarks/step_rate.py").main(job.argv[2:])
+    assert report["runs"]["tex_flow_pre"]["steady_rate"] == pytest.approx(2.0)

@@ -116,20 +116,10 @@ class _FlowTransformer(nn.Module):
         self.t_embedder = TimestepEmbedder(model_channels)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(model_channels, 6 * model_channels))
         self.input_layer = nn.Linear(in_channels, model_channels)
-        self.blocks = nn.ModuleList(
-            self.block_cls(
-                model_channels,
-                cond_channels,
-                num_heads,
-                mlp_ratio,
-                qk_rms_norm=qk_rms_norm,
-                qk_rms_norm_cross=qk_rms_norm_cross,
-                attn_backend=attn_backend,
-                attn_device=attn_device,
-                use_checkpoint=use_checkpoint,
-            )
-            for _ in range(num_blocks)
-        )
+        # What every block of this model shares, whatever its width (the patched model's cell blocks too).
+        self._block_kwargs = {"qk_rms_norm": qk_rms_norm, "qk_rms_norm_cross": qk_rms_norm_cross,
+                              "attn_backend": attn_backend, "attn_device": attn_device, "use_checkpoint": use_checkpoint}
+        self.blocks = nn.ModuleList(self._new_block(model_channels, num_heads) for _ in range(num_blocks))
         self.out_layer = nn.Linear(model_channels, out_channels)
         self._init_scaled()
 
@@ -163,6 +153,10 @@ class _FlowTransformer(nn.Module):
     @property
     def has_cond_3d(self) -> bool:
         return self.proj_linears is not None
+
+    def _new_block(self, width: int, num_heads: int) -> nn.Module:
+        """A transformer block of this model's kind at ``width`` attending to the view tokens."""
+        return self.block_cls(width, self.cond_channels, num_heads, self.arch["mlp_ratio"], **self._block_kwargs)
 
     def _init_scaled(self) -> None:
         """TRELLIS.2 "scaled" init: residual outputs shrink with depth; adaLN and output start at zero."""
@@ -397,13 +391,7 @@ class SparseFlowTransformer(_FlowTransformer):
             # RoPE at cell coordinates, the head width of the main blocks.
             cell_heads = max(1, fine // self.head_dim)
             self.cell_head_dim = fine // cell_heads
-            self.cell_blocks = nn.ModuleList(
-                self.block_cls(fine, self.cond_channels, cell_heads, self.arch["mlp_ratio"],
-                               qk_rms_norm=self.arch["qk_rms_norm"], qk_rms_norm_cross=self.arch["qk_rms_norm_cross"],
-                               attn_backend=kwargs.get("attn_backend", "auto"), attn_device=kwargs.get("attn_device"),
-                               use_checkpoint=kwargs.get("use_checkpoint", False))
-                for _ in range(patch_cell_blocks)
-            )
+            self.cell_blocks = nn.ModuleList(self._new_block(fine, cell_heads) for _ in range(patch_cell_blocks))
             for block in self.cell_blocks:
                 for module in block.modules():
                     if isinstance(module, nn.Linear):

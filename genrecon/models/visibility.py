@@ -91,7 +91,6 @@ class StructureVisibility(nn.Module):
         normalised, view_mask ``[B, N]``, cell the cell edge (1/resolution). Every cell of a sample occludes in that
         sample's views only; padded views stay empty.
         """
-        b, n, g = w2c.shape[0], w2c.shape[1], self.grid
         return self._zbuffer_of(self._splats(points, batch_idx, w2c, K, view_mask, cell), w2c)
 
     def _splats(self, points: Tensor, batch_idx: Tensor, w2c: Tensor, K: Tensor, view_mask: Tensor, cell: float):

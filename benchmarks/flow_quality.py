@@ -257,6 +257,7 @@ class Benchmark:
         self.latent_check: dict[str, float] = {}
         self.stats_check: dict[str, float] = {}
         self.warnings: list[str] = []
+        self.average = 1  # one-step draws averaged per sample (the @x0avg<K> variants set it)
         self.figure: dict[str, dict[int, Any]] = {}  # column -> chunk index -> picture payload
         self.figure_chunks = set(range(args.figure_chunks)) if args.figure else set()
         self._seen: dict[int, np.ndarray] = {}  # chunk index -> which texture-probe points its views see
@@ -321,9 +322,13 @@ class Benchmark:
                             "guidance_interval": list(s.guidance_interval), "rescale_t": s.rescale_t}}
 
     def sample(self, stage, batch: dict[str, Any], k: int) -> tuple[torch.Tensor, float]:
+        """The stage's sample of batch ``k`` (normalised latent); under an ``@x0avg<K>`` variant the mean of K
+        one-step estimates from K noises, the first of them the ``@x0`` entry's noise."""
         with Timer(self.device) as t, torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
-            x = stage.sample(batch, seed=derive_seed(self.args.seed, k))
-        return x.float(), t.seconds
+            x = stage.sample(batch, seed=derive_seed(self.args.seed, k)).float()
+            for j in range(1, self.average):
+                x += stage.sample(batch, seed=derive_seed(self.args.seed, k, j)).float()
+        return x / self.average, t.seconds
 
     def record(self, name: str, meta: dict[str, Any], per_chunk: dict[str, list], seconds: float,
                sample_seconds: float | None = None, extra: dict[str, Any] | None = None) -> None:
@@ -556,6 +561,8 @@ class Benchmark:
                                     for g in self.args.cfg_sweep if g != own["guidance_strength"]]
         if self.args.x0_estimate:
             variants.append((f"{name}@x0", dict(own, steps=1)))
+        if self.args.x0_average > 1:
+            variants.append((f"{name}@x0avg{self.args.x0_average}", dict(own, steps=1, average=self.args.x0_average)))
         if self.args.uncond:
             # Strength 0 over the whole interval: the sampler's negative (zero-condition) pass only.
             blind = dict(guidance_strength=0.0, guidance_interval=(0.0, 1.0))
@@ -565,9 +572,12 @@ class Benchmark:
         try:
             for entry, settings in variants:
                 for key, value in settings.items():
-                    setattr(sampler, key, value)
+                    if key != "average":
+                        setattr(sampler, key, value)
+                self.average = int(settings.get("average", 1))
                 yield entry, settings
         finally:
+            self.average = 1
             for key, value in own.items():
                 setattr(sampler, key, value)
 
@@ -810,6 +820,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--x0-estimate", action="store_true",
                    help="also score the SS and texture flows sampled in one Euler step, the model's posterior-mean "
                         "estimate (entries name@x0)")
+    p.add_argument("--x0-average", type=int, default=1, metavar="K",
+                   help="also score the mean of K one-step estimates from K noises (entries name@x0avg<K>): a "
+                        "closer estimate of E[x0 | views] than one draw")
     p.add_argument("--uncond", action="store_true",
                    help="also score the SS and texture flows without the views (zero conditions, as the training's "
                         "guidance dropout; entries name@uncond and, with --x0-estimate, name@x0_uncond)")

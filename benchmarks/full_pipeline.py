@@ -93,6 +93,9 @@ BATCH16 = "stage.datamodule.batch_size=16"
 VAES = ("ss_vae", "shape_vae", "tex_vae")
 # Phases that may start while detached jobs of the phase before still run (see Pipeline.run).
 OVERLAPS = ("encode",)
+# Detached scoring jobs the flow phase does not wait for: they only read checkpoints and write a JSON (session 14:
+# the VAE scoring held the flows back 45 s after the encoding had ended).
+SCORING_JOBS = ("vae_quality",)
 MAIN_FLOWS = ("ss_flow", "shape_flow", "tex_flow")
 STAGES = ("ss_vae", "shape_vae", "tex_vae", "ss_flow", "shape_flow", "tex_flow")
 
@@ -139,6 +142,35 @@ def flow_stage(run: str) -> str:
     return next(s for s in ("ss_flow", "shape_flow", "tex_flow") if run.startswith(s))
 
 
+def parse_flow_variants(entries: list[str], known: tuple[str, ...] = FLOWS) -> dict[str, tuple[str, list[str]]]:
+    """``["tex_flow_pre_ln=tex_flow_pre:a=1;b=2"]`` -> ``{"tex_flow_pre_ln": ("tex_flow_pre", ["a=1", "b=2"])}``:
+    a flow run NAME that trains like the run BASE plus these Hydra overrides (after ``--flow-args``)."""
+    variants: dict[str, tuple[str, list[str]]] = {}
+    for entry in entries:
+        name, sep, rest = entry.partition("=")
+        base, colon, overrides = rest.partition(":")
+        stage = next((s for s in MAIN_FLOWS if name.startswith(s + "_")), None)
+        problem = None
+        if not sep or not colon or not name or not base:
+            problem = "expected NAME=BASE:OVERRIDE[;OVERRIDE...]"
+        elif base not in known:
+            problem = f"BASE {base!r} is not a flow run ({', '.join(known)})"
+        elif stage is None or not base.startswith(stage):
+            problem = f"NAME must start with its base's stage and an underscore ({flow_stage(base)}_...)"
+        elif name in known or name in variants:
+            problem = f"NAME {name!r} is taken"
+        if problem:
+            raise SystemExit(f"--flow-variant {entry!r}: {problem}, e.g. "
+                             "tex_flow_pre_ln=tex_flow_pre:stage.module.objective.t_schedule=logit_normal")
+        variants[name] = (base, [o for o in overrides.split(";") if o])
+    return variants
+
+
+def variant_family(name: str) -> str:
+    """The flow_quality family a --flow-variant is scored as: ``tex_flow_pre_ln`` -> ``flow_quality_pre_ln``."""
+    return "flow_quality_" + name.removeprefix(flow_stage(name) + "_")
+
+
 def _max_time(minutes: float) -> str:
     seconds = int(round(minutes * 60))
     return f"00:{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
@@ -158,10 +190,12 @@ class Pipeline:
         self.env = dict(os.environ, PYTHONPATH=f"{ROOT}:{os.environ.get('PYTHONPATH', '')}",
                         WANDB_MODE="disabled", PYTHONUNBUFFERED="1", HYDRA_FULL_ERROR="1")
         # The sparse flows allocate differently sized activations every step; growable segments keep the caching
-        # allocator from fragmenting and from freeing and retrying when a new size does not fit (a guess at the
-        # slow first minutes of the DDP texture flow, sessions 10-11; a value the user set is kept).
+        # allocator from fragmenting and from freeing and retrying when a new size does not fit (a value the user
+        # set is kept). The slow first minutes of sessions 10-14 were torch's cuDNN attention planning for every
+        # new sequence length (session 15: 2.04 against 0.31 s a step), which sdpa_loop no longer uses.
         self.env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
         self.place = parse_placement(args.place)
+        self.variants = parse_flow_variants(args.flow_variant)
         self.pending: list[Running] = []  # detached jobs (see run)
         self.t0 = time.time()
 
@@ -186,9 +220,10 @@ class Pipeline:
         self.pending += [r for r in running if r.job.name in detach]
         return self._wait([r for r in running if r.job.name not in detach])
 
-    def join(self) -> dict[str, int]:
-        """Wait for the detached jobs of earlier phases and collect their metrics."""
-        running, self.pending = self.pending, []
+    def join(self, keep: tuple[str, ...] = ()) -> dict[str, int]:
+        """Wait for the detached jobs of earlier phases, but those named in ``keep``, and collect their metrics."""
+        running = [r for r in self.pending if r.job.name not in keep]
+        self.pending = [r for r in self.pending if r.job.name in keep]
         codes = self._wait(running)
         for name in codes:
             self.collect_metrics(name)
@@ -408,7 +443,9 @@ class Pipeline:
                       "tex_flow_pre_nofloor": extra["tex_flow_pre"] + [NO_FLOOR],
                       "tex_flow_pre_patch2": extra["tex_flow_pre"] + [PATCH2],
                       "tex_flow_pre_patch2_b16": extra["tex_flow_pre"] + [PATCH2, BATCH16]})
-        runs = [f for f in FLOWS if f in a.flows]
+        for name, (base, overrides) in self.variants.items():
+            extra[name] = extra[base] + overrides
+        runs = [f for f in FLOWS if f in a.flows] + list(self.variants)
         if a.tex_vae_extend_minutes > 0:
             runs.append("tex_vae_long")
         gpu = {r: self.gpu_of(r, default_flow_gpu(r) if self.gpus >= 2 else 0) for r in runs}
@@ -499,6 +536,8 @@ class Pipeline:
                     "flow_quality_pre_nofloor": {"tex_flow": "tex_flow_pre_nofloor"},
                     "flow_quality_pre_patch2": {"tex_flow": "tex_flow_pre_patch2"},
                     "flow_quality_pre_patch2_b16": {"tex_flow": "tex_flow_pre_patch2_b16"}}
+        # Each --flow-variant scores as a family of its own: tex_flow_pre_ln -> flow_quality_pre_ln.
+        families.update({variant_family(name): {flow_stage(name): name} for name in self.variants})
         jobs = []
         for name, runs in families.items():
             # A variant family is scored only when one of its variant runs (a run not named after its slot) exists,
@@ -539,7 +578,7 @@ class Pipeline:
         self.log(f"phases {self.args.phases}; {self.gpus} GPU(s); root {self.root}")
         for phase in self.args.phases:
             if phase not in OVERLAPS:
-                self.join()
+                self.join(keep=SCORING_JOBS if phase == "flow" else ())
             self.log(f"=== {phase}")
             getattr(self, phase)()
         self.join()
@@ -633,6 +672,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "the variants alone, one per GPU, each also with --tex-vae-args; phase vae: beside the "
                         "main texture VAE on its GPU, with their own overrides only")
     p.add_argument("--flow-args", action="append", default=[])
+    p.add_argument("--flow-variant", action="append", default=[], metavar="NAME=BASE:OVERRIDE[;OVERRIDE...]",
+                   help="also train flow run NAME: run BASE plus these overrides, scored as family "
+                        "flow_quality_<NAME without its stage> (repeatable; --place NAME=GPUS places it)")
     p.add_argument("--view-pretrain-minutes", type=float, default=0.0,
                    help="pretrain the view encoder beside the VAEs for this long (needed by the *_pre flows)")
     p.add_argument("--view-pretrain-args", action="append", default=[])

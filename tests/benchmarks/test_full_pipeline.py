@@ -352,3 +352,61 @@ def test_flows_log_every_step_and_their_speed_is_summarised(tmp_path, monkeypatc
     # The summary job runs the real script on those logs.
     report = load_script("benchmarks/step_rate.py").main(job.argv[2:])
     assert report["runs"]["tex_flow_pre"]["steady_rate"] == pytest.approx(2.0)
+
+
+LOGIT_NORMAL = "stage.module.objective.t_schedule=logit_normal"
+
+
+def test_a_flow_variant_trains_as_its_base_plus_its_overrides_and_is_scored_in_its_own_family(tmp_path, monkeypatch):
+    fp, pipe, batches = two_gpu_flows(
+        tmp_path, monkeypatch, "--flows", "tex_flow_pre", "--place", "tex_flow_pre=0", "--place", "tex_flow_pre_ln=1",
+        "--flow-variant", f"tex_flow_pre_ln=tex_flow_pre:{LOGIT_NORMAL};stage.module.objective.mean=0.5",
+        "--flow-args", "stage.module.lr=3e-4")
+    by_name = {j.name: j for j in batches[0]}
+    assert {n: j.gpu for n, j in by_name.items()} == {"tex_flow_pre": 0, "tex_flow_pre_ln": 1}
+    base, variant = by_name["tex_flow_pre"].argv, by_name["tex_flow_pre_ln"].argv
+    # The base's own switches and the common --flow-args, then the variant's overrides last (they win).
+    assert set(base) <= set(variant)
+    assert variant[-2:] == [LOGIT_NORMAL, "stage.module.objective.mean=0.5"]
+    assert [x for x in variant if x not in base] == [LOGIT_NORMAL, "stage.module.objective.mean=0.5"]
+    assert "stage.module.lr=3e-4" in variant and by_name["tex_flow_pre_ln"].env["GENRECON_RUN_NAME"] == "tex_flow_pre_ln"
+    pipe.flow_quality()
+    scored = {j.name: j.argv[j.argv.index("--tex-flow") + 1] for j in batches[-1]}
+    assert scored == {"flow_quality_pre": str(pipe.ckpt("tex_flow_pre")),
+                      "flow_quality_pre_ln": str(pipe.ckpt("tex_flow_pre_ln"))}
+
+
+@pytest.mark.parametrize("entry, problem", [
+    ("tex_flow_pre_ln", "expected NAME=BASE"),
+    ("tex_flow_pre_ln=tex_flow_pre", "expected NAME=BASE"),
+    ("tex_flow_ln=tex_flow_nope:a=1", "is not a flow run"),
+    ("ss_flow_ln=tex_flow_pre:a=1", "must start with its base's stage"),
+    ("tex_flow_pre=tex_flow:a=1", "is taken"),
+])
+def test_a_malformed_flow_variant_is_refused_naming_the_entry(entry, problem):
+    fp = load_script("benchmarks/full_pipeline.py")
+    with pytest.raises(SystemExit, match=problem) as err:
+        fp.parse_flow_variants([entry])
+    assert entry in str(err.value)
+
+
+def test_the_flows_start_while_the_vae_scoring_goes_on_and_the_scoring_phase_waits_for_it(tmp_path, monkeypatch):
+    """vae_quality only reads checkpoints: the flow phase starts beside it (session 14 waited 45 s for it), the
+    flow_quality phase after it joins it."""
+    import sys
+
+    fp = load_script("benchmarks/full_pipeline.py")
+    pipe = fp.Pipeline(fp.parse_args(["--root", str(tmp_path), "--cpu", "--phases", "encode", "flow", "flow_quality"]))
+    gate = tmp_path / "flows_started"
+    # The "scoring" ends only once the flows have started (it gives up after 30 s, rc 3).
+    waiter = [sys.executable, "-c", "import pathlib, sys, time\nfor _ in range(600):\n"
+              f"    if pathlib.Path({str(gate)!r}).exists(): sys.exit(0)\n    time.sleep(0.05)\nsys.exit(3)"]
+    order = []
+    monkeypatch.setattr(pipe, "encode", lambda: pipe.run([fp.Job("encode", [sys.executable, "-c", "pass"]),
+                                                          fp.Job("vae_quality", waiter)], detach=("vae_quality",)))
+    monkeypatch.setattr(pipe, "flow", lambda: order.append(("flow", [r.job.name for r in pipe.pending]))
+                        or gate.touch())
+    monkeypatch.setattr(pipe, "flow_quality", lambda: order.append(("flow_quality", [r.job.name for r in pipe.pending])))
+    pipe.main()
+    assert order == [("flow", ["vae_quality"]), ("flow_quality", [])]
+    assert '"job": "vae_quality", "rc": 0' in (pipe.results / "progress.jsonl").read_text()

@@ -257,7 +257,6 @@ class Benchmark:
         self.latent_check: dict[str, float] = {}
         self.stats_check: dict[str, float] = {}
         self.warnings: list[str] = []
-        self.average = 1  # one-step draws averaged per sample (the @x0avg<K> variants set it)
         self.figure: dict[str, dict[int, Any]] = {}  # column -> chunk index -> picture payload
         self.figure_chunks = set(range(args.figure_chunks)) if args.figure else set()
         self._seen: dict[int, np.ndarray] = {}  # chunk index -> which texture-probe points its views see
@@ -322,13 +321,9 @@ class Benchmark:
                             "guidance_interval": list(s.guidance_interval), "rescale_t": s.rescale_t}}
 
     def sample(self, stage, batch: dict[str, Any], k: int) -> tuple[torch.Tensor, float]:
-        """The stage's sample of batch ``k`` (normalised latent); under an ``@x0avg<K>`` variant the mean of K
-        one-step estimates from K noises, the first of them the ``@x0`` entry's noise."""
         with Timer(self.device) as t, torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
-            x = stage.sample(batch, seed=derive_seed(self.args.seed, k)).float()
-            for j in range(1, self.average):
-                x += stage.sample(batch, seed=derive_seed(self.args.seed, k, j)).float()
-        return x / self.average, t.seconds
+            x = stage.sample(batch, seed=derive_seed(self.args.seed, k))
+        return x.float(), t.seconds
 
     def record(self, name: str, meta: dict[str, Any], per_chunk: dict[str, list], seconds: float,
                sample_seconds: float | None = None, extra: dict[str, Any] | None = None) -> None:
@@ -556,13 +551,13 @@ class Benchmark:
         between a variant and its ``_uncond`` twin is what the views add."""
         sampler = stage.sampler
         own = {"guidance_strength": float(sampler.guidance_strength), "steps": int(sampler.steps),
-               "guidance_interval": tuple(sampler.guidance_interval)}
+               "guidance_interval": tuple(sampler.guidance_interval), "draws": int(getattr(sampler, "draws", 1))}
         variants = [(name, own)] + [(f"{name}@cfg{g:g}", dict(own, guidance_strength=g))
                                     for g in self.args.cfg_sweep if g != own["guidance_strength"]]
         if self.args.x0_estimate:
             variants.append((f"{name}@x0", dict(own, steps=1)))
-        if self.args.x0_average > 1:
-            variants.append((f"{name}@x0avg{self.args.x0_average}", dict(own, steps=1, average=self.args.x0_average)))
+        # The mean of K one-step estimates from K noises (the sampler's draws; the first is @x0's noise).
+        variants += [(f"{name}@x0avg{k}", dict(own, steps=1, draws=k)) for k in self.args.x0_average if k > 1]
         if self.args.uncond:
             # Strength 0 over the whole interval: the sampler's negative (zero-condition) pass only.
             blind = dict(guidance_strength=0.0, guidance_interval=(0.0, 1.0))
@@ -572,12 +567,9 @@ class Benchmark:
         try:
             for entry, settings in variants:
                 for key, value in settings.items():
-                    if key != "average":
-                        setattr(sampler, key, value)
-                self.average = int(settings.get("average", 1))
+                    setattr(sampler, key, value)
                 yield entry, settings
         finally:
-            self.average = 1
             for key, value in own.items():
                 setattr(sampler, key, value)
 
@@ -820,9 +812,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--x0-estimate", action="store_true",
                    help="also score the SS and texture flows sampled in one Euler step, the model's posterior-mean "
                         "estimate (entries name@x0)")
-    p.add_argument("--x0-average", type=int, default=1, metavar="K",
-                   help="also score the mean of K one-step estimates from K noises (entries name@x0avg<K>): a "
-                        "closer estimate of E[x0 | views] than one draw")
+    p.add_argument("--x0-average", type=int, nargs="+", default=[], metavar="K",
+                   help="also score the mean of K one-step estimates from K noises, for each K (entries "
+                        "name@x0avg<K>, the sampler's draws): a closer estimate of E[x0 | views] than one draw")
     p.add_argument("--uncond", action="store_true",
                    help="also score the SS and texture flows without the views (zero conditions, as the training's "
                         "guidance dropout; entries name@uncond and, with --x0-estimate, name@x0_uncond)")

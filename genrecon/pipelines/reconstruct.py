@@ -32,7 +32,7 @@ from genrecon.pipelines.multi_chunk import (
     sample_dense_joint,
     sample_sparse_joint,
 )
-from genrecon.pipelines.sampler import EulerSampler
+from genrecon.pipelines.sampler import EulerSampler, mean_of_draws
 
 
 @dataclass
@@ -157,10 +157,14 @@ class SceneReconstructor:
                 canvas = c3.view(*layout.canvas_shape, -1).permute(3, 0, 1, 2)
                 cond_3d = layout.split(canvas).flatten(2).transpose(1, 2).contiguous()  # [n, R³, C]
         with self._phase("ss_sampling"), torch.no_grad():
-            noise = torch.randn((stage.model.in_channels, *layout.canvas_shape), generator=gen)
-            z = sample_dense_joint(self._sampler("ss"), stage.model, layout, noise, cond_2d, cond_3d,
-                                   self.settings.chunks_per_group, self.device)
-            z = stage.denormalise(z, 1)
+            sampler = self._sampler("ss")
+
+            def draw(_: int) -> Tensor:
+                noise = torch.randn((stage.model.in_channels, *layout.canvas_shape), generator=gen)
+                return sample_dense_joint(sampler, stage.model, layout, noise, cond_2d, cond_3d,
+                                          self.settings.chunks_per_group, self.device)
+
+            z = stage.denormalise(mean_of_draws(draw, sampler.draws), 1)
         with self._phase("ss_decode"), torch.no_grad():
             canvas = layout.average(z)[None]  # [1, 8, X, Y, Z]
             logits = vae.decoder(canvas)  # conv net: translation-equivariant, one pass over the merged canvas
@@ -178,15 +182,23 @@ class SceneReconstructor:
         r = layout.resolution
         points = (torch.from_numpy(layout.global_coords).float() + 0.5) / r - 0.5
         cond_3d = self._cond_3d(stage, points, tokens, w2c, K, images)
-        noise = torch.randn((len(layout.global_coords), stage.model.out_channels), generator=gen)
+        sampler = self._sampler(name.split("_")[0])
 
         def model_fn(x, t, c2, c3, coords, ex):
             return stage.model(x, t, c2, c3, coords=coords, concat_cond=ex)
 
+        def draw(_: int) -> list[Tensor]:
+            noise = torch.randn((len(layout.global_coords), stage.model.out_channels), generator=gen)
+            return sample_sparse_joint(sampler, model_fn, layout, noise, tokens[0, views].cpu(), cond_3d,
+                                       self.settings.chunks_per_group, self.device, self.settings.boundary_width,
+                                       extra)
+
         with torch.no_grad():
-            return sample_sparse_joint(self._sampler(name.split("_")[0]), model_fn, layout, noise,
-                                       tokens[0, views].cpu(), cond_3d, self.settings.chunks_per_group,
-                                       self.device, self.settings.boundary_width, extra)
+            if sampler.draws == 1:
+                return draw(0)
+            # per-chunk latents [n_i, C]: average each chunk's over the draws
+            runs = [draw(j) for j in range(sampler.draws)]
+            return [torch.stack(parts).float().mean(0).to(parts[0].dtype) for parts in zip(*runs)]
 
     # ------------------------------------------------------------------ decode
     def _decode_blocks(self, shape_latent: SparseTensor, tex_latent: SparseTensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -18,6 +18,14 @@ from genrecon.objectives.rectified_flow import ModelFn, per_sample
 StepCallback = Callable[[Tensor, float, float], Tensor]
 
 
+def mean_of_draws(draw: Callable[[int], Tensor], draws: int) -> Tensor:
+    """The mean of ``draw(0) .. draw(draws - 1)``, accumulated in float32 one draw at a time (memory of one)."""
+    total = draw(0).float()
+    for j in range(1, draws):
+        total += draw(j).float()
+    return total / draws
+
+
 class EulerSampler:
     """x ← x − (t − t_prev)·v(x, t) from t = 1 (noise) to t = 0 on the grid t' = s·t / (1 + (s − 1)·t)."""
 
@@ -29,13 +37,19 @@ class EulerSampler:
         guidance_rescale: float = 0.0,
         guidance_interval: tuple[float, float] = (0.0, 1.0),
         rescale_t: float = 1.0,
+        draws: int = 1,
     ) -> None:
         """guidance_strength w: v = w·v_cond + (1 − w)·v_uncond (w = 1: no negative pass).
         guidance_rescale φ: blend of the std-matched CFG x0 prediction (GenRecon: SS 0.7, shape 0.5).
         guidance_interval (lo, hi): CFG only while lo ≤ t ≤ hi, a single conditional pass elsewhere.
-        rescale_t s > 1 spends more steps near t = 1."""
+        rescale_t s > 1 spends more steps near t = 1.
+        draws K (a deviation, 1 as published): callers average K samples from K noises (:func:`mean_of_draws`).
+        With steps = 1 that is the mean of K one-step estimates of E[x0 | condition], which per-voxel errors
+        (PSNR, IoU) reward over any single sample (session 15: +0.49 dB base-colour PSNR for K = 4)."""
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
+        if draws < 1:
+            raise ValueError(f"draws must be >= 1, got {draws}")
         if rescale_t <= 0:
             raise ValueError(f"rescale_t must be positive, got {rescale_t}")
         self.steps = steps
@@ -44,6 +58,7 @@ class EulerSampler:
         self.guidance_rescale = guidance_rescale
         self.guidance_interval = (float(guidance_interval[0]), float(guidance_interval[1]))
         self.rescale_t = rescale_t
+        self.draws = int(draws)
 
     def timesteps(self) -> list[float]:
         """steps + 1 times from 1 down to 0."""

@@ -26,7 +26,7 @@ from genrecon.models.image_encoder import ImageEncoder, encode_views
 from genrecon.models.projection import Projection, coords_to_points
 from genrecon.models.ss_vae import soft_dice_loss
 from genrecon.objectives.rectified_flow import RectifiedFlow
-from genrecon.pipelines.sampler import EulerSampler
+from genrecon.pipelines.sampler import EulerSampler, mean_of_draws
 from genrecon.stages.base import Stage
 
 LATENT_KEYS = {"ss": "ss_latent", "shape": "shape_feats", "tex": "tex_feats"}
@@ -394,12 +394,20 @@ class FlowStage(Stage):
 
     @torch.no_grad()
     def sample(self, batch: dict[str, Any], seed: int = 0) -> Tensor:
-        """Generate the batch's latent (normalised) with the stage's sampler from seeded noise."""
+        """Generate the batch's latent (normalised) with the stage's sampler from seeded noise; with the
+        sampler's ``draws`` K > 1, the mean of K samples from successive noises of the same generator (the first
+        is the single-draw sample)."""
         tokens, inputs = self._prepare(batch)
         generator = torch.Generator(device=self.device).manual_seed(seed)
-        noise = torch.randn(inputs["x0"].shape, generator=generator, device=self.device, dtype=inputs["x0"].dtype)
-        return self.sampler.sample(inputs["model_fn"], noise, self.cond_2d(tokens), inputs["cond_3d"],
-                                   batch_idx=inputs["batch_idx"])
+        x0, cond_2d = inputs["x0"], self.cond_2d(tokens)
+
+        def draw(_: int) -> Tensor:
+            noise = torch.randn(x0.shape, generator=generator, device=self.device, dtype=x0.dtype)
+            return self.sampler.sample(inputs["model_fn"], noise, cond_2d, inputs["cond_3d"],
+                                       batch_idx=inputs["batch_idx"])
+
+        draws = int(getattr(self.sampler, "draws", 1))
+        return draw(0) if draws == 1 else mean_of_draws(draw, draws).to(x0.dtype)
 
 
 class SparseStructureFlowStage(FlowStage):

@@ -132,7 +132,7 @@ def test_cfg_sweep_scores_each_guidance_strength(tiny_pipeline, tmp_path):
     assert set(r) == {"ss_vae_roundtrip", "ss_flow", "ss_flow@cfg1", "ss_flow@cfg3", "ss_flow@x0", "ss_flow@x0avg2",
                       "ss_flow@uncond", "ss_flow@x0_uncond", "tex_vae_roundtrip", "tex_flow", "tex_flow@cfg3",
                       "tex_flow@x0", "tex_flow@x0avg2", "tex_flow@uncond", "tex_flow@x0_uncond"}
-    assert r["tex_flow@x0avg2"]["steps"] == 1 and r["tex_flow@x0avg2"]["average"] == 2
+    assert r["tex_flow@x0avg2"]["steps"] == 1 and r["tex_flow@x0avg2"]["draws"] == 2
     assert all(math.isfinite(v) for v in r["tex_flow@x0avg2"]["per_chunk"]["psnr_db"])
     assert r["tex_flow@x0_uncond"]["guidance_strength"] == 0.0 and r["tex_flow@x0_uncond"]["steps"] == 1
     assert all(math.isfinite(v) for v in r["tex_flow@x0_uncond"]["per_chunk"]["psnr_db"])
@@ -149,7 +149,7 @@ def test_sampler_variants_set_the_sampler_while_sampling_and_restore_it():
 
     fq = _flow_quality()
     bench = fq.Benchmark.__new__(fq.Benchmark)
-    bench.args = SimpleNamespace(cfg_sweep=[1.0, 7.5, 3.0], x0_estimate=True, x0_average=1, uncond=False)
+    bench.args = SimpleNamespace(cfg_sweep=[1.0, 7.5, 3.0], x0_estimate=True, x0_average=[], uncond=False)
     stage = SimpleNamespace(sampler=SimpleNamespace(guidance_strength=7.5, steps=12, guidance_interval=(0.6, 1.0)))
     seen = [(entry, settings["guidance_strength"], settings["steps"], stage.sampler.guidance_strength,
              stage.sampler.steps) for entry, settings in bench.sampler_variants("ss_flow", stage)]
@@ -158,32 +158,19 @@ def test_sampler_variants_set_the_sampler_while_sampling_and_restore_it():
     assert stage.sampler.guidance_strength == 7.5 and stage.sampler.steps == 12
 
 
-def test_x0_average_is_the_mean_of_one_step_draws_starting_with_the_x0_entrys_noise():
+def test_x0_average_variants_set_the_samplers_draws_for_one_step_and_restore_them():
     from types import SimpleNamespace
 
-    import torch
+    from genrecon.pipelines.sampler import EulerSampler
 
     fq = _flow_quality()
     bench = fq.Benchmark.__new__(fq.Benchmark)
-    bench.args = SimpleNamespace(cfg_sweep=[], x0_estimate=True, x0_average=3, uncond=False, seed=5)
-    bench.device, bench.bf16 = torch.device("cpu"), False
-    draws = []
-
-    def sample(batch, seed):
-        # A stand-in flow whose one-step estimate depends on its noise, as a trained one's does.
-        draws.append((stage.sampler.steps, seed))
-        return torch.randn(4, 2, generator=torch.Generator().manual_seed(seed))
-
-    stage = SimpleNamespace(sampler=SimpleNamespace(guidance_strength=1.0, steps=12, guidance_interval=(0.6, 0.9)),
-                            sample=sample)
-    got = {entry: bench.sample(stage, {}, k=7)[0] for entry, _ in bench.sampler_variants("tex_flow", stage)}
-    assert list(got) == ["tex_flow", "tex_flow@x0", "tex_flow@x0avg3"]
-    seeds = [fq.derive_seed(5, 7)] + [fq.derive_seed(5, 7, j) for j in (1, 2)]
-    assert draws[-3:] == [(1, s) for s in seeds] and len(set(seeds)) == 3
-    expected = sum(torch.randn(4, 2, generator=torch.Generator().manual_seed(s)) for s in seeds) / 3
-    torch.testing.assert_close(got["tex_flow@x0avg3"], expected)
-    torch.testing.assert_close(got["tex_flow@x0"], torch.randn(4, 2, generator=torch.Generator().manual_seed(seeds[0])))
-    assert bench.average == 1 and stage.sampler.steps == 12
+    bench.args = SimpleNamespace(cfg_sweep=[], x0_estimate=True, x0_average=[4, 1, 8], uncond=False)
+    stage = SimpleNamespace(sampler=EulerSampler(steps=12, guidance_interval=(0.6, 0.9)))
+    seen = {entry: (stage.sampler.steps, stage.sampler.draws)
+            for entry, _ in bench.sampler_variants("tex_flow", stage)}
+    assert seen == {"tex_flow": (12, 1), "tex_flow@x0": (1, 1), "tex_flow@x0avg4": (1, 4), "tex_flow@x0avg8": (1, 8)}
+    assert stage.sampler.steps == 12 and stage.sampler.draws == 1
 
 
 def test_uncond_variants_sample_without_the_views_and_restore_the_sampler():
@@ -195,7 +182,7 @@ def test_uncond_variants_sample_without_the_views_and_restore_the_sampler():
 
     fq = _flow_quality()
     bench = fq.Benchmark.__new__(fq.Benchmark)
-    bench.args = SimpleNamespace(cfg_sweep=[], x0_estimate=True, x0_average=1, uncond=True)
+    bench.args = SimpleNamespace(cfg_sweep=[], x0_estimate=True, x0_average=[], uncond=True)
     sampler = EulerSampler(steps=12, guidance_strength=1.0, guidance_interval=(0.6, 0.9))
     stage = SimpleNamespace(sampler=sampler)
     seen = {}

@@ -109,3 +109,18 @@ def test_loss_passes_dropped_conditions_and_can_skip_dropout() -> None:
     assert out.dropped.all() and not seen["c2"].any() and not seen["c3"].any()
     out = flow.loss(model, x0, torch.ones(2, 4, 5), torch.ones(2, 6, 5), cfg_dropout=False)
     assert not out.dropped.any() and seen["c2"].all() and seen["c3"].all()
+
+
+def test_endpoint_share_draws_t_equal_to_one_and_leaves_the_rest_of_the_schedule() -> None:
+    n = 20000
+    published = RectifiedFlow(t_schedule="uniform").sample_t(n, generator=torch.Generator().manual_seed(1))
+    off = RectifiedFlow(t_schedule="uniform", p_endpoint=0.0).sample_t(n, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(published, off)
+    mixed = RectifiedFlow(t_schedule="uniform", p_endpoint=0.2).sample_t(n, generator=torch.Generator().manual_seed(1))
+    at_one = mixed == 1.0
+    assert abs(at_one.float().mean().item() - 0.2) < 0.015 and (published < 1.0).all()
+    # The others keep their uniform draw: the same times as without the endpoint share.
+    assert torch.equal(mixed[~at_one], published[~at_one])
+    assert (RectifiedFlow(p_endpoint=1.0).sample_t(8) == 1.0).all()
+    with pytest.raises(ValueError, match="p_endpoint"):
+        RectifiedFlow(p_endpoint=1.5)

@@ -122,3 +122,14 @@ def test_callback_runs_after_every_step_and_replaces_x() -> None:
     times = sampler.timesteps()
     assert seen == list(pairwise(times))
     assert not out.any()
+
+
+def test_mean_of_draws_and_the_draws_setting() -> None:
+    from genrecon.pipelines.sampler import mean_of_draws
+
+    seen = []
+    out = mean_of_draws(lambda j: seen.append(j) or torch.full((2,), float(j), dtype=torch.bfloat16), 4)
+    assert seen == [0, 1, 2, 3] and out.dtype == torch.float32 and torch.equal(out, torch.full((2,), 1.5))
+    assert EulerSampler().draws == 1 and EulerSampler(draws=8).draws == 8
+    with pytest.raises(ValueError, match="draws"):
+        EulerSampler(draws=0)

@@ -542,8 +542,9 @@ class Benchmark:
 
     def sampler_variants(self, name: str, stage) -> Iterator[tuple[str, dict[str, Any]]]:
         """Yield (entry, sampler settings): the stage's own sampler as ``name``, then each ``--cfg-sweep`` value
-        as ``name@cfg<g>`` and, with ``--x0-estimate``, one Euler step from the noise as ``name@x0``, with the
-        stage's sampler set to them while the caller samples. With ``--uncond`` the same without the views
+        as ``name@cfg<g>``, with ``--x0-estimate`` one Euler step from the noise as ``name@x0``, and for each
+        ``--x0-average`` K the mean of K such steps as ``name@x0avg<K>``, with the stage's sampler set to them
+        while the caller samples. With ``--uncond`` the same without the views
         (``name@uncond``, ``name@x0_uncond``): the unconditional pass of the guidance, at every step.
 
         One step gives the model's estimate of E[x0 | views] rather than a sample: per-voxel errors (PSNR, IoU)

@@ -194,11 +194,8 @@ class SceneReconstructor:
                                        extra)
 
         with torch.no_grad():
-            if sampler.draws == 1:
-                return draw(0)
-            # per-chunk latents [n_i, C]: average each chunk's over the draws
-            runs = [draw(j) for j in range(sampler.draws)]
-            return [torch.stack(parts).float().mean(0).to(parts[0].dtype) for parts in zip(*runs)]
+            # per-chunk latents [n_i, C] (float32), each averaged over the draws; one draw held at a time
+            return mean_of_draws(draw, sampler.draws)
 
     # ------------------------------------------------------------------ decode
     def _decode_blocks(self, shape_latent: SparseTensor, tex_latent: SparseTensor) -> tuple[Tensor, Tensor, Tensor]:

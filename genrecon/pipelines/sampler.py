@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from itertools import pairwise
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -18,12 +19,20 @@ from genrecon.objectives.rectified_flow import ModelFn, per_sample
 StepCallback = Callable[[Tensor, float, float], Tensor]
 
 
-def mean_of_draws(draw: Callable[[int], Tensor], draws: int) -> Tensor:
-    """The mean of ``draw(0) .. draw(draws - 1)``, accumulated in float32 one draw at a time (memory of one)."""
-    total = draw(0).float()
+def mean_of_draws(draw: Callable[[int], Any], draws: int) -> Any:
+    """The mean of ``draw(0) .. draw(draws - 1)``, accumulated in float32 one draw at a time (memory of one).
+    A draw is a tensor or a list of tensors (per-chunk latents), averaged element by element."""
+    first = draw(0)
+    if isinstance(first, Tensor):
+        total = first.float()
+        for j in range(1, draws):
+            total += draw(j).float()
+        return total / draws
+    totals = [part.float() for part in first]
     for j in range(1, draws):
-        total += draw(j).float()
-    return total / draws
+        for total, part in zip(totals, draw(j), strict=True):
+            total += part.float()
+    return [total / draws for total in totals]
 
 
 class EulerSampler:

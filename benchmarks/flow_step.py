@@ -113,7 +113,6 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # conf/, datamodules/ and callbacks/ live next to the genrecon package
     sys.path.insert(0, str(ROOT))
-CONF_DIR = ROOT / "conf"
 
 FLOW_STAGES = ("ss_flow", "shape_flow", "tex_flow")
 VAE_STAGES = ("shape_vae", "tex_vae")
@@ -247,16 +246,9 @@ def _override(cfg: Any, key: str, value: Any) -> str | None:
 
 def compose(overrides: Sequence[str]) -> Any:
     """``conf/train.yaml`` composed with ``overrides`` (what ``@hydra.main`` would hand ``train()``)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from genrecon.utils.config import compose_entry_config
 
-    from genrecon.utils.run_dir import register_resolvers
-
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose(config_name="train", overrides=list(overrides))
+    return compose_entry_config(overrides)
 
 
 def base_overrides(stage: str, preset: str, device: torch.device, extra: Sequence[str]) -> list[str]:

@@ -78,3 +78,17 @@ def metric_value(metrics: dict[str, Any], name: str | None) -> float | None:
         log.warning(f"optimized_metric '{name}' was not logged (logged: {sorted(metrics)}); returning None")
         return None
     return float(metrics[name])
+
+
+def compose_entry_config(overrides: Sequence[str], config_name: str = "train") -> DictConfig:
+    """``conf/<config_name>.yaml`` composed with ``overrides``: what ``@hydra.main`` hands the entry point, for
+    scripts that build stages in-process (benchmarks). No Hydra job runs, so ``${hydra:...}`` stays unresolved."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from genrecon.utils.run_dir import register_resolvers
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[2] / "conf"), version_base="1.3"):
+        return compose(config_name=config_name, overrides=list(overrides))

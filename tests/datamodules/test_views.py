@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.views import SceneViewDataModule, SceneViews, random_zoom
+from datamodules.views import SceneViewDataModule, SceneViews, expand_views, random_zoom
 from genrecon.data.errors import DataFormatError
 
 
@@ -25,12 +25,12 @@ def test_views_of_one_split_with_camera_frame_normals(tiny_dataset):
     assert train.rooms == sorted(r for r, m in rooms.items() if m["split"] == "train")
     assert val.rooms == sorted(r for r, m in rooms.items() if m["split"] == "val") and not set(train.rooms) & set(val.rooms)
     assert len(train) == sum(len(m["w2c"]) for m in rooms.values() if m["split"] == "train")
-    item = train[0]
+    item = expand_views(train[0])
     assert item["image"].shape == item["base_colour"].shape == item["normal"].shape == (3, 32, 32)
     assert item["valid"].any() and torch.equal(item["valid"], item["depth"] > 0)
     # Surfaces face their camera: in the camera frame (z forward) a visible normal points back, n_z < 0.
     for i in range(0, len(train), 7):
-        item = train[i]
+        item = expand_views(train[i])
         assert (item["normal"][2][item["valid"]] < 0.05).float().mean() > 0.95
 
 
@@ -40,7 +40,7 @@ def test_augmentation_keeps_the_targets_exact(tiny_dataset):
     torch.manual_seed(0)
     seen_flip = seen_perm = False
     for _ in range(20):
-        a, p = aug[0], plain[0]
+        a, p = expand_views(aug[0]), expand_views(plain[0])
         flipped = not torch.equal(a["depth"], p["depth"])
         q = {k: v.flip(-1) for k, v in p.items()} if flipped else p
         if flipped:
@@ -84,6 +84,29 @@ def test_datamodule_batches(tiny_dataset):
     batches = list(dm.train_dataloader())
     assert len(batches) == 3 and batches[0]["image"].shape == (4, 3, 32, 32)
     assert sum(b["image"].shape[0] for b in dm.val_dataloader()) == len(dm.val_set)
+
+
+def test_compact_items_widen_to_the_float_maps_of_the_stored_views(tiny_dataset):
+    """Views cross the loader as uint8 colour and float16 normals; the datamodule's transfer hook gives the
+    stage float32 maps with the values of the arrays in memory, the colour in [0, 1]."""
+    dm = SceneViewDataModule(str(tiny_dataset / "scenes"), image_size=32, batch_size=4)
+    dm.setup("fit")
+    raw = next(iter(dm.val_dataloader()))
+    assert raw["image"].dtype == raw["base_colour"].dtype == torch.uint8 and raw["normal"].dtype == torch.float16
+    batch = dm.on_after_batch_transfer(raw, 0)
+    views = dm.val_set
+    expect_image = torch.from_numpy(views.rgb[:4]).permute(0, 3, 1, 2).float() / 255.0
+    assert batch["image"].dtype == batch["normal"].dtype == torch.float32
+    torch.testing.assert_close(batch["image"], expect_image, rtol=0, atol=0)
+    torch.testing.assert_close(batch["base_colour"],
+                               torch.from_numpy(views.base_colour[:4]).permute(0, 3, 1, 2).float() / 255.0, rtol=0, atol=0)
+    torch.testing.assert_close(batch["normal"], torch.from_numpy(views.normal[:4].astype(np.float32)).permute(0, 3, 1, 2),
+                               rtol=0, atol=0)
+    assert torch.equal(batch["valid"], batch["depth"] > 0)
+    # Zoom crops resample colour off the uint8 grid: those items carry float colour, widened as they are.
+    zoomed = SceneViews(tiny_dataset / "scenes", "train", image_size=32, augment=True, crop_scale_min=0.5, max_scenes=1)
+    item = zoomed[0]
+    assert item["image"].dtype == torch.float32 and expand_views(item)["image"] is item["image"]
 
 
 def test_rooms_without_split_or_base_colour_are_named(tiny_dataset, tmp_path):

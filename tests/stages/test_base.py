@@ -84,3 +84,60 @@ def test_ema_callback_uses_one_fused_update_with_the_same_average():
         plain.update_parameters(stage)
     for a, b in zip(fused.module.parameters(), plain.module.parameters()):
         torch.testing.assert_close(a, b)
+
+
+def test_warmed_up_ema_is_the_running_mean_at_first_then_the_plain_decay():
+    from torch.optim.swa_utils import AveragedModel
+
+    from genrecon.stages.base import ema_decay_at
+
+    assert ema_decay_at(0.999, 5, warmup=False) == 0.999
+    assert abs(ema_decay_at(0.999, 1, warmup=True) - 2 / 11) < 1e-12
+    assert ema_decay_at(0.99, 10_000, warmup=True) == 0.99  # capped once (1 + n) / (10 + n) passes the decay
+    stage = _Tiny(ema_decay=0.99, ema_warmup=True)
+    (callback,) = stage.configure_callbacks()
+    averaged = AveragedModel(stage, use_buffers=True, **callback._kwargs)
+    history = []
+    for _ in range(4):
+        with torch.no_grad():
+            for p in stage.parameters():
+                p.add_(torch.randn_like(p))
+        history.append(stage.body.weight.detach().clone())
+        averaged.update_parameters(stage)
+    # By hand: the first update copies; the n-th after it mixes with decay (1 + n) / (10 + n).
+    expect = history[0]
+    for n, w in enumerate(history[1:], start=1):
+        d = (1 + n) / (10 + n)
+        expect = d * expect + (1 - d) * w
+    torch.testing.assert_close(averaged.module.body.weight, expect)
+
+
+def test_warmed_up_ema_resumes_its_count_from_the_saved_average():
+    from torch.optim.swa_utils import AveragedModel
+
+    from genrecon.stages.base import ema_multi_avg_fn
+
+    stage = _Tiny()
+    one = AveragedModel(stage, use_buffers=True, multi_avg_fn=ema_multi_avg_fn(0.99, warmup=True))
+    steps = [[torch.randn_like(p) for p in stage.parameters()] for _ in range(5)]
+
+    def advance(model, moves):
+        for move in moves:
+            with torch.no_grad():
+                for p, m in zip(stage.parameters(), move):
+                    p.add_(m)
+            model.update_parameters(stage)
+
+    start = [p.detach().clone() for p in stage.parameters()]
+    advance(one, steps)
+    with torch.no_grad():
+        for p, s in zip(stage.parameters(), start):
+            p.copy_(s)
+    first = AveragedModel(stage, use_buffers=True, multi_avg_fn=ema_multi_avg_fn(0.99, warmup=True))
+    advance(first, steps[:3])
+    # A restarted run: a new callback (a fresh closure) loads the saved average and its update count.
+    resumed = AveragedModel(stage, use_buffers=True, multi_avg_fn=ema_multi_avg_fn(0.99, warmup=True))
+    resumed.load_state_dict(first.state_dict())
+    advance(resumed, steps[3:])
+    for a, b in zip(one.module.parameters(), resumed.module.parameters()):
+        torch.testing.assert_close(a, b)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import sys
 import time
@@ -35,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from genrecon.stages.base import ema_multi_avg_fn  # noqa: E402
+from genrecon.utils.jsonl import emit_json  # noqa: E402
 
 METRICS = {"view_pretrain": ("val/base_colour_psnr", "val/normal_deg", "val/loss"), "flow": ("val/loss",)}
 
@@ -145,10 +145,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               num_sanity_val_steps=0, callbacks=[averages, evaluate]).fit(module, datamodule=datamodule)
     result = {"stage": args.stage, "steps": args.steps, "decay": args.decay, "warmup_steps": warmup, "lr": args.lr,
               "seconds": round(time.perf_counter() - t0, 1), "curves": evaluate.curves}
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit_json(result, args.out)
     return result
 
 

@@ -81,6 +81,7 @@ from genrecon.pipelines.glb import sample_voxel_attributes
 from genrecon.stages.flow import load_latent_stats
 from genrecon.stages.loading import load_stage
 from genrecon.stages.sc_vae import TextureVAEStage
+from genrecon.utils.jsonl import emit_json
 
 FSCORE_VOXELS = 2.0  # F-score threshold in voxel edges of the O-Voxel grid
 # Occupancy F-score tolerance in voxels of the 64³ grid, beside the voxel-exact IoU of issue 5 (a wall one voxel
@@ -829,11 +830,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     result = Benchmark(args).run()
-    text = json.dumps(result, indent=1)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
-    print(text)
+    emit_json(result, args.out)
     return result
 
 

@@ -19,7 +19,6 @@ to every variant. Reruns reuse the data and VAEs under ``--root``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from genrecon.utils.jsonl import emit_json
 from genrecon.utils.test_size import (
     FAST_TRAINER_OVERRIDES, TINY_DATA_OVERRIDES, TINY_FLOW_OVERRIDES, TINY_MODEL_OVERRIDES, logged_series,
     tiny_vae_overrides,
@@ -95,10 +95,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "val_loss": s["val/loss"][-1] if s.get("val/loss") else None,
         }
         print(f"[flow_tiny_curves] {name}: {result['variants'][name]}", file=sys.stderr, flush=True)
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit_json(result, args.out)
     return result
 
 

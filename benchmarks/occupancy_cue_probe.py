@@ -17,9 +17,7 @@ per chunk and its mean.
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,6 +29,7 @@ from genrecon.data.batching import ViewSampling, collate, select_fields
 from genrecon.data.shards import decode_chunk_sample, shard_urls
 from genrecon.models.photo_consistency import STATS_PER_POINT, PhotoConsistency
 from genrecon.models.projection import voxel_centers
+from genrecon.utils.jsonl import emit_json
 
 Chunk = tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]  # key, stats [V, 35], position [V, 3], occupancy [V]
 
@@ -110,10 +109,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "photo_stats_and_position": fit_and_score(train, val, lambda c: torch.cat([c[1], c[2]], 1), args.steps,
                                                   args.seed),
     }
-    text = json.dumps(result, indent=1)
-    if args.out:
-        Path(args.out).write_text(text)
-    print(text)
+    emit_json(result, args.out)
     return result
 
 

@@ -1,4 +1,4 @@
-"""JSON-lines progress of a benchmark script: each line printed when it is added, all of them saved at the end."""
+"""A benchmark script's JSON output: its result printed and saved, or JSON-lines progress printed as it goes."""
 
 from __future__ import annotations
 
@@ -23,3 +23,12 @@ class JsonLinesLog:
         if self.path is not None:
             self.path.write_text("".join(json.dumps(x) + "\n" for x in self.lines))
         return self.lines
+
+
+def emit_json(result: dict[str, Any], out: str | Path | None = None) -> None:
+    """Print a script's ``result`` as indented JSON and, with ``out``, write the same text there."""
+    text = json.dumps(result, indent=1)
+    print(text)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text + "\n")

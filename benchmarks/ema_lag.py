@@ -21,12 +21,14 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import random
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel
 
@@ -69,12 +71,19 @@ class Evaluate(L.Callback):
         if step not in self.at:
             return
         weights = {"raw": module, **{k: m.module for k, m in self.averages.models.items()}}
+        # Validation draws views and noise from the global generators: restored afterwards, so the training run
+        # is the same however often it is evaluated.
+        states = random.getstate(), np.random.get_state(), torch.get_rng_state()
         for name, source in weights.items():
             probe = copy.deepcopy(source).eval()
             result = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
                                enable_model_summary=False, enable_checkpointing=False).validate(
                 probe, datamodule=self.datamodule, verbose=False)[0]
             self.curves[name].append({"step": step, **{k: round(float(result[k]), 4) for k in self.metrics}})
+        self.datamodule.trainer = trainer  # validate() attached the datamodule to its own trainer
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
         head = self.metrics[0]
         print(f"[ema_lag] step {step}, {head}: " + ", ".join(
             f"{k} {v[-1][head]:.4f}" for k, v in self.curves.items()), file=sys.stderr, flush=True)

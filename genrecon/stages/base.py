@@ -90,15 +90,20 @@ def ema_decay_at(decay: float, updates: int, warmup: bool) -> float:
 
 def ema_multi_avg_fn(decay: float, warmup: bool = False) -> Any:
     """``torch.optim.swa_utils.AveragedModel``'s ``multi_avg_fn``: one fused lerp over all parameters with the
-    decay of :func:`ema_decay_at`. The update count is read from the model once (a host sync), then counted here."""
-    seen: list[int] = []
+    decay of :func:`ema_decay_at`.
+
+    The average calls it once per (device, dtype) group of tensors at every update. With ``warmup`` each group
+    counts its own updates, from the saved ``n_averaged`` read once (a host sync), so a resumed run continues
+    the same decays without a sync per step."""
+    counts: dict[tuple[int, int], int] = {}
 
     @torch.no_grad()
     def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
-        if not seen:
-            seen.append(int(n_averaged))
-        d = ema_decay_at(decay, seen[0], warmup)
-        seen[0] += 1
+        d = decay
+        if warmup:
+            group = (averaged[0].data_ptr(), len(averaged))  # the averaged tensors' storage: fixed for the run
+            n = counts[group] = counts[group] + 1 if group in counts else int(n_averaged)
+            d = ema_decay_at(decay, n, True)
         if torch.is_floating_point(averaged[0]):
             torch._foreach_lerp_(averaged, current, 1.0 - d)
         else:

@@ -141,3 +141,30 @@ def test_warmed_up_ema_resumes_its_count_from_the_saved_average():
     advance(resumed, steps[3:])
     for a, b in zip(one.module.parameters(), resumed.module.parameters()):
         torch.testing.assert_close(a, b)
+
+
+def test_warmed_up_ema_gives_every_dtype_group_the_same_decays():
+    """The average updates each (device, dtype) group of tensors in its own call: a float64 buffer beside the
+    float32 weights must see the same decays, not a count advanced by the other group's call."""
+    from torch.optim.swa_utils import AveragedModel
+
+    from genrecon.stages.base import ema_multi_avg_fn
+
+    stage = _Tiny()
+    stage.register_buffer("scale", torch.zeros(3, dtype=torch.float64))
+    averaged = AveragedModel(stage, use_buffers=True, multi_avg_fn=ema_multi_avg_fn(0.99, warmup=True))
+    weights, scales = [], []
+    for k in range(4):
+        with torch.no_grad():
+            stage.body.weight.add_(torch.randn_like(stage.body.weight))
+            stage.scale.fill_(float(k + 1))
+        weights.append(stage.body.weight.detach().clone())
+        scales.append(stage.scale.clone())
+        averaged.update_parameters(stage)
+    expect_w, expect_s = weights[0], scales[0]
+    for n in range(1, 4):
+        d = (1 + n) / (10 + n)
+        expect_w = d * expect_w + (1 - d) * weights[n]
+        expect_s = d * expect_s + (1 - d) * scales[n]
+    torch.testing.assert_close(averaged.module.body.weight, expect_w)
+    torch.testing.assert_close(averaged.module.scale, expect_s)

@@ -26,7 +26,9 @@ from genrecon.geometry.cameras import (
 from genrecon.geometry.chunks import Chunk, crop_to_chunk, sample_training_chunk
 from genrecon.geometry.ovoxel import mesh_to_ovoxel
 from genrecon.render.base import Rasterizer
-from genrecon.render.shading import RenderedViews, render_views, save_depth_png, save_normal_png
+from genrecon.render.shading import (
+    RenderedViews, render_views, save_depth_png, save_normal_png, save_png, save_rgba_png,
+)
 
 UNIT_BOX = np.array([[-0.5] * 3, [0.5] * 3])
 
@@ -104,10 +106,10 @@ def save_scene_folder(
     views = folder / "views"
     views.mkdir(parents=True, exist_ok=True)
     for i in range(len(rig)):
-        Image.fromarray(renders.rgba[i]).save(views / f"rgba_{i:03d}.png")
+        save_rgba_png(views / f"rgba_{i:03d}.png", renders.rgba[i])
         save_depth_png(views / f"depth_{i:03d}.png", renders.depth[i])
         save_normal_png(views / f"normal_{i:03d}.png", renders.normal[i])
-        Image.fromarray(renders.base_colour[i]).save(views / f"basecolor_{i:03d}.png")
+        save_png(views / f"basecolor_{i:03d}.png", renders.base_colour[i])
     scene.mesh.to_trimesh().export(folder / "mesh.ply")
     meta = {
         "scene_id": scene.scene_id,

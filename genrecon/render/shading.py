@@ -169,9 +169,19 @@ def render_agreement(
 
 
 # ----------------------------------------------------------------------------------------------- image I/O
+# zlib level 1 instead of PIL's 6: on the room renders 3.3 times faster to write (2.3 against 7.8 ms a 256² view on
+# the 2-core CPU), 20 % larger, read as fast. Writing PNGs was a sixth of prepare.py's time per room.
+PNG_COMPRESS_LEVEL = 1
+
+
+def save_png(path: str | Path, image: np.ndarray) -> None:
+    """Write an ``[H, W]`` or ``[H, W, C]`` uint8/uint16 array as a PNG."""
+    Image.fromarray(image).save(path, compress_level=PNG_COMPRESS_LEVEL)
+
+
 def save_rgba_png(path: str | Path, rgba: np.ndarray) -> None:
     """Write ``[H, W, 4]`` uint8 RGBA."""
-    Image.fromarray(np.asarray(rgba, dtype=np.uint8)).save(path)
+    save_png(path, np.asarray(rgba, dtype=np.uint8))
 
 
 def encode_depth_mm(depth: np.ndarray) -> np.ndarray:
@@ -181,7 +191,7 @@ def encode_depth_mm(depth: np.ndarray) -> np.ndarray:
 
 def save_depth_png(path: str | Path, depth: np.ndarray) -> None:
     """Write depth ``[H, W]`` in metres as a 16-bit PNG in millimetres."""
-    Image.fromarray(encode_depth_mm(depth)).save(path)
+    save_png(path, encode_depth_mm(depth))
 
 
 def load_depth_png(path: str | Path) -> np.ndarray:
@@ -209,7 +219,7 @@ def decode_normals(encoded: np.ndarray) -> np.ndarray:
 
 def save_normal_png(path: str | Path, normal: np.ndarray) -> None:
     """Write world-frame normals ``[H, W, 3]`` as an 8-bit RGB PNG (see :func:`encode_normals`)."""
-    Image.fromarray(encode_normals(normal)).save(path)
+    save_png(path, encode_normals(normal))
 
 
 def load_normal_png(path: str | Path) -> np.ndarray:

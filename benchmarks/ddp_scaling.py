@@ -379,18 +379,14 @@ def throughput(records: list[list[dict[str, Any]]], warmup: int, last: int, samp
 def composed(args: argparse.Namespace) -> dict[str, Any]:
     """The per-GPU batch size, gradient accumulation and loader workers of the runs, from the composed config
     (also checks the overrides before any GPU time is spent)."""
-    from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from genrecon.utils.run_dir import register_resolvers
+    from genrecon.utils.config import compose_entry_config
 
-    register_resolvers()
     overrides = [f"stage={args.stage}", f"preset={args.preset}", f"stage.datamodule.shards={args.shards}",
                  *QUIET, "hardware=slurm", "slurm.gpus_per_node=1", *(CPU if args.cpu else []), *args.extra]
     saved = os.environ.get("GENRECON_RUN_NAME")
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
+    cfg = compose_entry_config(overrides)
     GlobalHydra.instance().clear()
     if saved is None:
         os.environ.pop("GENRECON_RUN_NAME", None)

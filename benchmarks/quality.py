@@ -383,18 +383,13 @@ def run_variant(args: argparse.Namespace, variant: str, ckpt_dir: str, scene_ids
 def compute_views(args: argparse.Namespace, scene_dir: Path) -> list[int]:
     """The input views infer.py would choose for this scene with these overrides: cleaned points -> tiling ->
     ``select_images`` (evenly spaced along capture order among the cameras that see a chunk)."""
-    from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     from genrecon.geometry.tiling import select_images
     from genrecon.tasks.infer import load_input, tile_points
-    from genrecon.utils.run_dir import register_resolvers
+    from genrecon.utils.config import compose_entry_config
 
-    register_resolvers()
-    overrides = infer_overrides(args, scene_dir, "unused", args.out / "unused")
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="infer", overrides=overrides)
+    cfg = compose_entry_config(infer_overrides(args, scene_dir, "unused", args.out / "unused"), "infer")
     GlobalHydra.instance().clear()
     views, raw_points = load_input(cfg)
     tiling = tile_points(raw_points, cfg)

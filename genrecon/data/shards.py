@@ -23,11 +23,16 @@ VIEW_KEY = "view_{:02d}.png"
 REQUIRED_KEYS = ("meta.json", "cameras.safetensors", "occupancy.npy", "ovoxel.safetensors")
 
 
+# zlib level 1 instead of PIL's 6: on the room renders 3.3 times faster to write (2.3 against 7.8 ms a 256² view on
+# the 2-core CPU), 20 % larger, read as fast. Writing PNGs was a sixth of prepare.py's time per room.
+PNG_COMPRESS_LEVEL = 1
+
+
 def encode_png(image: np.ndarray) -> bytes:
-    """``[H, W, C]`` uint8 -> PNG bytes (deterministic: no timestamps or text chunks)."""
+    """``[H, W]`` or ``[H, W, C]`` uint8/uint16 -> PNG bytes (deterministic: no timestamps or text chunks). Every
+    PNG the data toolkit writes (shard views, room renders) goes through here."""
     buf = io.BytesIO()
-    # Level 1, as the room renders (genrecon.render.shading.PNG_COMPRESS_LEVEL): a third of level 6's time.
-    Image.fromarray(image).save(buf, format="PNG", optimize=False, compress_level=1)
+    Image.fromarray(image).save(buf, format="PNG", optimize=False, compress_level=PNG_COMPRESS_LEVEL)
     return buf.getvalue()
 
 

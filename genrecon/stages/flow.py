@@ -406,8 +406,7 @@ class FlowStage(Stage):
             return self.sampler.sample(inputs["model_fn"], noise, cond_2d, inputs["cond_3d"],
                                        batch_idx=inputs["batch_idx"])
 
-        draws = int(getattr(self.sampler, "draws", 1))
-        return draw(0) if draws == 1 else mean_of_draws(draw, draws).to(x0.dtype)
+        return mean_of_draws(draw, self.sampler.draws).to(x0.dtype)
 
 
 class SparseStructureFlowStage(FlowStage):

@@ -6,6 +6,7 @@ import importlib.util
 import os
 import shutil
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
@@ -27,6 +28,16 @@ CONF_DIR = ROOT / "conf"
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 register_resolvers()
+
+SESSION_START = time.monotonic()
+
+
+def pytest_runtest_logfinish(nodeid: str, location: tuple) -> None:
+    """With ``GENRECON_TEST_BUDGET_S`` set (``.ci/run`` sets it), stop between tests once the run has lasted that
+    long: pytest then still prints its summary and slowest tests, which a killed run never does."""
+    budget = os.environ.get("GENRECON_TEST_BUDGET_S")
+    if budget and time.monotonic() - SESSION_START > float(budget):
+        pytest.exit(f"the test run passed GENRECON_TEST_BUDGET_S={budget} s after {nodeid}", returncode=3)
 
 
 def compose_config(config_name: str, overrides: list[str] | None = None) -> DictConfig:

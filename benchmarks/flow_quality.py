@@ -321,9 +321,16 @@ class Benchmark:
                             "guidance_rescale": s.guidance_rescale,
                             "guidance_interval": list(s.guidance_interval), "rescale_t": s.rescale_t}}
 
-    def sample(self, stage, batch: dict[str, Any], k: int) -> tuple[torch.Tensor, float]:
+    def sample(self, stage, batch: dict[str, Any], k: int, decoder=None,
+               draw_mean: str = "latent") -> tuple[torch.Tensor, float]:
+        """The batch's sampled latent, or with ``decoder`` (the SS-VAE's) its occupancy logits averaged over the
+        sampler's draws as ``draw_mean`` says; and the seconds it took."""
+        seed = derive_seed(self.args.seed, k)
         with Timer(self.device) as t, torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
-            x = stage.sample(batch, seed=derive_seed(self.args.seed, k))
+            if decoder is None:
+                x = stage.sample(batch, seed=seed)
+            else:
+                x = stage.sample_occupancy(batch, decoder, seed=seed, draw_mean=draw_mean)
         return x.float(), t.seconds
 
     def record(self, name: str, meta: dict[str, Any], per_chunk: dict[str, list], seconds: float,
@@ -348,7 +355,8 @@ class Benchmark:
     def occupancy_scores(self, logits: torch.Tensor, occ: torch.Tensor, threshold: float) -> dict[str, list]:
         """Per-chunk SS scores of one batch: voxel-exact IoU, the IoU on the shape latent grid, the F-score within
         a voxel, the occupied shares of prediction and truth, and both IoUs again at the inference pipeline's
-        threshold (``conf/infer.yaml`` occ_threshold) when it differs from the stage's."""
+        threshold (``conf/infer.yaml`` occ_threshold) and each ``--occ-threshold-sweep`` logit (``iou_t<T>``)
+        where they differ from the stage's."""
         factor = self.pool_factor(occ)
         pred = logits > threshold
         out = {"iou": occupancy_iou(logits, occ, threshold).tolist(),
@@ -356,8 +364,8 @@ class Benchmark:
                "fscore_1vox": occupancy_fscore(logits, occ, threshold, OCC_TOLERANCE_VOXELS)["fscore"].tolist(),
                "occupied_fraction": pred.flatten(1).float().mean(1).tolist(),
                "truth_fraction": (occ > 0.5).flatten(1).float().mean(1).tolist()}
-        t = self.args.infer_occ_threshold
-        if t is not None and t != threshold:
+        extra = [self.args.infer_occ_threshold, *self.args.occ_threshold_sweep]
+        for t in dict.fromkeys(t for t in extra if t is not None and t != threshold):
             out[f"iou_t{t:g}"] = occupancy_iou(logits, occ, t).tolist()
             out[f"{self.pooled_key}_t{t:g}"] = pooled_occupancy_iou(logits, occ, t, factor).tolist()
         return out
@@ -389,13 +397,12 @@ class Benchmark:
             threshold = float(getattr(stage, "occ_threshold", 0.0))
             meta["occ_threshold"] = threshold
             meta["infer_occ_threshold"] = a.infer_occ_threshold
-            for entry, settings in self.sampler_variants(name, stage):
+            for entry, settings in self.sampler_variants(name, stage, occupancy=True):
                 start, sample_s, scores = time.perf_counter(), 0.0, {}
                 with torch.no_grad():
                     for k, idx, batch in self.batches():
-                        x, s = self.sample(stage, batch, k)
+                        logits, s = self.sample(stage, batch, k, vae.decoder, settings.get("draw_mean", "latent"))
                         sample_s += s
-                        logits = vae.decoder(stage.denormalise(x, 1))
                         for key, values in self.occupancy_scores(logits, batch["occupancy"], threshold).items():
                             scores.setdefault(key, []).extend(values)
                         if entry == name:
@@ -541,11 +548,14 @@ class Benchmark:
                 self.tex_scores(vae.decode(latent, guide), batch, idx, column, scores)
         return scores, seconds
 
-    def sampler_variants(self, name: str, stage) -> Iterator[tuple[str, dict[str, Any]]]:
+    def sampler_variants(self, name: str, stage, occupancy: bool = False) -> Iterator[tuple[str, dict[str, Any]]]:
         """Yield (entry, sampler settings): the stage's own sampler as ``name``, then each ``--cfg-sweep`` value
-        as ``name@cfg<g>``, with ``--x0-estimate`` one Euler step from the noise as ``name@x0``, and for each
-        ``--x0-average`` K the mean of K such steps as ``name@x0avg<K>``, with the stage's sampler set to them
-        while the caller samples. With ``--uncond`` the same without the views
+        as ``name@cfg<g>``, with ``--x0-estimate`` one Euler step from the noise as ``name@x0``, for each
+        ``--x0-average`` K the mean of K such steps as ``name@x0avg<K>`` and for each ``--sample-average`` K the
+        mean of K samples of the stage's own sampler as ``name@avg<K>``, with the stage's sampler set to them
+        while the caller samples. With ``occupancy`` (the SS flow) each averaged entry has a twin that averages
+        the draws' decoded occupancy probabilities (``name@x0pavg<K>``, ``name@pavg<K>``; settings key
+        ``draw_mean``). With ``--uncond`` the same without the views
         (``name@uncond``, ``name@x0_uncond``): the unconditional pass of the guidance, at every step.
 
         One step gives the model's estimate of E[x0 | views] rather than a sample: per-voxel errors (PSNR, IoU)
@@ -559,7 +569,12 @@ class Benchmark:
         if self.args.x0_estimate:
             variants.append((f"{name}@x0", dict(own, steps=1)))
         # The mean of K one-step estimates from K noises (the sampler's draws; the first is @x0's noise).
-        variants += [(f"{name}@x0avg{k}", dict(own, steps=1, draws=k)) for k in self.args.x0_average if k > 1]
+        averages = [("x0", dict(own, steps=1), k) for k in self.args.x0_average if k > 1]
+        averages += [("", dict(own), k) for k in self.args.sample_average if k > 1]
+        for prefix, settings, k in averages:
+            variants.append((f"{name}@{prefix}avg{k}", dict(settings, draws=k)))
+            if occupancy:
+                variants.append((f"{name}@{prefix}pavg{k}", dict(settings, draws=k, draw_mean="occupancy")))
         if self.args.uncond:
             # Strength 0 over the whole interval: the sampler's negative (zero-condition) pass only.
             blind = dict(guidance_strength=0.0, guidance_interval=(0.0, 1.0))
@@ -568,8 +583,8 @@ class Benchmark:
                 variants.append((f"{name}@x0_uncond", dict(own, steps=1, **blind)))
         try:
             for entry, settings in variants:
-                for key, value in settings.items():
-                    setattr(sampler, key, value)
+                for key in own:  # draw_mean is the caller's, not the sampler's
+                    setattr(sampler, key, settings[key])
                 yield entry, settings
         finally:
             for key, value in own.items():
@@ -798,6 +813,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--infer-occ-threshold", type=float, default=-1.0,
                    help="also score the SS IoUs at this logit threshold (iou_t<T>): infer.py's occ_threshold, the "
                         "published reconstruct_scene.py default; the main IoU keeps the stage's own (0)")
+    p.add_argument("--occ-threshold-sweep", type=float, nargs="+", default=[], metavar="T",
+                   help="also score the SS IoUs at each of these logit thresholds (iou_t<T>, iou_<R>_t<T>); for "
+                        "the name@pavg entries, logit T is the mean occupancy probability sigmoid(T)")
     p.add_argument("--structure-resolution", type=int, default=None,
                    help="the shape latent grid the SS occupancy is OR-pooled onto for iou_<R> (default: the "
                         "latents' manifest, config.preset.shape_latent_resolution; preset small: 32)")
@@ -817,6 +835,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--x0-average", type=int, nargs="+", default=[], metavar="K",
                    help="also score the mean of K one-step estimates from K noises, for each K (entries "
                         "name@x0avg<K>, the sampler's draws): a closer estimate of E[x0 | views] than one draw")
+    p.add_argument("--sample-average", type=int, nargs="+", default=[], metavar="K",
+                   help="also score the mean of K samples of each flow's own sampler, for each K (entries "
+                        "name@avg<K>; for the SS flow also name@pavg<K>, the mean of the decoded occupancy "
+                        "probabilities, as with --x0-average's name@x0pavg<K>)")
     p.add_argument("--uncond", action="store_true",
                    help="also score the SS and texture flows without the views (zero conditions, as the training's "
                         "guidance dropout; entries name@uncond and, with --x0-estimate, name@x0_uncond)")

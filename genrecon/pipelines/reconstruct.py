@@ -32,7 +32,7 @@ from genrecon.pipelines.multi_chunk import (
     sample_dense_joint,
     sample_sparse_joint,
 )
-from genrecon.pipelines.sampler import EulerSampler, mean_of_draws
+from genrecon.pipelines.sampler import DRAW_MEANS, EulerSampler, mean_of_draws, occupancy_logit
 
 
 @dataclass
@@ -41,6 +41,7 @@ class ReconstructionSettings:
 
     samplers: dict[str, dict[str, Any]] = field(default_factory=dict)
     occ_threshold: float = -1.0
+    ss_draw_mean: str = "latent"  # with samplers.ss.draws > 1: "latent" or "occupancy" (see sample_occupancy)
     boundary_width: int = 1
     proj_batch_voxels: int = 8192
     chunks_per_group: int = 4
@@ -48,6 +49,10 @@ class ReconstructionSettings:
     decode_halo: int = 4  # latent voxels of context around a decode block
     cond_view_min_coverage: float = 0.4
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.ss_draw_mean not in DRAW_MEANS:
+            raise ValueError(f"ss_draw_mean {self.ss_draw_mean!r}: expected one of {DRAW_MEANS}")
 
 
 @dataclass
@@ -164,10 +169,19 @@ class SceneReconstructor:
                 return sample_dense_joint(sampler, stage.model, layout, noise, cond_2d, cond_3d,
                                           self.settings.chunks_per_group, self.device)
 
-            z = stage.denormalise(mean_of_draws(draw, sampler.draws), 1)
+            def decode(z: Tensor) -> Tensor:
+                canvas = layout.average(stage.denormalise(z, 1))[None]  # [1, 8, X, Y, Z]
+                return vae.decoder(canvas)  # conv net: translation-equivariant, one pass over the merged canvas
+
+            logits = z = None
+            if self.settings.ss_draw_mean == "occupancy" and sampler.draws > 1:
+                # the mean of the draws' decoded occupancy probabilities (SparseStructureFlowStage.sample_occupancy)
+                logits = occupancy_logit(mean_of_draws(lambda j: torch.sigmoid(decode(draw(j))), sampler.draws))
+            else:
+                z = mean_of_draws(draw, sampler.draws)
         with self._phase("ss_decode"), torch.no_grad():
-            canvas = layout.average(z)[None]  # [1, 8, X, Y, Z]
-            logits = vae.decoder(canvas)  # conv net: translation-equivariant, one pass over the merged canvas
+            if logits is None:
+                logits = decode(z)
             # occupancy per chunk = r · upsampling; max-pool it down to the shape latent grid (thresholding a
             # max-pooled logit equals OR-ing the thresholded children)
             occ_per_chunk = r * logits.shape[2] // layout.canvas_shape[0]

@@ -19,16 +19,28 @@ from genrecon.objectives.rectified_flow import ModelFn, per_sample
 StepCallback = Callable[[Tensor, float, float], Tensor]
 
 
+# What the SS flow's K > 1 draws are averaged as: their latents, or their decoded occupancy probabilities
+# (SparseStructureFlowStage.sample_occupancy; infer.py's ss_draw_mean).
+DRAW_MEANS = ("latent", "occupancy")
+
+
+def occupancy_logit(probability: Tensor, eps: float = 1e-6) -> Tensor:
+    """The logit of a (mean) occupancy probability, so that logit thresholds (``occ_threshold``) apply to it as to
+    a decoder's logits; clamped to [eps, 1 - eps] so that certain voxels stay finite."""
+    return torch.logit(probability, eps=eps)
+
+
 def mean_of_draws(draw: Callable[[int], Any], draws: int) -> Any:
     """The mean of ``draw(0) .. draw(draws - 1)``, accumulated in float32 one draw at a time (memory of one).
     A draw is a tensor or a list of tensors (per-chunk latents), averaged element by element."""
     first = draw(0)
+    # copies: the sums must not write into a draw that the caller (or ``draw``) may still hold
     if isinstance(first, Tensor):
-        total = first.float()
+        total = first.to(torch.float32, copy=True)
         for j in range(1, draws):
             total += draw(j).float()
         return total / draws
-    totals = [part.float() for part in first]
+    totals = [part.to(torch.float32, copy=True) for part in first]
     for j in range(1, draws):
         for total, part in zip(totals, draw(j), strict=True):
             total += part.float()

@@ -26,7 +26,7 @@ from genrecon.models.image_encoder import ImageEncoder, encode_views
 from genrecon.models.projection import Projection, coords_to_points
 from genrecon.models.ss_vae import soft_dice_loss
 from genrecon.objectives.rectified_flow import RectifiedFlow
-from genrecon.pipelines.sampler import EulerSampler, mean_of_draws
+from genrecon.pipelines.sampler import DRAW_MEANS, EulerSampler, mean_of_draws, occupancy_logit
 from genrecon.stages.base import Stage
 
 LATENT_KEYS = {"ss": "ss_latent", "shape": "shape_feats", "tex": "tex_feats"}
@@ -393,20 +393,24 @@ class FlowStage(Stage):
         return pred.transpose(1, 2).reshape(x0.shape) if x0.dim() == 5 else pred
 
     @torch.no_grad()
-    def sample(self, batch: dict[str, Any], seed: int = 0) -> Tensor:
+    def sample(self, batch: dict[str, Any], seed: int = 0,
+               transform: Callable[[Tensor], Tensor] | None = None) -> Tensor:
         """Generate the batch's latent (normalised) with the stage's sampler from seeded noise; with the
         sampler's ``draws`` K > 1, the mean of K samples from successive noises of the same generator (the first
-        is the single-draw sample)."""
+        is the single-draw sample). With ``transform``, the (float32) mean of ``transform(sample)`` instead: the
+        SS flow averages decoded occupancy probabilities this way (``SparseStructureFlowStage.sample_occupancy``)."""
         tokens, inputs = self._prepare(batch)
         generator = torch.Generator(device=self.device).manual_seed(seed)
         x0, cond_2d = inputs["x0"], self.cond_2d(tokens)
 
         def draw(_: int) -> Tensor:
             noise = torch.randn(x0.shape, generator=generator, device=self.device, dtype=x0.dtype)
-            return self.sampler.sample(inputs["model_fn"], noise, cond_2d, inputs["cond_3d"],
-                                       batch_idx=inputs["batch_idx"])
+            x = self.sampler.sample(inputs["model_fn"], noise, cond_2d, inputs["cond_3d"],
+                                    batch_idx=inputs["batch_idx"])
+            return x if transform is None else transform(x)
 
-        return mean_of_draws(draw, self.sampler.draws).to(x0.dtype)
+        mean = mean_of_draws(draw, self.sampler.draws)
+        return mean.to(x0.dtype) if transform is None else mean
 
 
 class SparseStructureFlowStage(FlowStage):
@@ -499,11 +503,29 @@ class SparseStructureFlowStage(FlowStage):
             out["occ_aux_iou"] = inter / (pred | true).sum().clamp(min=1).float()
         return out
 
+    @torch.no_grad()
+    def sample_occupancy(self, batch: dict[str, Any], decoder: nn.Module, seed: int = 0,
+                         draw_mean: str = "latent") -> Tensor:
+        """Occupancy logits ``[B, 1, R, R, R]`` (float32) of the batch's sampled structure, decoded by ``decoder``
+        (the SS-VAE's). With the sampler's ``draws`` K > 1, ``draw_mean`` says what is averaged over the draws:
+        ``"latent"``, the mean latent decoded once, or ``"occupancy"``, the mean of the K decoded occupancy
+        probabilities, returned as its logit. The second is the per-voxel posterior occupancy that a thresholded
+        IoU rewards; a mean latent is decoded by a VAE that never saw one."""
+        if draw_mean not in DRAW_MEANS:
+            raise ValueError(f"draw_mean {draw_mean!r}: expected one of {DRAW_MEANS}")
+        dtype = next(decoder.parameters()).dtype
+
+        def decode(z: Tensor) -> Tensor:
+            return decoder(self.denormalise(z, 1).to(dtype)).float()
+
+        if draw_mean == "latent" or self.sampler.draws == 1:
+            return decode(self.sample(batch, seed))
+        return occupancy_logit(self.sample(batch, seed, transform=lambda z: torch.sigmoid(decode(z))))
+
     def sample_metrics(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         if self.ss_decoder is None or "occupancy" not in batch:
             return {}
-        decoder = self.ss_decoder.to(self.device)
-        logits = decoder(self.denormalise(self.sample(batch), 1).to(next(decoder.parameters()).dtype))
+        logits = self.sample_occupancy(batch, self.ss_decoder.to(self.device))
         return {"val/sample_iou": occupancy_iou(logits, batch["occupancy"], self.occ_threshold).mean()}
 
 

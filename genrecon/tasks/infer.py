@@ -184,6 +184,7 @@ def infer(cfg: DictConfig, ctx: TaskContext) -> dict[str, Any]:
         images, w2c, K, idx = prepare_views(views, tiling, cfg, size)
     settings = ReconstructionSettings(
         samplers=OmegaConf.to_container(cfg.samplers, resolve=True), occ_threshold=cfg.occ_threshold,
+        ss_draw_mean=str(cfg.ss_draw_mean),
         boundary_width=int(cfg.boundary_width) if cfg.boundary_sensitive else 0,
         proj_batch_voxels=int(cfg.proj_batch_voxels), chunks_per_group=int(cfg.chunks_per_group), seed=int(cfg.seed),
     )

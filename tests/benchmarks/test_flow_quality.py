@@ -125,13 +125,25 @@ def test_cfg_sweep_scores_each_guidance_strength(tiny_pipeline, tmp_path):
     result = _flow_quality().main([
         "--latents", str(root / "latents"), "--max-chunks", "2", "--batch-size", "2", "--steps", "2",
         "--samples", "5000", "--device", "cpu", "--cfg-sweep", "1", "3", "--x0-estimate", "--uncond",
-        "--x0-average", "2", "--ss-vae", ck["ss_vae"], "--tex-vae", ck["tex_vae"], "--ss-flow", ck["ss_flow"], "--tex-flow", ck["tex_flow"],
+        "--x0-average", "2", "--sample-average", "2", "--occ-threshold-sweep", "-1", "0", "1",
+        "--ss-vae", ck["ss_vae"], "--tex-vae", ck["tex_vae"], "--ss-flow", ck["ss_flow"], "--tex-flow", ck["tex_flow"],
     ])
     r = result["results"]
-    # The texture sampler's own strength is 1.0: the sweep's 1 adds no duplicate entry for it.
+    # The texture sampler's own strength is 1.0: the sweep's 1 adds no duplicate entry for it. The SS flow's
+    # averages have twins that average the decoded occupancy (pavg).
     assert set(r) == {"ss_vae_roundtrip", "ss_flow", "ss_flow@cfg1", "ss_flow@cfg3", "ss_flow@x0", "ss_flow@x0avg2",
+                      "ss_flow@x0pavg2", "ss_flow@avg2", "ss_flow@pavg2",
                       "ss_flow@uncond", "ss_flow@x0_uncond", "tex_vae_roundtrip", "tex_flow", "tex_flow@cfg3",
-                      "tex_flow@x0", "tex_flow@x0avg2", "tex_flow@uncond", "tex_flow@x0_uncond"}
+                      "tex_flow@x0", "tex_flow@x0avg2", "tex_flow@avg2", "tex_flow@uncond", "tex_flow@x0_uncond"}
+    assert (r["ss_flow@pavg2"]["steps"], r["ss_flow@pavg2"]["draws"], r["ss_flow@pavg2"]["draw_mean"]) == (2, 2, "occupancy")
+    assert (r["ss_flow@x0pavg2"]["steps"], r["ss_flow@x0pavg2"]["draws"]) == (1, 2)
+    assert "draw_mean" not in r["ss_flow@x0avg2"] and r["tex_flow@avg2"]["steps"] == 2
+    for entry in ("ss_flow@pavg2", "ss_flow@x0pavg2", "ss_flow@avg2"):
+        assert all(0.0 <= v <= 1.0 for v in r[entry]["per_chunk"]["iou"])
+    # the threshold sweep: the stage's own threshold (0) is the main IoU, the others are extra keys
+    metrics = r["ss_flow@pavg2"]["metrics"]
+    assert {"iou_t-1", "iou_t1"} <= set(metrics) and "iou_t0" not in metrics
+    assert all(0.0 <= v <= 1.0 for k in ("iou_t-1", "iou_t1") for v in r["ss_flow@pavg2"]["per_chunk"][k])
     assert r["tex_flow@x0avg2"]["steps"] == 1 and r["tex_flow@x0avg2"]["draws"] == 2
     assert all(math.isfinite(v) for v in r["tex_flow@x0avg2"]["per_chunk"]["psnr_db"])
     assert r["tex_flow@x0_uncond"]["guidance_strength"] == 0.0 and r["tex_flow@x0_uncond"]["steps"] == 1
@@ -149,7 +161,7 @@ def test_sampler_variants_set_the_sampler_while_sampling_and_restore_it():
 
     fq = _flow_quality()
     bench = fq.Benchmark.__new__(fq.Benchmark)
-    bench.args = SimpleNamespace(cfg_sweep=[1.0, 7.5, 3.0], x0_estimate=True, x0_average=[], uncond=False)
+    bench.args = SimpleNamespace(cfg_sweep=[1.0, 7.5, 3.0], x0_estimate=True, x0_average=[], sample_average=[], uncond=False)
     stage = SimpleNamespace(sampler=SimpleNamespace(guidance_strength=7.5, steps=12, guidance_interval=(0.6, 1.0)))
     seen = [(entry, settings["guidance_strength"], settings["steps"], stage.sampler.guidance_strength,
              stage.sampler.steps) for entry, settings in bench.sampler_variants("ss_flow", stage)]
@@ -165,12 +177,28 @@ def test_x0_average_variants_set_the_samplers_draws_for_one_step_and_restore_the
 
     fq = _flow_quality()
     bench = fq.Benchmark.__new__(fq.Benchmark)
-    bench.args = SimpleNamespace(cfg_sweep=[], x0_estimate=True, x0_average=[4, 1, 8], uncond=False)
+    bench.args = SimpleNamespace(cfg_sweep=[], x0_estimate=True, x0_average=[4, 1, 8], sample_average=[], uncond=False)
     stage = SimpleNamespace(sampler=EulerSampler(steps=12, guidance_interval=(0.6, 0.9)))
     seen = {entry: (stage.sampler.steps, stage.sampler.draws)
             for entry, _ in bench.sampler_variants("tex_flow", stage)}
     assert seen == {"tex_flow": (12, 1), "tex_flow@x0": (1, 1), "tex_flow@x0avg4": (1, 4), "tex_flow@x0avg8": (1, 8)}
     assert stage.sampler.steps == 12 and stage.sampler.draws == 1
+
+
+def test_ss_average_variants_have_occupancy_twins_and_leave_the_sampler_as_it_was():
+    from types import SimpleNamespace
+
+    from genrecon.pipelines.sampler import EulerSampler
+
+    fq = _flow_quality()
+    bench = fq.Benchmark.__new__(fq.Benchmark)
+    bench.args = SimpleNamespace(cfg_sweep=[], x0_estimate=False, x0_average=[4], sample_average=[2], uncond=False)
+    stage = SimpleNamespace(sampler=EulerSampler(steps=12))
+    seen = {entry: (stage.sampler.steps, stage.sampler.draws, settings.get("draw_mean"))
+            for entry, settings in bench.sampler_variants("ss_flow", stage, occupancy=True)}
+    assert seen == {"ss_flow": (12, 1, None), "ss_flow@x0avg4": (1, 4, None), "ss_flow@x0pavg4": (1, 4, "occupancy"),
+                    "ss_flow@avg2": (12, 2, None), "ss_flow@pavg2": (12, 2, "occupancy")}
+    assert not hasattr(stage.sampler, "draw_mean") and (stage.sampler.steps, stage.sampler.draws) == (12, 1)
 
 
 def test_uncond_variants_sample_without_the_views_and_restore_the_sampler():
@@ -182,7 +210,7 @@ def test_uncond_variants_sample_without_the_views_and_restore_the_sampler():
 
     fq = _flow_quality()
     bench = fq.Benchmark.__new__(fq.Benchmark)
-    bench.args = SimpleNamespace(cfg_sweep=[], x0_estimate=True, x0_average=[], uncond=True)
+    bench.args = SimpleNamespace(cfg_sweep=[], x0_estimate=True, x0_average=[], sample_average=[], uncond=True)
     sampler = EulerSampler(steps=12, guidance_strength=1.0, guidance_interval=(0.6, 0.9))
     stage = SimpleNamespace(sampler=sampler)
     seen = {}

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from callbacks.flow_samples import FlowSampleImages, occupancy_mesh
 from datamodules.chunks import ChunkDataModule

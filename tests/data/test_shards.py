@@ -89,7 +89,7 @@ def test_missing_payload_names_shard_and_field():
 
 
 def test_lazy_views_decode_only_what_is_indexed_and_match_eager_decoding():
-    from genrecon.data.shards import LazyViews, decode_chunk_sample, encode_chunk_sample  # noqa: F401
+    from genrecon.data.shards import LazyViews
 
     rng = np.random.default_rng(3)
     raw = make_sample("lazyroom_00000_000", rng, n_views=5)

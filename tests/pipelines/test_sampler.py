@@ -130,6 +130,13 @@ def test_mean_of_draws_and_the_draws_setting() -> None:
     seen = []
     out = mean_of_draws(lambda j: seen.append(j) or torch.full((2,), float(j), dtype=torch.bfloat16), 4)
     assert seen == [0, 1, 2, 3] and out.dtype == torch.float32 and torch.equal(out, torch.full((2,), 1.5))
+    # float32 draws, single and per-chunk lists: the sum never writes into a draw the caller still holds
+    held = [torch.full((2,), float(j)) for j in range(3)]
+    assert torch.equal(mean_of_draws(lambda j: held[j], 3), torch.full((2,), 1.0))
+    parts = [[torch.full((1,), float(j)), torch.full((3,), 2.0 * j)] for j in range(3)]
+    means = mean_of_draws(lambda j: parts[j], 3)
+    assert torch.equal(means[0], torch.ones(1)) and torch.equal(means[1], torch.full((3,), 2.0))
+    assert [float(h[0]) for h in held] == [0.0, 1.0, 2.0] and float(parts[0][1][0]) == 0.0
     assert EulerSampler().draws == 1 and EulerSampler(draws=8).draws == 8
     with pytest.raises(ValueError, match="draws"):
         EulerSampler(draws=0)

@@ -98,6 +98,50 @@ def test_ss_flow_scores_samples_with_a_vae_it_does_not_save(tiny_pipeline, tmp_p
     assert load_stage(tmp_path / "checkpoints" / "last.ckpt", expected_stage="ss_flow").ss_decoder is None
 
 
+def test_ss_draws_are_averaged_as_latents_or_as_decoded_occupancy(tiny_pipeline):
+    """``sample_occupancy`` with K draws: ``"latent"`` decodes the mean of the K sampled latents, ``"occupancy"``
+    is the logit of the mean of their K decoded probabilities; both from the same K successive noises, and with
+    one draw the two are the same single sample."""
+    from datamodules.chunks import ChunkDataModule
+    from genrecon.pipelines.sampler import occupancy_logit
+    from genrecon.stages.loading import load_stage
+
+    root, ckpts = tiny_pipeline
+    stage = load_stage(ckpts / "ss_flow.ckpt", expected_stage="ss_flow", device="cpu")
+    decoder = load_stage(ckpts / "ss_vae.ckpt", expected_stage="ss_vae", device="cpu").decoder
+    dm = ChunkDataModule(str(root / "latents"), ["views", "ss_latent"], batch_size=2, eval_views=4, seed=0,
+                         val_batches=1)
+    batch = next(iter(dm.val_dataloader()))
+    stage.sampler.steps, stage.sampler.draws = 2, 3
+    draws, sample = [], stage.sampler.sample
+
+    def recording(*args, **kwargs):
+        draws.append(sample(*args, **kwargs))
+        return draws[-1]
+
+    stage.sampler.sample = recording
+    by_latent = stage.sample_occupancy(batch, decoder, seed=5, draw_mean="latent")
+    latent_draws, draws[:] = list(draws), []
+    by_occupancy = stage.sample_occupancy(batch, decoder, seed=5, draw_mean="occupancy")
+    assert len(latent_draws) == len(draws) == 3
+    for a, b in zip(latent_draws, draws, strict=True):
+        torch.testing.assert_close(a, b)  # the same noises
+    assert len({round(float(d.abs().sum()), 3) for d in draws}) == 3  # three different samples
+
+    def decode(z):
+        return decoder(stage.denormalise(z, 1))
+
+    torch.testing.assert_close(by_latent, decode(torch.stack(draws).mean(0)), atol=1e-5, rtol=1e-4)
+    mean_p = torch.stack([torch.sigmoid(decode(z)) for z in draws]).mean(0)
+    torch.testing.assert_close(by_occupancy, occupancy_logit(mean_p), atol=1e-4, rtol=1e-4)
+    assert (by_latent - by_occupancy).abs().max() > 1e-3  # two different estimates
+    stage.sampler.draws = 1
+    torch.testing.assert_close(stage.sample_occupancy(batch, decoder, seed=5, draw_mean="occupancy"),
+                               decode(draws[0]), atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="draw_mean"):
+        stage.sample_occupancy(batch, decoder, draw_mean="median")
+
+
 @pytest.mark.parametrize("stage", ["ss_flow", "tex_flow"])
 def test_flows_with_the_photo_cue_train_and_reload(tiny_latents, tmp_path, stage):
     """The photo-consistency variant trains (its loss falls like the plain one's), its cue gets gradients, and

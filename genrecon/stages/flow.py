@@ -516,7 +516,9 @@ class SparseStructureFlowStage(FlowStage):
         dtype = next(decoder.parameters()).dtype
 
         def decode(z: Tensor) -> Tensor:
-            return decoder(self.denormalise(z, 1).to(dtype)).float()
+            # outside any sampling autocast: logits near the threshold keep the decoder's own precision
+            with torch.autocast(z.device.type, enabled=False):
+                return decoder(self.denormalise(z, 1).to(dtype)).float()
 
         if draw_mean == "latent" or self.sampler.draws == 1:
             return decode(self.sample(batch, seed))

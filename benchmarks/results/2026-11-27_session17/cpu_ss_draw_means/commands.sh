@@ -1,0 +1,10 @@
+#!/bin/bash
+# CPU study: SS flow inference variants (latent vs occupancy means, thresholds) on the 40-room small set.
+set -x
+cd /work/main
+PY=/work/venv/bin/python
+COMMON="preset=small paths.data_dir=/tmp/loc40/data paths.log_dir=/tmp/ssx/logs hardware=cpu logger=csv stage.max_steps=10000000 stage.datamodule.num_workers=0 +stage.datamodule.batches_per_epoch=500 +trainer.enable_progress_bar=false callbacks.progress_bar=null callbacks.model_summary=null +callbacks.time_budget._target_=callbacks.time_budget.TimeBudgetDecay"
+GENRECON_RUN_NAME=ss_vae $PY train.py stage=ss_vae $COMMON +trainer.max_time=00:00:08:00 stage.checkpoint_every_n_steps=500 stage.val_every_n_steps=200 stage.val_batches=2 stage.datamodule.batch_size=4 "preset.ss_vae.channels=[8,16,32]" preset.ss_vae.num_res_blocks=1 preset.ss_vae.num_res_blocks_middle=1 stage.module.lr=2e-3 > /tmp/ssx/ss_vae.log 2>&1 || exit 1
+$PY prepare.py dataset=synthetic preset=small paths.data_dir=/tmp/loc40/data paths.log_dir=/tmp/ssx/logs "steps=[encode]" encode.ss_vae_ckpt=/tmp/ssx/logs/train/runs/ss_vae/checkpoints/last.ckpt encode.shape_vae_ckpt=/tmp/loc40/logs/train/runs/shape_vae/checkpoints/last.ckpt encode.tex_vae_ckpt=/tmp/loc40/logs/train/runs/tex_vae/checkpoints/last.ckpt > /tmp/ssx/encode.log 2>&1 || exit 1
+GENRECON_RUN_NAME=ss_flow $PY train.py stage=ss_flow $COMMON +trainer.max_time=00:00:30:00 stage.checkpoint_every_n_steps=500 stage.val_every_n_steps=250 stage.val_batches=2 stage.datamodule.batch_size=2 preset.flow.width=96 preset.flow.num_blocks=3 preset.flow.num_heads=4 preset.flow.cond_channels=96 preset.image_encoder.depth=2 preset.image_encoder.num_heads=4 stage.datamodule.max_views=8 stage.module.lr=1e-3 stage.module.lr_new=1e-3 stage.module.warmup_steps=50 stage.module.ema_decay=0.99 stage.module.ema_warmup=true stage.module.occupancy_aux_weight=1.0 stage.module.sample_batches=1 stage.module.sampler.steps=4 stage.module.ss_vae_ckpt=/tmp/ssx/logs/train/runs/ss_vae/checkpoints/last.ckpt > /tmp/ssx/ss_flow.log 2>&1 || exit 1
+echo TRAIN_DONE

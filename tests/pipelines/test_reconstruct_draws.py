@@ -6,6 +6,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 
 from genrecon.pipelines import reconstruct as rc
@@ -41,3 +42,9 @@ def test_each_chunks_latent_is_the_mean_over_the_draws(monkeypatch):
     stacked = torch.stack(noises).mean(0) * 2 + 1
     torch.testing.assert_close(torch.cat(mean), stacked)
     torch.testing.assert_close(single[0], first[0][:2] * 2 + 1)
+
+
+def test_an_unknown_ss_draw_mean_is_named():
+    assert rc.ReconstructionSettings(ss_draw_mean="occupancy").ss_draw_mean == "occupancy"
+    with pytest.raises(ValueError, match="ss_draw_mean 'median'"):
+        rc.ReconstructionSettings(ss_draw_mean="median")

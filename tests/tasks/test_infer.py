@@ -57,13 +57,10 @@ def test_infer_runs_sparse_flows_trained_on_block_tokens(tiny_pipeline, tmp_path
     assert summary["faces"] > 0 and (tmp_path / "out" / "scene.glb").stat().st_size > 0
 
 
-def test_ss_draws_averaged_as_occupancy_reconstruct_and_an_unknown_mean_is_named(tiny_pipeline, tmp_path):
+def test_ss_draws_averaged_as_occupancy_reconstruct_the_scene(tiny_pipeline, tmp_path):
     root, ckpts = tiny_pipeline
-    summary = _infer(root, ckpts, tmp_path / "occupancy", ["samplers.ss.draws=2", "ss_draw_mean=occupancy"])
-    assert summary["faces"] > 0 and (tmp_path / "occupancy" / "scene.glb").is_file()
-    with pytest.raises(ValueError, match="ss_draw_mean 'median'"):
-        _infer(root, ckpts, tmp_path / "median", ["ss_draw_mean=median"])
-    assert not (tmp_path / "median" / "scene.glb").exists()
+    summary = _infer(root, ckpts, tmp_path, ["samplers.ss.draws=2", "ss_draw_mean=occupancy"])
+    assert summary["faces"] > 0 and (tmp_path / "scene.glb").is_file()
 
 
 def test_wrong_checkpoint_for_stage_fails_without_glb(tiny_pipeline, tmp_path):

@@ -92,7 +92,7 @@ def test_ss_flow_scores_samples_with_a_vae_it_does_not_save(tiny_pipeline, tmp_p
         f"dataset.root={root}", f"paths.output_dir={tmp_path}",
     ])
     metrics = train(cfg)
-    assert 0.0 <= metrics["val/sample_iou"] <= 1.0
+    assert 0.0 <= metrics["val/sample_iou"] <= 1.0 and 0.0 <= metrics["val/x0_iou"] <= 1.0
     saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert not [k for k in saved["state_dict"] if "ss_decoder" in k]
     assert load_stage(tmp_path / "checkpoints" / "last.ckpt", expected_stage="ss_flow").ss_decoder is None

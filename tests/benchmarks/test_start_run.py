@@ -1,0 +1,45 @@
+"""benchmarks/start_run.sh: the device launcher starts a command in the background from a copy of the repository,
+follows it with watch_run.sh, and refuses a second start while the first still runs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tarfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _start(src: Path, root: Path, seconds: int, *command: str, **env: str) -> subprocess.CompletedProcess:
+    full_env = dict(os.environ, START_RUN_WHEELS="none", START_RUN_REPO=str(src.parent / "repo"), **env)
+    return subprocess.run(["bash", "benchmarks/start_run.sh", str(root), str(seconds), "--", *command], cwd=src,
+                          env=full_env, capture_output=True, text=True, timeout=120)
+
+
+def test_start_run_launches_watches_and_refuses_a_second_start(tmp_path):
+    src = tmp_path / "src"
+    (src / "benchmarks").mkdir(parents=True)
+    for name in ("start_run.sh", "watch_run.sh"):
+        shutil.copy(ROOT / "benchmarks" / name, src / "benchmarks" / name)
+    root, out = tmp_path / "run", tmp_path / "out"
+    results = root / "results"
+    job = f"echo ran in $PWD >> {results}/progress.log; sleep 1; echo 1 > {results}/DONE"
+    done = _start(src, root, 30, "bash", "-c", job, OUT=str(out))
+    assert done.returncode == 0, done.stderr
+    # it ran in the copy, and watch_run printed its progress and packed it
+    assert f"ran in {tmp_path / 'repo'}" in done.stdout and (tmp_path / "repo" / "benchmarks" / "watch_run.sh").is_file()
+    with tarfile.open(out / "results.tar.gz") as tar:
+        assert "./DONE" in tar.getnames()
+
+    # a run that is still going: the watch gives up after its seconds, and a second start is refused
+    first = _start(src, root, 1, "sleep", "60", OUT=str(out))
+    pid = int((root / "run.pid").read_text())
+    try:
+        assert first.returncode == 0 and os.getpgid(pid) == pid  # its own session: killable as a group
+        second = _start(src, root, 1, "true")
+        assert second.returncode == 3 and "still going" in second.stderr
+    finally:
+        os.killpg(pid, signal.SIGKILL)

@@ -2,11 +2,10 @@
 # Follow a background `benchmarks/full_pipeline.py` run for up to SECONDS (the device tool's calls last at most
 # 10 minutes, the pipeline longer), then copy what it has produced so far to OUT_DIR.
 #   bash benchmarks/watch_run.sh RESULTS_DIR OUT_DIR [SECONDS]
-# benchmarks/start_run.sh starts the pipeline this way and makes the first watch call. Start the pipeline from a
-# copy of the repository (cp -r . /tmp/repo && cd /tmp/repo && setsid nohup ...): the
-# device tool copies the working tree again at every call, and a job that imports while that happens fails
-# (session 6: a flow died with ModuleNotFoundError 13 s after its start). Issue the next watch call at once: the
-# device releases an idle machine after 30 s and the run dies with it (session 8 lost its flows that way).
+# benchmarks/start_run.sh starts the pipeline and makes the first watch call. It runs the pipeline from a copy of
+# the repository (/tmp/repo): the device tool copies the working tree again at every call, and a job that imports
+# while that happens fails (session 6: a flow died with ModuleNotFoundError 13 s after its start). Issue the next
+# watch call at once: the device releases an idle machine after 30 s and the run dies with it (sessions 8 and 16).
 R=$1; OUT=$2; T=${3:-560}
 end=$(( $(date +%s) + T )); seen=0
 while [ "$(date +%s)" -lt "$end" ] && [ ! -f "$R/DONE" ]; do

@@ -87,8 +87,9 @@ def test_entry_points_are_thin():
 
 
 def test_tex_flow_views_experiment_is_the_measured_tex_flow_cell_recipe():
-    """conf/experiment/tex_flow_views.yaml holds what full_pipeline.py's tex_flow_cell run trained with (session
-    15's best texture flow): the same preset and stage module as its switches and learning rates on the command line."""
+    """conf/experiment/tex_flow_views.yaml holds what full_pipeline.py's tex_flow_cell_end run trained with (session
+    18's best single-GPU texture flow): the same preset and stage module as its switches, learning rates, EMA and
+    endpoint share on the command line."""
     from omegaconf import OmegaConf
 
     from tests.conftest import load_script
@@ -99,10 +100,12 @@ def test_tex_flow_views_experiment_is_the_measured_tex_flow_cell_recipe():
     recipe = compose_config("train", [
         "stage=tex_flow", "preset=small", ckpt, fp.LATENT_AUX, fp.VISIBILITY, fp.FROZEN_ENCODER, fp.DEPTH_CUE,
         fp.CELL_CUE, "stage.module.lr=3e-4", "stage.module.lr_new=1e-3", "stage.module.warmup_steps=200",
-        "stage.module.ema_decay=0.995"])
+        "stage.module.ema_decay=0.995",
+        "stage.module.ema_warmup=true", "stage.module.objective.p_endpoint=0.1"])
     assert OmegaConf.to_container(experiment.preset) == OmegaConf.to_container(recipe.preset)
     assert (OmegaConf.to_container(experiment.stage.module, resolve=True)
             == OmegaConf.to_container(recipe.stage.module, resolve=True))
     assert experiment.preset.flow.cell_cue.subdivisions == 4 and experiment.stage.module.latent_aux_weight == 1.0
+    assert experiment.stage.module.objective.p_endpoint == 0.1 and experiment.stage.module.ema_warmup
     with pytest.raises(Exception, match="view_encoder_ckpt"):
         OmegaConf.to_container(compose_config("train", ["experiment=tex_flow_views"]).stage.module, resolve=True)

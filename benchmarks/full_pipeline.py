@@ -528,7 +528,8 @@ class Pipeline:
                     "flow_quality_pre": {"ss_flow": "ss_flow_pre", "ss_flow_noproj": (
                                              "ss_flow_pre_noproj" if have("ss_flow_pre_noproj") else "ss_flow_noproj"),
                                          "tex_flow": "tex_flow_pre"},
-                    "flow_quality_cell": {"ss_flow": "ss_flow_cell", "ss_flow_noproj": "ss_flow_noproj",
+                    "flow_quality_cell": {"ss_flow": "ss_flow_cell", "ss_flow_noproj": (
+                                              "ss_flow_pre_noproj" if have("ss_flow_pre_noproj") else "ss_flow_noproj"),
                                           "tex_flow": "tex_flow_cell"},
                     "flow_quality_visphoto": {"tex_flow": "tex_flow_visphoto"},
                     # The std-floor A/Bs: against tex_flow (family flow_quality) and tex_flow_pre (flow_quality_pre).

@@ -194,6 +194,17 @@ def test_the_pre_ss_flow_is_ablated_with_the_same_encoder_and_scored_against_tha
     assert argv[argv.index("--ss-flow-ablation") + 1] == str(pipe.ckpt("ss_flow_pre_noproj"))
 
 
+def test_the_cell_ss_flow_is_scored_against_the_fair_ablation_when_it_was_trained(tmp_path, monkeypatch):
+    fp, pipe, batches = two_gpu_flows(
+        tmp_path, monkeypatch, "--flows", "ss_flow_cell", "ss_flow_pre_noproj", "--place", "ss_flow_pre_noproj=1")
+    assert sorted(j.name for j in batches[0]) == ["ss_flow_cell", "ss_flow_pre_noproj"]
+    pipe.flow_quality()
+    jobs = {j.name: j.argv for j in batches[-1]}
+    argv = jobs["flow_quality_cell"]
+    assert argv[argv.index("--ss-flow") + 1] == str(pipe.ckpt("ss_flow_cell"))
+    assert argv[argv.index("--ss-flow-ablation") + 1] == str(pipe.ckpt("ss_flow_pre_noproj"))
+
+
 def test_place_moves_jobs_and_a_job_on_several_gpus_trains_ddp(tmp_path, monkeypatch):
     """On a 4-GPU machine each VAE and the pretraining take a GPU of their own, and the texture flow runs DDP over
     three GPUs while the SS flow has the fourth: the job sees exactly its GPUs and asks for the DDP hardware."""

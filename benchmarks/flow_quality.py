@@ -66,7 +66,7 @@ from genrecon.data.batching import collate, select_fields
 from genrecon.data.shards import decode_chunk_sample, shard_urls
 from genrecon.geometry.ovoxel import ContouredMesh, OVoxel, ovoxel_to_mesh
 from genrecon.metrics.image import array_psnr
-from genrecon.metrics.occupancy import occupancy_fscore, occupancy_iou, pooled_occupancy_iou
+from genrecon.metrics.occupancy import occupancy_fscore, occupancy_iou, pooled_occupancy_iou, top_fraction_mask
 from genrecon.metrics.surface import (
     chamfer,
     normal_consistency,
@@ -368,6 +368,15 @@ class Benchmark:
         for t in dict.fromkeys(t for t in extra if t is not None and t != threshold):
             out[f"iou_t{t:g}"] = occupancy_iou(logits, occ, t).tolist()
             out[f"{self.pooled_key}_t{t:g}"] = pooled_occupancy_iou(logits, occ, t, factor).tolist()
+        # Calibration probes: the same logits' largest share f of voxels; "ftruth" takes each chunk's true
+        # share, an upper bound of what an estimate of the amount could give, not a method.
+        fractions = {f"f{f:g}": f for f in self.args.occ_fraction_sweep}
+        if self.args.occ_fraction_oracle:
+            fractions["ftruth"] = (occ > 0.5).flatten(1).float().mean(1)
+        for key, f in fractions.items():
+            mask = top_fraction_mask(logits, f).float()
+            out[f"iou_{key}"] = occupancy_iou(mask, occ, 0.5).tolist()
+            out[f"{self.pooled_key}_{key}"] = pooled_occupancy_iou(mask, occ, 0.5, factor).tolist()
         return out
 
     def run_ss(self) -> None:
@@ -816,6 +825,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--occ-threshold-sweep", type=float, nargs="+", default=[], metavar="T",
                    help="also score the SS IoUs at each of these logit thresholds (iou_t<T>, iou_<R>_t<T>); for "
                         "the name@pavg entries, logit T is the mean occupancy probability sigmoid(T)")
+    p.add_argument("--occ-fraction-sweep", type=float, nargs="+", default=[], metavar="F",
+                   help="also score the SS IoUs with each chunk's largest share F of occupancy logits occupied "
+                        "(iou_f<F>, iou_<R>_f<F>): a calibration probe")
+    p.add_argument("--occ-fraction-oracle", action="store_true",
+                   help="also score the SS IoUs with each chunk's own true occupied share of its largest logits "
+                        "occupied (iou_ftruth, iou_<R>_ftruth): an upper bound for calibrating the amount")
     p.add_argument("--structure-resolution", type=int, default=None,
                    help="the shape latent grid the SS occupancy is OR-pooled onto for iou_<R> (default: the "
                         "latents' manifest, config.preset.shape_latent_resolution; preset small: 32)")
@@ -846,6 +861,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.command = " ".join(["benchmarks/flow_quality.py", *(sys.argv[1:] if argv is None else argv)])
     if args.max_chunks < 1 or args.batch_size < 1 or args.views < 1 or args.samples < 1:
         p.error("--max-chunks, --batch-size, --views and --samples must be positive")
+    if any(not 0.0 <= f <= 1.0 for f in args.occ_fraction_sweep):
+        p.error("--occ-fraction-sweep takes shares in [0, 1]")
     return args
 
 

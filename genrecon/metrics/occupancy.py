@@ -71,3 +71,26 @@ def pooled_occupancy_iou(logits: Tensor, target: Tensor, threshold: float = 0.0,
     if factor > 1:
         logits, target = F.max_pool3d(logits.float(), factor), F.max_pool3d(target.float(), factor)
     return occupancy_iou(logits, target, threshold)
+
+
+def top_fraction_mask(logits: Tensor, fraction: float | Tensor) -> Tensor:
+    """``logits > threshold`` with the threshold chosen per sample so that exactly ``round(fraction · N)`` of its
+    ``N`` voxels are occupied: the ``k`` largest logits (ties broken by position). A calibration probe for
+    predictions whose logits are too low or saturated for any single threshold to give the right amount.
+
+    Args:
+        logits: ``[B, ...]``.
+        fraction: in [0, 1], one for all samples or ``[B]``.
+    Returns: bool, the shape of ``logits``.
+    """
+    flat = logits.flatten(1)
+    b, n = flat.shape
+    frac = torch.as_tensor(fraction, dtype=torch.float64).expand(b)
+    if ((frac < 0) | (frac > 1)).any():
+        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+    ks = (frac * n).round().long().tolist()
+    mask = torch.zeros_like(flat, dtype=torch.bool)
+    for i, k in enumerate(ks):
+        if k > 0:
+            mask[i, flat[i].topk(k).indices] = True
+    return mask.view_as(logits)

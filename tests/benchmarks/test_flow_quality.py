@@ -156,6 +156,29 @@ def test_cfg_sweep_scores_each_guidance_strength(tiny_pipeline, tmp_path):
     assert all(math.isfinite(v) and v > 0 for v in r["tex_flow@cfg3"]["per_chunk"]["psnr_db"])
 
 
+def test_fraction_probes_occupy_each_chunks_largest_logits():
+    """--occ-fraction-sweep / --occ-fraction-oracle: logits that are all negative score 0 at the threshold, but
+    their largest share matches the truth exactly where their ranking is right."""
+    from types import SimpleNamespace
+
+    fq = _flow_quality()
+    bench = fq.Benchmark.__new__(fq.Benchmark)
+    bench.args = SimpleNamespace(infer_occ_threshold=None, occ_threshold_sweep=[], occ_fraction_sweep=[0.25],
+                                 occ_fraction_oracle=True)
+    bench.structure_resolution = 2
+    occ = torch.zeros(2, 1, 4, 4, 4)
+    occ[0, 0, 0] = 1.0       # a wall: a quarter of the grid
+    occ[1, 0, :2] = 1.0      # half of the grid
+    logits = -5.0 + occ      # ranked right, all under 0
+    out = bench.occupancy_scores(logits, occ, 0.0)
+    assert out["iou"] == [0.0, 0.0]
+    assert out["iou_ftruth"] == [1.0, 1.0] and out["iou_2_ftruth"] == [1.0, 1.0]
+    assert out["iou_f0.25"] == [1.0, 0.5]
+    assert fq.parse_args(["--latents", "x", "--occ-fraction-sweep", "0.07"]).occ_fraction_sweep == [0.07]
+    with pytest.raises(SystemExit):
+        fq.parse_args(["--latents", "x", "--occ-fraction-sweep", "7"])
+
+
 def test_sampler_variants_set_the_sampler_while_sampling_and_restore_it():
     from types import SimpleNamespace
 

@@ -61,3 +61,21 @@ def test_pooled_iou_scores_the_structure_the_shape_flow_receives():
     assert torch.equal(pooled_occupancy_iou(logits, target, -0.5, 2), occupancy_iou(pooled_logits, pooled_target, -0.5))
     with pytest.raises(ValueError, match="divisible"):
         pooled_occupancy_iou(torch.zeros(1, 1, 6, 6, 6), torch.zeros(1, 1, 6, 6, 6), factor=4)
+
+
+def test_top_fraction_mask_occupies_exactly_the_largest_logits():
+    from genrecon.metrics.occupancy import top_fraction_mask
+
+    logits = torch.tensor([[0.1, 5.0, -3.0, 2.0], [-1.0, -2.0, -0.5, -4.0]]).view(2, 1, 2, 2)
+    mask = top_fraction_mask(logits, 0.5)
+    assert mask.shape == logits.shape and mask.dtype == torch.bool
+    assert mask.flatten(1).tolist() == [[False, True, False, True], [True, False, True, False]]
+    # per-sample fractions; all-negative logits still give their share (a plain threshold at 0 gives none)
+    per = top_fraction_mask(logits, torch.tensor([0.25, 0.75])).flatten(1)
+    assert per.sum(1).tolist() == [1, 3] and per[0, 1] and not per[1, 3]
+    # saturated logits: still exactly k voxels
+    flat = top_fraction_mask(torch.full((1, 1, 4, 4, 4), 9.0), 0.125)
+    assert int(flat.sum()) == 8
+    assert not top_fraction_mask(logits, 0.0).any()
+    with pytest.raises(ValueError, match="fraction"):
+        top_fraction_mask(logits, 1.5)

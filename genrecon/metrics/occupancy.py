@@ -75,7 +75,7 @@ def pooled_occupancy_iou(logits: Tensor, target: Tensor, threshold: float = 0.0,
 
 def top_fraction_mask(logits: Tensor, fraction: float | Tensor) -> Tensor:
     """``logits > threshold`` with the threshold chosen per sample so that exactly ``round(fraction · N)`` of its
-    ``N`` voxels are occupied: the ``k`` largest logits (ties broken by position). A calibration probe for
+    ``N`` voxels are occupied: the ``k`` largest logits (ties broken arbitrarily). A calibration probe for
     predictions whose logits are too low or saturated for any single threshold to give the right amount.
 
     Args:

@@ -73,7 +73,7 @@ def test_top_fraction_mask_occupies_exactly_the_largest_logits():
     # per-sample fractions; all-negative logits still give their share (a plain threshold at 0 gives none)
     per = top_fraction_mask(logits, torch.tensor([0.25, 0.75])).flatten(1)
     assert per.sum(1).tolist() == [1, 3] and per[0, 1] and not per[1, 3]
-    # saturated logits: still exactly k voxels
+    # saturated logits (all tied): still exactly k voxels
     flat = top_fraction_mask(torch.full((1, 1, 4, 4, 4), 9.0), 0.125)
     assert int(flat.sum()) == 8
     assert not top_fraction_mask(logits, 0.0).any()

@@ -8,3 +8,5 @@ echo TRAIN_DONE
 /work/venv/bin/python benchmarks/flow_quality.py --latents /tmp/loc40/data/synthetic_small/latents --ss-vae /tmp/ssx/logs/train/runs/ss_vae/checkpoints/last.ckpt --ss-flow /tmp/ssx/logs/train/runs/ss_flow_end/checkpoints/last.ckpt --max-chunks 12 --batch-size 4 --device cpu --x0-estimate --x0-average 4 16 --occ-threshold-sweep -2 -1 1 2 --out /tmp/ssx/fq_ss_end.json   # 192 s
 # the calibration probe, both runs (session 17's last.ckpt = step 1246), 190 s each
 for run in ss_flow_end ss_flow; do /work/venv/bin/python benchmarks/flow_quality.py --latents /tmp/loc40/data/synthetic_small/latents --ss-vae /tmp/ssx/logs/train/runs/ss_vae/checkpoints/last.ckpt --ss-flow /tmp/ssx/logs/train/runs/$run/checkpoints/last.ckpt --max-chunks 12 --batch-size 4 --device cpu --x0-estimate --x0-average 16 --occ-fraction-sweep 0.03 0.05 0.07 0.1 --occ-fraction-oracle --out /tmp/ssx/fq_frac_$run.json; done
+# the dose check: the same run with p_endpoint=0.25 (/tmp/ssx/run_end25.sh = the script above with
+# stage.module.objective.p_endpoint=0.25 and GENRECON_RUN_NAME=ss_flow_end25), scored as the first flow_quality line

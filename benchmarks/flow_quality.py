@@ -78,6 +78,7 @@ from genrecon.models.sc_vae import decode_to_mesh
 from genrecon.models.visibility import StructureVisibility
 from genrecon.modules.sparse.tensor import SparseTensor, feats_at
 from genrecon.pipelines.glb import sample_voxel_attributes
+from genrecon.pipelines.sampler import overridden
 from genrecon.stages.flow import load_latent_stats
 from genrecon.stages.loading import load_stage
 from genrecon.stages.sc_vae import TextureVAEStage
@@ -590,14 +591,10 @@ class Benchmark:
             variants.append((f"{name}@uncond", dict(own, **blind)))
             if self.args.x0_estimate:
                 variants.append((f"{name}@x0_uncond", dict(own, steps=1, **blind)))
-        try:
-            for entry, settings in variants:
-                for key in own:  # draw_mean is the caller's, not the sampler's
-                    setattr(sampler, key, settings[key])
+        for entry, settings in variants:
+            # draw_mean is the caller's, not the sampler's
+            with overridden(sampler, **{key: settings[key] for key in own}):
                 yield entry, settings
-        finally:
-            for key, value in own.items():
-                setattr(sampler, key, value)
 
     def free(self) -> None:
         gc.collect()

@@ -514,6 +514,8 @@ class Pipeline:
         have = lambda run: self.ckpt(run).is_file()  # noqa: E731
         flags = {"ss_flow": "--ss-flow", "ss_flow_noproj": "--ss-flow-ablation", "shape_flow": "--shape-flow",
                  "shape_flow_noproj": "--shape-flow-ablation", "tex_flow": "--tex-flow"}
+        # The ablation of the runs on the pretrained encoder: the one with that encoder when it was trained.
+        pre_ablation = "ss_flow_pre_noproj" if have("ss_flow_pre_noproj") else "ss_flow_noproj"
         families = {"flow_quality": {run: run for run in flags},
                     "flow_quality_photo": {"ss_flow": "ss_flow_photo", "ss_flow_noproj": "ss_flow_noproj",
                                            "tex_flow": "tex_flow_photo"},
@@ -525,11 +527,9 @@ class Pipeline:
                                           "tex_flow": "tex_flow_dsup"},
                     # Texture-only families: structure visibility exists in the sparse flows only.
                     "flow_quality_vis": {"tex_flow": "tex_flow_vis"},
-                    "flow_quality_pre": {"ss_flow": "ss_flow_pre", "ss_flow_noproj": (
-                                             "ss_flow_pre_noproj" if have("ss_flow_pre_noproj") else "ss_flow_noproj"),
+                    "flow_quality_pre": {"ss_flow": "ss_flow_pre", "ss_flow_noproj": pre_ablation,
                                          "tex_flow": "tex_flow_pre"},
-                    "flow_quality_cell": {"ss_flow": "ss_flow_cell", "ss_flow_noproj": (
-                                              "ss_flow_pre_noproj" if have("ss_flow_pre_noproj") else "ss_flow_noproj"),
+                    "flow_quality_cell": {"ss_flow": "ss_flow_cell", "ss_flow_noproj": pre_ablation,
                                           "tex_flow": "tex_flow_cell"},
                     "flow_quality_visphoto": {"tex_flow": "tex_flow_visphoto"},
                     # The std-floor A/Bs: against tex_flow (family flow_quality) and tex_flow_pre (flow_quality_pre).

@@ -6,7 +6,8 @@ packed sparse feats [K, C] (pass ``batch_idx`` [K]); the model is only seen thro
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from itertools import pairwise
 from typing import Any
 
@@ -45,6 +46,24 @@ def mean_of_draws(draw: Callable[[int], Any], draws: int) -> Any:
         for total, part in zip(totals, draw(j), strict=True):
             total += part.float()
     return [total / draws for total in totals]
+
+
+@contextmanager
+def overridden(sampler: Any, **settings: Any) -> Iterator[Any]:
+    """Set attributes of ``sampler`` (steps, draws, guidance ...) for the body, then restore them (removing those
+    it did not have), also when the body raises or a generator around it is closed."""
+    missing = object()
+    saved = {k: getattr(sampler, k, missing) for k in settings}
+    try:
+        for key, value in settings.items():
+            setattr(sampler, key, value)
+        yield sampler
+    finally:
+        for key, value in saved.items():
+            if value is missing:
+                delattr(sampler, key)
+            else:
+                setattr(sampler, key, value)
 
 
 class EulerSampler:

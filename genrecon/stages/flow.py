@@ -26,7 +26,7 @@ from genrecon.models.image_encoder import ImageEncoder, encode_views
 from genrecon.models.projection import Projection, coords_to_points
 from genrecon.models.ss_vae import soft_dice_loss
 from genrecon.objectives.rectified_flow import RectifiedFlow
-from genrecon.pipelines.sampler import DRAW_MEANS, EulerSampler, mean_of_draws, occupancy_logit
+from genrecon.pipelines.sampler import DRAW_MEANS, EulerSampler, mean_of_draws, occupancy_logit, overridden
 from genrecon.stages.base import Stage
 
 LATENT_KEYS = {"ss": "ss_latent", "shape": "shape_feats", "tex": "tex_feats"}
@@ -532,12 +532,8 @@ class SparseStructureFlowStage(FlowStage):
             return {}
         decoder, occ = self.ss_decoder.to(self.device), batch["occupancy"]
         out = {"val/sample_iou": occupancy_iou(self.sample_occupancy(batch, decoder), occ, self.occ_threshold)}
-        steps = self.sampler.steps
-        self.sampler.steps = 1
-        try:
+        with overridden(self.sampler, steps=1):
             out["val/x0_iou"] = occupancy_iou(self.sample_occupancy(batch, decoder), occ, self.occ_threshold)
-        finally:
-            self.sampler.steps = steps
         return {k: v.mean() for k, v in out.items()}
 
 

@@ -3,7 +3,7 @@ from itertools import pairwise
 import pytest
 import torch
 
-from genrecon.pipelines.sampler import EulerSampler
+from genrecon.pipelines.sampler import EulerSampler, overridden
 
 
 def test_time_grid_and_rescale_t() -> None:
@@ -140,3 +140,16 @@ def test_mean_of_draws_and_the_draws_setting() -> None:
     assert EulerSampler().draws == 1 and EulerSampler(draws=8).draws == 8
     with pytest.raises(ValueError, match="draws"):
         EulerSampler(draws=0)
+
+
+def test_overridden_settings_are_restored_after_the_body_and_after_an_error():
+    sampler = EulerSampler(steps=12)
+    with overridden(sampler, steps=1, draws=4) as s:
+        assert s is sampler and (sampler.steps, sampler.draws) == (1, 4)
+    assert (sampler.steps, sampler.draws) == (12, 1)
+    with pytest.raises(RuntimeError), overridden(sampler, steps=3):
+        raise RuntimeError("sampling failed")
+    assert sampler.steps == 12
+    with overridden(sampler, note="temporary"):
+        assert sampler.note == "temporary"
+    assert not hasattr(sampler, "note")

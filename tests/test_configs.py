@@ -86,26 +86,30 @@ def test_entry_points_are_thin():
         assert len(lines) < 100, f"{name} has {len(lines)} lines"
 
 
-def test_tex_flow_views_experiment_is_the_measured_tex_flow_cell_recipe():
-    """conf/experiment/tex_flow_views.yaml holds what full_pipeline.py's tex_flow_cell_end run trained with (session
-    18's best single-GPU texture flow): the same preset and stage module as its switches, learning rates, EMA and
-    endpoint share on the command line."""
+@pytest.mark.parametrize("experiment_name, stage, switches", [
+    ("tex_flow_views", "tex_flow", ("LATENT_AUX", "VISIBILITY", "FROZEN_ENCODER", "DEPTH_CUE", "CELL_CUE")),
+    ("ss_flow_views", "ss_flow", ("OCC_AUX", "FROZEN_ENCODER", "DEPTH_CUE", "CELL_CUE")),
+])
+def test_views_experiment_is_the_measured_cell_recipe(experiment_name: str, stage: str, switches: tuple) -> None:
+    """conf/experiment/{tex,ss}_flow_views.yaml hold what full_pipeline.py's tex_flow_cell_end (session 18's best
+    single-GPU texture flow) and ss_flow_cell runs (session 19; doubled rates on two GPUs) trained with: the same
+    preset and stage module as their switches, learning rates, EMA and endpoint share on the command line."""
     from omegaconf import OmegaConf
 
     from tests.conftest import load_script
 
     fp = load_script("benchmarks/full_pipeline.py")
     ckpt = "stage.module.image_encoder_ckpt=/runs/view_pretrain.ckpt"
-    experiment = compose_config("train", ["experiment=tex_flow_views", "view_encoder_ckpt=/runs/view_pretrain.ckpt"])
+    experiment = compose_config("train", [f"experiment={experiment_name}",
+                                          "view_encoder_ckpt=/runs/view_pretrain.ckpt"])
     recipe = compose_config("train", [
-        "stage=tex_flow", "preset=small", ckpt, fp.LATENT_AUX, fp.VISIBILITY, fp.FROZEN_ENCODER, fp.DEPTH_CUE,
-        fp.CELL_CUE, "stage.module.lr=3e-4", "stage.module.lr_new=1e-3", "stage.module.warmup_steps=200",
-        "stage.module.ema_decay=0.995",
+        f"stage={stage}", "preset=small", ckpt, *(getattr(fp, name) for name in switches), "stage.module.lr=3e-4",
+        "stage.module.lr_new=1e-3", "stage.module.warmup_steps=200", "stage.module.ema_decay=0.995",
         "stage.module.ema_warmup=true", "stage.module.objective.p_endpoint=0.1"])
     assert OmegaConf.to_container(experiment.preset) == OmegaConf.to_container(recipe.preset)
     assert (OmegaConf.to_container(experiment.stage.module, resolve=True)
             == OmegaConf.to_container(recipe.stage.module, resolve=True))
-    assert experiment.preset.flow.cell_cue.subdivisions == 4 and experiment.stage.module.latent_aux_weight == 1.0
+    assert experiment.stage.name == stage and experiment.preset.flow.cell_cue.subdivisions == 4
     assert experiment.stage.module.objective.p_endpoint == 0.1 and experiment.stage.module.ema_warmup
     with pytest.raises(Exception, match="view_encoder_ckpt"):
-        OmegaConf.to_container(compose_config("train", ["experiment=tex_flow_views"]).stage.module, resolve=True)
+        OmegaConf.to_container(compose_config("train", [f"experiment={experiment_name}"]).stage.module, resolve=True)

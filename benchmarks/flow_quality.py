@@ -21,8 +21,10 @@ Any subset of checkpoints may be given; a metric runs when its flow and decoding
 * SS flow (issue 5): sampled latent -> ``denormalise`` -> SS-VAE decoder -> occupancy IoU (logit > the
   stage's ``occ_threshold``) against the chunk's ground-truth occupancy; ``iou_<R>`` the same after OR-pooling
   both onto the shape latent grid (R³, the structure the shape flow receives), ``iou_t-1`` / ``iou_<R>_t-1`` at
-  ``infer.py``'s threshold (``--infer-occ-threshold``), ``fscore_1vox`` within one voxel. Reference: the SS-VAE
-  round trip (posterior mean of the true occupancy, decoded).
+  ``infer.py``'s threshold (``--infer-occ-threshold``), ``fscore_1vox`` within one voxel; ``precision``, and
+  ``recall_seen`` / ``recall_hidden`` over the true voxels some evaluation view sees / none does (z-buffer of the
+  true occupancy, ``occupancy_visibility``; ``seen_share``). Reference: the SS-VAE round trip (posterior mean of
+  the true occupancy, decoded).
 * Shape flow (issue 6): 32-ch latent sampled on the ground-truth latent coordinates, denormalised, decoded by
   the shape VAE with free-running subdivisions, dual-contoured (``decode_to_mesh``) and compared with the
   ground-truth O-Voxel mesh on ``--samples`` area-uniform samples each: Chamfer (mean of both directional mean
@@ -249,6 +251,34 @@ def probe_visibility(chunk: Chunk, item: dict[str, Any], device: torch.device) -
     return seen.any(dim=1).cpu().numpy()
 
 
+
+def occupancy_visibility(occ: torch.Tensor, item: dict[str, Any]) -> torch.Tensor:
+    """``[R, R, R]`` bool: which occupied voxels of the true grid ``occ [R, R, R]`` some evaluation view of the
+    chunk sees (False elsewhere).
+
+    A z-buffer of those voxels per view (:class:`StructureVisibility`, 64² pixels, 4³ sub-points per voxel so that
+    no hole opens at close range, 1.5 voxels of slack, no fallback): a voxel is seen when one of its sub-points is no
+    deeper than the nearest voxel at its pixel plus the slack. The split of an SS sample's recall into what the views
+    show and what a prior must fill in; geometry outside the chunk hides nothing, so the seen share is an upper
+    bound."""
+    res = occ.shape[-1]
+    grid = occ > 0.5
+    seen = torch.zeros_like(grid)
+    if not len(item.get("w2c", [])) or not grid.any():
+        return seen
+    device = occ.device
+    coords = grid.nonzero()
+    vis = StructureVisibility(grid=64, subdivisions=4, tolerance=1.5, fallback=False)
+    w2c = torch.as_tensor(np.asarray(item["w2c"]), dtype=torch.float32, device=device)[None]
+    K = torch.as_tensor(np.asarray(item["intrinsics"]), dtype=torch.float32, device=device)[None]
+    mask = torch.ones(w2c.shape[:2], dtype=torch.bool, device=device)
+    centres = (coords.float() + 0.5) / res - 0.5
+    batch = torch.zeros(len(centres), dtype=torch.long, device=device)
+    zbuf = vis.zbuffer(centres, batch, w2c, K, mask, 1.0 / res)
+    hit = vis.visible(zbuf, centres, batch, w2c, K, mask, 1.0 / res).any(dim=1)
+    seen[tuple(coords[hit].T)] = True
+    return seen
+
 # ============================================================================ runner
 class Benchmark:
     def __init__(self, args: argparse.Namespace) -> None:
@@ -262,6 +292,7 @@ class Benchmark:
         self.figure: dict[str, dict[int, Any]] = {}  # column -> chunk index -> picture payload
         self.figure_chunks = set(range(args.figure_chunks)) if args.figure else set()
         self._seen: dict[int, np.ndarray] = {}  # chunk index -> which texture-probe points its views see
+        self._occ_seen: dict[int, torch.Tensor] = {}  # chunk index -> which true occupied voxels its views see
         latents = Path(args.latents)
         stats_path = latents / "stats.json"
         self.stats = json.loads(stats_path.read_text()) if stats_path.is_file() else None
@@ -353,18 +384,28 @@ class Benchmark:
             self.figure.setdefault(column, {})[index] = payload
 
     # ------------------------------------------------------------------ SS (issue 5)
-    def occupancy_scores(self, logits: torch.Tensor, occ: torch.Tensor, threshold: float) -> dict[str, list]:
+    def occupancy_scores(self, logits: torch.Tensor, occ: torch.Tensor, threshold: float,
+                         seen: torch.Tensor | None = None) -> dict[str, list]:
         """Per-chunk SS scores of one batch: voxel-exact IoU, the IoU on the shape latent grid, the F-score within
         a voxel, the occupied shares of prediction and truth, and both IoUs again at the inference pipeline's
         threshold (``conf/infer.yaml`` occ_threshold) and each ``--occ-threshold-sweep`` logit (``iou_t<T>``)
-        where they differ from the stage's."""
+        where they differ from the stage's. With ``seen [B, 1, R, R, R]`` (:func:`occupancy_visibility`): the
+        precision, the recall of the true voxels the views see and of those they do not, and the seen share of
+        the true voxels (None where a part is empty)."""
         factor = self.pool_factor(occ)
         pred = logits > threshold
+        truth = occ > 0.5
         out = {"iou": occupancy_iou(logits, occ, threshold).tolist(),
                self.pooled_key: pooled_occupancy_iou(logits, occ, threshold, factor).tolist(),
                "fscore_1vox": occupancy_fscore(logits, occ, threshold, OCC_TOLERANCE_VOXELS)["fscore"].tolist(),
                "occupied_fraction": pred.flatten(1).float().mean(1).tolist(),
-               "truth_fraction": (occ > 0.5).flatten(1).float().mean(1).tolist()}
+               "truth_fraction": truth.flatten(1).float().mean(1).tolist()}
+        if seen is not None:
+            ratio = lambda num, den: [n / d if d else None  # noqa: E731
+                                      for n, d in zip(num.flatten(1).sum(1).tolist(), den.flatten(1).sum(1).tolist())]
+            hidden = truth & ~seen
+            out.update({"precision": ratio(pred & truth, pred), "recall_seen": ratio(pred & seen, seen),
+                        "recall_hidden": ratio(pred & hidden, hidden), "seen_share": ratio(seen & truth, truth)})
         extra = [self.args.infer_occ_threshold, *self.args.occ_threshold_sweep]
         for t in dict.fromkeys(t for t in extra if t is not None and t != threshold):
             out[f"iou_t{t:g}"] = occupancy_iou(logits, occ, t).tolist()
@@ -380,6 +421,13 @@ class Benchmark:
             out[f"{self.pooled_key}_{key}"] = pooled_occupancy_iou(mask, occ, 0.5, factor).tolist()
         return out
 
+    def occupancy_seen(self, idx: list[int], occ: torch.Tensor) -> torch.Tensor:
+        """``[B, 1, R, R, R]``: :func:`occupancy_visibility` of the batch's chunks (built once per chunk)."""
+        for j, i in enumerate(idx):
+            if i not in self._occ_seen:
+                self._occ_seen[i] = occupancy_visibility(occ[j, 0], self.items[i])
+        return torch.stack([self._occ_seen[i] for i in idx])[:, None]
+
     def run_ss(self) -> None:
         a = self.args
         vae, vae_s = self.load(a.ss_vae, "ss_vae")
@@ -391,7 +439,8 @@ class Benchmark:
                 occ = batch["occupancy"]
                 z = vae.encode(occ)
                 diffs.append((z - batch["ss_latent"]).abs().max().item())
-                for key, values in self.occupancy_scores(vae.decoder(z), occ, 0.0).items():
+                seen = self.occupancy_seen(idx, occ)
+                for key, values in self.occupancy_scores(vae.decoder(z), occ, 0.0, seen).items():
                     scores.setdefault(key, []).extend(values)
                 for j, i in enumerate(idx):
                     self.keep("occ_gt", i, occ[j, 0].bool().cpu().numpy())
@@ -413,7 +462,9 @@ class Benchmark:
                     for k, idx, batch in self.batches():
                         logits, s = self.sample(stage, batch, k, vae.decoder, settings.get("draw_mean", "latent"))
                         sample_s += s
-                        for key, values in self.occupancy_scores(logits, batch["occupancy"], threshold).items():
+                        seen = self.occupancy_seen(idx, batch["occupancy"])
+                        for key, values in self.occupancy_scores(logits, batch["occupancy"], threshold,
+                                                                 seen).items():
                             scores.setdefault(key, []).extend(values)
                         if entry == name:
                             for j, i in enumerate(idx):

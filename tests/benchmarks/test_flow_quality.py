@@ -58,6 +58,20 @@ def test_scores_all_three_flows_and_their_ablations(tiny_pipeline, tmp_path, cap
         assert len(per["iou_t-1"]) == len(per["iou_16_t-1"]) == 2 and f"{name}/iou_t-1_mean" in result["headline"]
         assert per["truth_fraction"] == r["ss_vae_roundtrip"]["per_chunk"]["truth_fraction"]
         assert all(0.0 <= v <= 1.0 for v in per["occupied_fraction"] + per["truth_fraction"])
+        # recall split by what the evaluation views see: the seen and hidden recalls weight, by the seen share,
+        # to the recall that IoU and precision imply (tp = IoU x |pred ∪ truth|, recall = tp / |truth|)
+        assert per["seen_share"] == r["ss_vae_roundtrip"]["per_chunk"]["seen_share"]
+        for j in range(2):
+            share, rs, rh, prec = (per[k][j] for k in ("seen_share", "recall_seen", "recall_hidden", "precision"))
+            assert 0.0 < share <= 1.0
+            if prec is None:  # nothing predicted: no recall either
+                assert rs == 0.0 and (rh in (None, 0.0))
+                continue
+            recall = share * rs + (1 - share) * (rh or 0.0)
+            iou = per["iou"][j]
+            assert iou <= min(prec, recall) + 1e-4
+            if iou > 0:  # IoU = 1 / (1/P + 1/R - 1)
+                assert abs(1 / (1 / prec + 1 / recall - 1) - iou) < 2e-3
     assert r["ss_flow_ablation"]["per_chunk"] == r["ss_flow"]["per_chunk"]
 
     for name in ("shape_vae_roundtrip", "shape_flow", "shape_flow_ablation"):
@@ -269,6 +283,50 @@ def test_probe_visibility_sees_the_front_of_a_wall_and_not_its_back():
     seen = fq.probe_visibility(chunk, item, torch.device("cpu"))
     assert seen[:200].mean() > 0.95 and seen[200:].mean() < 0.05
     assert not fq.probe_visibility(chunk, {"w2c": np.zeros((0, 4, 4))}, torch.device("cpu")).any()
+
+
+def test_occupancy_visibility_sees_the_front_layer_of_a_wall_and_not_its_back():
+    """A 4-voxel-thick wall in a 32³ occupancy grid, one camera in front of its +x face: the front layer is seen, the
+    layers 2-3 voxels behind it are hidden, empty voxels are never seen, and without cameras nothing is."""
+    fq = _flow_quality()
+    r = 32
+    occ = torch.zeros(r, r, r)
+    occ[14:18] = 1.0
+    w2c, K = fq._look_at(np.array([1.2, 0.1, 0.05]), fov_deg=70.0)
+    item = {"w2c": w2c[None].astype(np.float32), "intrinsics": K[None].astype(np.float32)}
+    seen = fq.occupancy_visibility(occ, item)
+    assert seen.shape == occ.shape and not seen[occ == 0].any()
+    inner = slice(6, 26)  # away from the grazing edges of the wall
+    assert seen[17, inner, inner].float().mean() > 0.95
+    assert seen[14:16, inner, inner].float().mean() < 0.05
+    assert not fq.occupancy_visibility(occ, {"w2c": np.zeros((0, 4, 4))}).any()
+
+
+def test_occupancy_scores_split_recall_into_seen_and_hidden_voxels():
+    """With a seen mask: precision over the predicted voxels, recall over the seen and the hidden true voxels apart,
+    the seen share of the truth, and None for a part that is empty."""
+    from types import SimpleNamespace
+
+    fq = _flow_quality()
+    bench = fq.Benchmark.__new__(fq.Benchmark)
+    bench.args = SimpleNamespace(infer_occ_threshold=None, occ_threshold_sweep=[], occ_fraction_sweep=[],
+                                 occ_fraction_oracle=False)
+    bench.structure_resolution = 2
+    occ = torch.zeros(2, 1, 4, 4, 4)
+    occ[:, 0, 0] = 1.0                       # truth: 16 voxels in each chunk
+    seen = torch.zeros_like(occ, dtype=torch.bool)
+    seen[0, 0, 0, :2] = True                 # chunk 0: 8 seen, 8 hidden; chunk 1: all seen
+    seen[1, 0, 0] = True
+    logits = torch.full_like(occ, -5.0)
+    logits[0, 0, 0, 0] = 5.0                 # 4 seen voxels found
+    logits[0, 0, 0, 3, :2] = 5.0             # 2 hidden voxels found
+    logits[0, 0, 3, 3] = 5.0                 # 4 false voxels
+    logits[1, 0, 0] = 5.0
+    out = bench.occupancy_scores(logits, occ, 0.0, seen)
+    assert out["precision"] == [0.6, 1.0]
+    assert out["recall_seen"] == [0.5, 1.0] and out["recall_hidden"][0] == 0.25 and out["recall_hidden"][1] is None
+    assert out["seen_share"] == [0.5, 1.0]
+    assert "recall_seen" not in bench.occupancy_scores(logits, occ, 0.0)
 
 
 def test_a_latent_head_readout_is_decoded_and_scored_like_a_sample(tiny_pipeline, monkeypatch):

@@ -32,12 +32,14 @@ def per_sample(values: Tensor, x: Tensor, batch_idx: Tensor | None) -> Tensor:
 
 @dataclass
 class FlowLoss:
-    """loss: scalar MSE; per_sample [B]: each sample's MSE (for logging by t); t [B]; dropped [B] bool."""
+    """loss: scalar MSE; per_sample [B]: each sample's MSE (for logging by t); t [B]; dropped [B] bool;
+    x0_pred (like x0, with its graph): the model's one-step estimate of x0, only when ``loss(return_x0=True)``."""
 
     loss: Tensor
     per_sample: Tensor
     t: Tensor
     dropped: Tensor
+    x0_pred: Tensor | None = None
 
 
 class RectifiedFlow:
@@ -100,6 +102,11 @@ class RectifiedFlow:
         """v = (1 − σ_min)·ε − x0 = d x_t / dt."""
         return (1 - self.sigma_min) * noise - x0
 
+    def x0_from_velocity(self, x_t: Tensor, t: Tensor, v: Tensor, batch_idx: Tensor | None = None) -> Tensor:
+        """The x0 that velocity ``v`` implies at ``x_t``: (1 − σ_min)·x_t − (σ_min + (1 − σ_min)·t)·v."""
+        tt = per_sample(t, x_t, batch_idx).to(v.dtype)
+        return (1 - self.sigma_min) * x_t - (self.sigma_min + (1 - self.sigma_min) * tt) * v
+
     def drop_conditions(
         self,
         cond_2d: Tensor,
@@ -132,12 +139,13 @@ class RectifiedFlow:
         noise: Tensor | None = None,
         cfg_dropout: bool = True,
         generator: torch.Generator | None = None,
+        return_x0: bool = False,
     ) -> FlowLoss:
         """Flow-matching MSE for one batch.
 
         x0 dense [B, ...] or packed feats [K, C] with batch_idx [K] (B = cond_2d.shape[0]); cond as in
         ``drop_conditions``; t [B] and noise (like x0) are drawn when omitted; cfg_dropout=False for
-        validation.
+        validation; return_x0 also returns the prediction as an x0 estimate (``FlowLoss.x0_pred``).
         """
         batch = cond_2d.shape[0]
         if t is None:
@@ -162,4 +170,5 @@ class RectifiedFlow:
             # index_add, not bincount: bincount reads its range back to the host (a sync before backward).
             counts = torch.zeros(batch, device=sq.device).index_add_(0, batch_idx, torch.ones_like(token_mse))
             sample_mse = torch.zeros(batch, device=sq.device).index_add_(0, batch_idx, token_mse) / counts.clamp(min=1)
-        return FlowLoss(loss=sq.mean(), per_sample=sample_mse.detach(), t=t, dropped=dropped)
+        x0_pred = self.x0_from_velocity(x_t, t, pred.float(), batch_idx) if return_x0 else None
+        return FlowLoss(loss=sq.mean(), per_sample=sample_mse.detach(), t=t, dropped=dropped, x0_pred=x0_pred)

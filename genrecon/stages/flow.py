@@ -25,7 +25,7 @@ from genrecon.models.flow_transformer import DenseFlowTransformer
 from genrecon.models.image_encoder import ImageEncoder, encode_views
 from genrecon.models.projection import Projection, coords_to_points
 from genrecon.models.ss_vae import soft_dice_loss
-from genrecon.objectives.rectified_flow import RectifiedFlow
+from genrecon.objectives.rectified_flow import FlowLoss, RectifiedFlow
 from genrecon.pipelines.sampler import DRAW_MEANS, EulerSampler, mean_of_draws, occupancy_logit, overridden
 from genrecon.stages.base import Stage
 
@@ -278,6 +278,7 @@ class FlowStage(Stage):
             return self.objective.loss(
                 inputs["model_fn"], inputs["x0"], cond_2d, cond_3d,
                 batch_idx=inputs["batch_idx"], cfg_dropout=train and not unconditional, generator=generator,
+                return_x0=train and self.trains_x0_estimate,
             )
 
     def _prepare(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
@@ -331,11 +332,19 @@ class FlowStage(Stage):
                 out["depth_aux"] = self.depth_supervision_weight * DepthCue.supervision_loss(*depth)
         return out
 
+    # Whether training losses read the model's one-step x0 estimate (FlowLoss.x0_pred; see estimate_losses).
+    trains_x0_estimate = False
+
+    def estimate_losses(self, batch: dict[str, Any], out: FlowLoss) -> dict[str, Tensor]:
+        """Extra training terms ``{name: weighted loss}`` on the model's x0 estimate ``out.x0_pred``."""
+        return {}
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         prepared = self._prepare(batch)
         out = self._loss(batch, train=True, prepared=prepared)
         loss = out.loss
-        for name, value in self.auxiliary_losses(batch, prepared).items():
+        extra = {**self.auxiliary_losses(batch, prepared), **self.estimate_losses(batch, out)}
+        for name, value in extra.items():
             self.log(f"train/{name}", value, batch_size=out.t.numel())
             loss = loss + value
         self.log("train/loss", out.loss, prog_bar=True, batch_size=out.t.numel())
@@ -423,16 +432,27 @@ class SparseStructureFlowStage(FlowStage):
     the chunk's occupancy. It gives the image encoder and aggregator a dense, direct signal from the first step, where
     the flow loss reaches them only through the zero-initialised injection layers. Validation logs the head's
     IoU (``val/occ_aux_iou``): how much occupancy the views alone carry.
+
+    ``decoded_occupancy_weight > 0`` (a deviation, off by default; needs ``ss_vae_ckpt``) adds BCE + soft Dice of
+    the model's one-step x0 estimate, decoded by the frozen SS-VAE decoder, against the chunk's occupancy, on the
+    samples that kept their conditions. The latent MSE weighs every latent error alike, the decoder does not;
+    this term trains the very estimate that the best measured sampler decodes (the mean of one-step draws,
+    session 19), in the units the IoU counts.
     """
 
     latent = "ss"
     new_parameter_prefixes = (*FlowStage.new_parameter_prefixes, "occupancy_head")
 
     def __init__(self, *args: Any, ss_vae_ckpt: str | None = None, occ_threshold: float = 0.0,
-                 occupancy_aux_weight: float = 0.0, occupancy_resolution: int = 64, **kwargs: Any):
+                 occupancy_aux_weight: float = 0.0, occupancy_resolution: int = 64,
+                 decoded_occupancy_weight: float = 0.0, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.occ_threshold = occ_threshold
         self.occupancy_aux_weight = float(occupancy_aux_weight)
+        self.decoded_occupancy_weight = float(decoded_occupancy_weight)
+        if self.decoded_occupancy_weight > 0 and not ss_vae_ckpt:
+            raise ValueError("decoded_occupancy_weight needs the SS-VAE that decodes the estimate: set ss_vae_ckpt")
+        self.trains_x0_estimate = self.decoded_occupancy_weight > 0
         self.occupancy_head = None
         if self.occupancy_aux_weight > 0:
             if not self.model.has_cond_3d:
@@ -493,6 +513,21 @@ class SparseStructureFlowStage(FlowStage):
             bce = F.binary_cross_entropy_with_logits(logits, target)
             out["occ_aux"] = self.occupancy_aux_weight * (bce + soft_dice_loss(logits, target))
         return out
+
+    def estimate_losses(self, batch: dict[str, Any], out: FlowLoss) -> dict[str, Tensor]:
+        losses = super().estimate_losses(batch, out)
+        if self.decoded_occupancy_weight <= 0:
+            return losses
+        if "occupancy" not in batch:
+            raise KeyError("decoded_occupancy_weight needs the 'occupancy' field in stage.datamodule.fields")
+        keep = ~out.dropped  # an unconditional estimate is the prior's mean: no chunk's occupancy to match
+        if not keep.any():
+            return {**losses, "occ_decoded": out.x0_pred.sum() * 0.0}  # keeps every rank's graph alike under DDP
+        decoder = self.ss_decoder.to(self.device)
+        logits = decoder(self.denormalise(out.x0_pred[keep], 1)).float()  # [b, 1, R, R, R]
+        target = batch["occupancy"][keep].to(logits.dtype)
+        term = F.binary_cross_entropy_with_logits(logits, target) + soft_dice_loss(logits, target)
+        return {**losses, "occ_decoded": self.decoded_occupancy_weight * term}
 
     def auxiliary_metrics(self, batch: dict[str, Any], prepared: tuple[Tensor, dict[str, Any]]) -> dict[str, Tensor]:
         out = super().auxiliary_metrics(batch, prepared)

@@ -21,10 +21,10 @@ Any subset of checkpoints may be given; a metric runs when its flow and decoding
 * SS flow (issue 5): sampled latent -> ``denormalise`` -> SS-VAE decoder -> occupancy IoU (logit > the
   stage's ``occ_threshold``) against the chunk's ground-truth occupancy; ``iou_<R>`` the same after OR-pooling
   both onto the shape latent grid (R³, the structure the shape flow receives), ``iou_t-1`` / ``iou_<R>_t-1`` at
-  ``infer.py``'s threshold (``--infer-occ-threshold``), ``fscore_1vox`` / ``fscore_2vox`` within one / two voxels (Chebyshev); ``precision``, and
-  ``recall_seen`` / ``recall_hidden`` over the true voxels some evaluation view sees / none does (z-buffer of the
-  true occupancy, ``occupancy_visibility``; ``seen_share``). Reference: the SS-VAE round trip (posterior mean of
-  the true occupancy, decoded).
+  ``infer.py``'s threshold (``--infer-occ-threshold``), ``fscore_1vox`` / ``fscore_2vox`` within one / two
+  voxels (Chebyshev); ``precision``, and ``recall_seen`` / ``recall_hidden`` over the true voxels some evaluation
+  view sees / none does (z-buffer of the true occupancy, ``occupancy_visibility``; ``seen_share``). Reference:
+  the SS-VAE round trip (posterior mean of the true occupancy, decoded).
 * Shape flow (issue 6): 32-ch latent sampled on the ground-truth latent coordinates, denormalised, decoded by
   the shape VAE with free-running subdivisions, dual-contoured (``decode_to_mesh``) and compared with the
   ground-truth O-Voxel mesh on ``--samples`` area-uniform samples each: Chamfer (mean of both directional mean
@@ -251,7 +251,6 @@ def probe_visibility(chunk: Chunk, item: dict[str, Any], device: torch.device) -
     return seen.any(dim=1).cpu().numpy()
 
 
-
 def occupancy_visibility(occ: torch.Tensor, item: dict[str, Any]) -> torch.Tensor:
     """``[R, R, R]`` bool: which occupied voxels of the true grid ``occ [R, R, R]`` some evaluation view of the
     chunk sees (False elsewhere).
@@ -278,6 +277,7 @@ def occupancy_visibility(occ: torch.Tensor, item: dict[str, Any]) -> torch.Tenso
     hit = vis.visible(zbuf, centres, batch, w2c, K, mask, 1.0 / res).any(dim=1)
     seen[tuple(coords[hit].T)] = True
     return seen
+
 
 # ============================================================================ runner
 class Benchmark:

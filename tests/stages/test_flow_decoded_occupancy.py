@@ -22,6 +22,11 @@ def _with_decoder(weight: float = 1.0):
     return stage
 
 
+def _recorder(logged: dict):
+    """A stand-in for ``LightningModule.log`` that keeps each value as a float."""
+    return lambda name, value, **kw: logged.__setitem__(name, float(value.detach()))
+
+
 def test_x0_from_velocity_inverts_the_path() -> None:
     """The x0 that the true velocity implies at x_t is x0 itself, for every t (dense and packed)."""
     flow, gen = RectifiedFlow(sigma_min=1e-5), torch.Generator().manual_seed(0)
@@ -38,7 +43,7 @@ def test_x0_from_velocity_inverts_the_path() -> None:
 def test_the_term_is_added_logged_and_reaches_the_model_but_not_the_decoder() -> None:
     batch, logged = _batch(), {}
     stage = _with_decoder()
-    stage.log = lambda name, value, **kw: logged.__setitem__(name, float(value.detach()))  # type: ignore[method-assign]
+    stage.log = _recorder(logged)  # type: ignore[method-assign]
     torch.manual_seed(1)
     loss = stage.training_step(batch, 0)
     loss.backward()
@@ -49,7 +54,7 @@ def test_the_term_is_added_logged_and_reaches_the_model_but_not_the_decoder() ->
     assert sum(float(p.grad.abs().sum()) for p in stage.model.parameters() if p.grad is not None) > 0
     # Off: the same step gives the flow loss alone and no estimate is kept.
     off, logged_off = _with_decoder(0.0), {}
-    off.log = lambda name, value, **kw: logged_off.__setitem__(name, float(value.detach()))  # type: ignore[method-assign]
+    off.log = _recorder(logged_off)  # type: ignore[method-assign]
     torch.manual_seed(1)
     assert off.training_step(batch, 0).item() == pytest.approx(logged_off["train/loss"], rel=1e-6)
     assert "train/occ_decoded" not in logged_off

@@ -450,8 +450,6 @@ class SparseStructureFlowStage(FlowStage):
         self.occ_threshold = occ_threshold
         self.occupancy_aux_weight = float(occupancy_aux_weight)
         self.decoded_occupancy_weight = float(decoded_occupancy_weight)
-        if self.decoded_occupancy_weight > 0 and not ss_vae_ckpt:
-            raise ValueError("decoded_occupancy_weight needs the SS-VAE that decodes the estimate: set ss_vae_ckpt")
         self.trains_x0_estimate = self.decoded_occupancy_weight > 0
         self.occupancy_head = None
         if self.occupancy_aux_weight > 0:
@@ -514,10 +512,21 @@ class SparseStructureFlowStage(FlowStage):
             out["occ_aux"] = self.occupancy_aux_weight * (bce + soft_dice_loss(logits, target))
         return out
 
+    def _check_decoder(self) -> None:
+        # At training time, not at build: inference rebuilds the stage from its checkpoint without ss_vae_ckpt.
+        if self.decoded_occupancy_weight > 0 and self.ss_decoder is None:
+            raise ValueError("decoded_occupancy_weight needs the SS-VAE that decodes the estimate: set "
+                             "stage.module.ss_vae_ckpt")
+
+    def on_fit_start(self) -> None:
+        self._check_decoder()
+        super().on_fit_start()
+
     def estimate_losses(self, batch: dict[str, Any], out: FlowLoss) -> dict[str, Tensor]:
         losses = super().estimate_losses(batch, out)
         if self.decoded_occupancy_weight <= 0:
             return losses
+        self._check_decoder()
         if "occupancy" not in batch:
             raise KeyError("decoded_occupancy_weight needs the 'occupancy' field in stage.datamodule.fields")
         keep = ~out.dropped  # an unconditional estimate is the prior's mean: no chunk's occupancy to match

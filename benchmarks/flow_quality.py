@@ -230,51 +230,48 @@ def colour_psnr_split(coords: np.ndarray, rgb: np.ndarray, chunk: Chunk, seen: n
     return {"psnr_db": array_psnr(pred, truth), "psnr_seen_db": part(seen), "psnr_hidden_db": part(~seen)}
 
 
-def probe_visibility(chunk: Chunk, item: dict[str, Any], device: torch.device) -> np.ndarray:
-    """``[P]`` bool: which texture-probe points of the chunk some of its evaluation views see.
-
-    A z-buffer of the true O-Voxel cells per view (:class:`StructureVisibility`, 64² pixels, 2³ sub-points per cell,
-    1.5 cells of slack, no fallback): a point is seen when it is no deeper than the nearest structure at its pixel
-    plus the slack. Geometry outside the chunk hides nothing, so the seen share is an upper bound."""
-    pts, _ = chunk.colour_probe()
+def seen_by_views(cells: torch.Tensor, points: torch.Tensor, item: dict[str, Any], cell: float,
+                  subdivisions: int) -> torch.Tensor:
+    """``[P]`` bool: which ``points [P, 3]`` some evaluation view of ``item`` sees past the structure ``cells
+    [K, 3]`` (cell centres of edge ``cell``, chunk frame). A z-buffer of the cells per view
+    (:class:`StructureVisibility`: 64² pixels, ``subdivisions``³ sub-points per cell, 1.5 cells of slack, no
+    fallback): a point is seen when it is no deeper than the nearest structure at its pixel plus the slack.
+    Geometry outside the chunk hides nothing, so the seen share is an upper bound."""
+    device = points.device
     if not len(item.get("w2c", [])):
-        return np.zeros(len(pts), bool)
-    vis = StructureVisibility(grid=64, subdivisions=2, tolerance=1.5, fallback=False)
+        return torch.zeros(len(points), dtype=torch.bool, device=device)
+    vis = StructureVisibility(grid=64, subdivisions=subdivisions, tolerance=1.5, fallback=False)
     w2c = torch.as_tensor(np.asarray(item["w2c"]), dtype=torch.float32, device=device)[None]
     K = torch.as_tensor(np.asarray(item["intrinsics"]), dtype=torch.float32, device=device)[None]
     mask = torch.ones(w2c.shape[:2], dtype=torch.bool, device=device)
+    zbuf = vis.zbuffer(cells, torch.zeros(len(cells), dtype=torch.long, device=device), w2c, K, mask, cell)
+    batch = torch.zeros(len(points), dtype=torch.long, device=device)
+    return vis.visible(zbuf, points, batch, w2c, K, mask, cell).any(dim=1)
+
+
+def probe_visibility(chunk: Chunk, item: dict[str, Any], device: torch.device) -> np.ndarray:
+    """``[P]`` bool: which texture-probe points of the chunk some of its evaluation views see, past the true
+    O-Voxel cells (:func:`seen_by_views`, 2³ sub-points per cell)."""
+    pts, _ = chunk.colour_probe()
     cell = 1.0 / chunk.resolution
     centres = torch.as_tensor((chunk.vox.coords + 0.5) * cell - 0.5, dtype=torch.float32, device=device)
-    zbuf = vis.zbuffer(centres, torch.zeros(len(centres), dtype=torch.long, device=device), w2c, K, mask, cell)
     probe = torch.as_tensor(pts, dtype=torch.float32, device=device)
-    seen = vis.visible(zbuf, probe, torch.zeros(len(probe), dtype=torch.long, device=device), w2c, K, mask, cell)
-    return seen.any(dim=1).cpu().numpy()
+    return seen_by_views(centres, probe, item, cell, subdivisions=2).cpu().numpy()
 
 
 def occupancy_visibility(occ: torch.Tensor, item: dict[str, Any]) -> torch.Tensor:
     """``[R, R, R]`` bool: which occupied voxels of the true grid ``occ [R, R, R]`` some evaluation view of the
-    chunk sees (False elsewhere).
-
-    A z-buffer of those voxels per view (:class:`StructureVisibility`, 64² pixels, 4³ sub-points per voxel so that
-    no hole opens at close range, 1.5 voxels of slack, no fallback): a voxel is seen when one of its sub-points is no
-    deeper than the nearest voxel at its pixel plus the slack. The split of an SS sample's recall into what the views
-    show and what a prior must fill in; geometry outside the chunk hides nothing, so the seen share is an upper
-    bound."""
+    chunk sees (False elsewhere): the voxels as both the structure and the probes of :func:`seen_by_views`, 4³
+    sub-points per voxel so that no hole opens at close range. The split of an SS sample's recall into what the
+    views show and what a prior must fill in."""
     res = occ.shape[-1]
     grid = occ > 0.5
     seen = torch.zeros_like(grid)
-    if not len(item.get("w2c", [])) or not grid.any():
+    if not grid.any():
         return seen
-    device = occ.device
     coords = grid.nonzero()
-    vis = StructureVisibility(grid=64, subdivisions=4, tolerance=1.5, fallback=False)
-    w2c = torch.as_tensor(np.asarray(item["w2c"]), dtype=torch.float32, device=device)[None]
-    K = torch.as_tensor(np.asarray(item["intrinsics"]), dtype=torch.float32, device=device)[None]
-    mask = torch.ones(w2c.shape[:2], dtype=torch.bool, device=device)
     centres = (coords.float() + 0.5) / res - 0.5
-    batch = torch.zeros(len(centres), dtype=torch.long, device=device)
-    zbuf = vis.zbuffer(centres, batch, w2c, K, mask, 1.0 / res)
-    hit = vis.visible(zbuf, centres, batch, w2c, K, mask, 1.0 / res).any(dim=1)
+    hit = seen_by_views(centres, centres, item, 1.0 / res, subdivisions=4)
     seen[tuple(coords[hit].T)] = True
     return seen
 

@@ -30,6 +30,12 @@ def per_sample(values: Tensor, x: Tensor, batch_idx: Tensor | None) -> Tensor:
     return values[batch_idx].view(-1, *([1] * (x.dim() - 1)))
 
 
+def x0_from_velocity(x_t: Tensor, t: Tensor | float, v: Tensor, sigma_min: float) -> Tensor:
+    """The x0 that velocity ``v`` implies at ``x_t`` on the path x_t = (1 − t)·x0 + (σ + (1 − σ)·t)·ε,
+    v = (1 − σ)·ε − x0: (1 − σ)·x_t − (σ + (1 − σ)·t)·v; ``t`` broadcastable against ``x_t``."""
+    return (1 - sigma_min) * x_t - (sigma_min + (1 - sigma_min) * t) * v
+
+
 @dataclass
 class FlowLoss:
     """loss: scalar MSE; per_sample [B]: each sample's MSE (for logging by t); t [B]; dropped [B] bool;
@@ -103,9 +109,8 @@ class RectifiedFlow:
         return (1 - self.sigma_min) * noise - x0
 
     def x0_from_velocity(self, x_t: Tensor, t: Tensor, v: Tensor, batch_idx: Tensor | None = None) -> Tensor:
-        """The x0 that velocity ``v`` implies at ``x_t``: (1 − σ_min)·x_t − (σ_min + (1 − σ_min)·t)·v."""
-        tt = per_sample(t, x_t, batch_idx).to(v.dtype)
-        return (1 - self.sigma_min) * x_t - (self.sigma_min + (1 - self.sigma_min) * tt) * v
+        """:func:`x0_from_velocity` with per-sample ``t [B]`` (dense ``x_t`` or packed with ``batch_idx``)."""
+        return x0_from_velocity(x_t, per_sample(t, x_t, batch_idx).to(v.dtype), v, self.sigma_min)
 
     def drop_conditions(
         self,

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from genrecon.objectives.rectified_flow import ModelFn, per_sample
+from genrecon.objectives.rectified_flow import ModelFn, per_sample, x0_from_velocity
 
 # callback(x_t, t, t_prev) -> x_t, run after every step (multi-chunk inference averages overlaps here).
 StepCallback = Callable[[Tensor, float, float], Tensor]
@@ -113,7 +113,7 @@ class EulerSampler:
 
     # x0 <-> v conversions of the path x_t = (1 − t)·x0 + (σ + (1 − σ)·t)·ε, v = (1 − σ)·ε − x0.
     def _x0_from_v(self, x_t: Tensor, t: Tensor, v: Tensor) -> Tensor:
-        return (1 - self.sigma_min) * x_t - (self.sigma_min + (1 - self.sigma_min) * t) * v
+        return x0_from_velocity(x_t, t, v, self.sigma_min)
 
     def _v_from_x0(self, x_t: Tensor, t: Tensor, x0: Tensor) -> Tensor:
         eps = (x_t - (1 - t) * x0) / (self.sigma_min + (1 - self.sigma_min) * t)

@@ -105,20 +105,7 @@ def test_fitting_the_term_lowers_it_towards_its_floor() -> None:
 def test_it_needs_the_ss_vae_to_train_but_not_to_load() -> None:
     """Inference rebuilds a stage from its checkpoint without ``ss_vae_ckpt`` (genrecon.stages.loading): that must
     work; training without the decoder must fail at fit start, naming the setting."""
-    from functools import partial
-
-    from genrecon.models.flow_transformer import DenseFlowTransformer
-    from genrecon.models.image_encoder import SmallViT
-    from genrecon.models.presets import flow_preset
-    from genrecon.pipelines.sampler import EulerSampler
-    from genrecon.stages.flow import SparseStructureFlowStage
-
-    stage = SparseStructureFlowStage(
-        model=partial(DenseFlowTransformer, **flow_preset("tiny"), attn_device="cpu", resolution=4, in_channels=8,
-                      out_channels=8),
-        image_encoder=SmallViT(width=32, depth=1, num_heads=2, patch_size=8, num_registers=0),
-        objective=RectifiedFlow(), sampler=EulerSampler(steps=2), image_size=32, latent_channels=8,
-        decoded_occupancy_weight=1.0)
+    stage = _stage(weight=0.0, decoded_occupancy_weight=1.0)
     with pytest.raises(ValueError, match="ss_vae_ckpt"):
         stage.on_fit_start()
     with pytest.raises(ValueError, match="ss_vae_ckpt"):

@@ -20,7 +20,8 @@ from tests.stages.test_flow_host_layout import SIZE
 from tests.stages.test_flow_host_layout import _batch as sparse_batch
 
 
-def _stage(weight: float = 1.0, projection: bool = True, latent_weight: float = 0.0) -> SparseStructureFlowStage:
+def _stage(weight: float = 1.0, projection: bool = True, latent_weight: float = 0.0,
+           **extra) -> SparseStructureFlowStage:
     torch.manual_seed(0)
     encoder = SmallViT(width=32, depth=1, num_heads=2, patch_size=8, num_registers=0)
     model = partial(DenseFlowTransformer, **flow_preset("tiny"), attn_device="cpu", resolution=4, in_channels=8,
@@ -28,7 +29,7 @@ def _stage(weight: float = 1.0, projection: bool = True, latent_weight: float = 
     return SparseStructureFlowStage(
         model=model, image_encoder=encoder, objective=RectifiedFlow(), sampler=EulerSampler(steps=2), image_size=32,
         latent_channels=8, projection_conditioning=projection, occupancy_aux_weight=weight, occupancy_resolution=8,
-        sample_batches=0, latent_aux_weight=latent_weight,
+        sample_batches=0, latent_aux_weight=latent_weight, **extra,
     )
 
 

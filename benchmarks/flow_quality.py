@@ -24,7 +24,8 @@ Any subset of checkpoints may be given; a metric runs when its flow and decoding
   ``infer.py``'s threshold (``--infer-occ-threshold``), ``fscore_1vox`` / ``fscore_2vox`` within one / two
   voxels (Chebyshev); ``precision``, and ``recall_seen`` / ``recall_hidden`` over the true voxels some evaluation
   view sees / none does (z-buffer of the true occupancy, ``occupancy_visibility``; ``seen_share``). Reference:
-  the SS-VAE round trip (posterior mean of the true occupancy, decoded).
+  the SS-VAE round trip (posterior mean of the true occupancy, decoded). ``--save-occupancy`` also writes the
+  grids beside ``--out`` (:func:`occupancy_arrays_path`) for ``benchmarks/occupancy_placement.py``.
 * Shape flow (issue 6): 32-ch latent sampled on the ground-truth latent coordinates, denormalised, decoded by
   the shape VAE with free-running subdivisions, dual-contoured (``decode_to_mesh``) and compared with the
   ground-truth O-Voxel mesh on ``--samples`` area-uniform samples each: Chamfer (mean of both directional mean
@@ -290,6 +291,9 @@ class Benchmark:
         self.figure_chunks = set(range(args.figure_chunks)) if args.figure else set()
         self._seen: dict[int, np.ndarray] = {}  # chunk index -> which texture-probe points its views see
         self._occ_seen: dict[int, torch.Tensor] = {}  # chunk index -> which true occupied voxels its views see
+        # --save-occupancy: array name -> chunk index -> per-chunk array (see occupancy_arrays_path)
+        self.occupancy_arrays: dict[str, dict[int, np.ndarray]] | None = {} if args.save_occupancy else None
+        self.occupancy_resolution = 0
         latents = Path(args.latents)
         stats_path = latents / "stats.json"
         self.stats = json.loads(stats_path.read_text()) if stats_path.is_file() else None
@@ -420,6 +424,26 @@ class Benchmark:
             out[f"{self.pooled_key}_{key}"] = pooled_occupancy_iou(mask, occ, 0.5, factor).tolist()
         return out
 
+    def save_occupancy(self, name: str, idx: list[int], grids: torch.Tensor) -> None:
+        """With ``--save-occupancy``: keep the batch's ``[B, 1, R, R, R]`` grids as array ``name`` (bool grids as
+        packed bits, float grids as probabilities quantised to uint8)."""
+        if self.occupancy_arrays is None:
+            return
+        store = self.occupancy_arrays.setdefault(name, {})
+        for j, i in enumerate(idx):
+            g = grids[j, 0]
+            if g.dtype == torch.bool:
+                store[i] = np.packbits(g.cpu().numpy().ravel())
+            else:
+                store[i] = (g.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+    def write_occupancy(self, path: Path) -> None:
+        """One compressed ``.npz``: ``chunks`` (keys), ``resolution``, and per array ``[n, ...]`` in chunk order."""
+        arrays = {name: np.stack([per[i] for i in sorted(per)]) for name, per in self.occupancy_arrays.items()}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(path, chunks=np.array([c.key for c in self.chunks]),
+                            resolution=np.int64(self.occupancy_resolution), **arrays)
+
     def occupancy_seen(self, idx: list[int], occ: torch.Tensor) -> torch.Tensor:
         """``[B, 1, R, R, R]``: :func:`occupancy_visibility` of the batch's chunks (built once per chunk)."""
         for j, i in enumerate(idx):
@@ -441,6 +465,9 @@ class Benchmark:
                 seen = self.occupancy_seen(idx, occ)
                 for key, values in self.occupancy_scores(vae.decoder(z), occ, 0.0, seen).items():
                     scores.setdefault(key, []).extend(values)
+                self.occupancy_resolution = occ.shape[-1]
+                self.save_occupancy("truth", idx, occ > 0.5)
+                self.save_occupancy("seen", idx, seen.bool())
                 for j, i in enumerate(idx):
                     self.keep("occ_gt", i, occ[j, 0].bool().cpu().numpy())
         self.latent_check["ss"] = round(max(diffs), 6)
@@ -465,6 +492,8 @@ class Benchmark:
                         for key, values in self.occupancy_scores(logits, batch["occupancy"], threshold,
                                                                  seen).items():
                             scores.setdefault(key, []).extend(values)
+                        self.save_occupancy(f"{entry}.pred", idx, logits > threshold)
+                        self.save_occupancy(f"{entry}.prob", idx, torch.sigmoid(logits))
                         if entry == name:
                             for j, i in enumerate(idx):
                                 self.keep(name, i, ((logits[j, 0] > threshold).cpu().numpy(), scores["iou"][i]))
@@ -684,6 +713,8 @@ class Benchmark:
             if diff > LATENT_TOLERANCE:
                 self.warnings.append(f"{latent} latents re-encoded by the given VAE differ from the stored "
                                      f"ones by {diff:.3g}: not the VAE that wrote {a.latents}?")
+        if self.occupancy_arrays:
+            self.write_occupancy(occupancy_arrays_path(a.out))
         figure_s = None
         if a.figure:
             with Timer(self.device) as t:
@@ -707,10 +738,24 @@ class Benchmark:
             "stats_check": self.stats_check,
             "warnings": self.warnings,
             "figure": a.figure,
+            "occupancy_arrays": str(occupancy_arrays_path(a.out)) if self.occupancy_arrays else None,
             "timings": {"load_data_s": round(load_data_s, 2), "figure_s": figure_s,
                         "total_s": round(time.perf_counter() - t0, 2)},
             "command": a.command,
         }
+
+
+def occupancy_arrays_path(out: str) -> Path:
+    """Where ``--save-occupancy`` writes, beside the JSON: ``flow_quality_x.json`` -> ``flow_quality_x_occupancy.npz``.
+
+    The file holds ``chunks`` (keys, the JSON's order), ``resolution`` R, ``truth`` and ``seen`` (the true voxels
+    and those an evaluation view sees), and per SS entry ``<entry>.pred`` (the scored voxels at the stage's
+    threshold) and ``<entry>.prob`` (occupancy probability × 255, uint8): bool grids as ``np.packbits`` of the
+    C-order ``[R, R, R]`` grid, ``[n, R³/8]``; probabilities ``[n, R, R, R]``. For analyses of where samples put
+    their voxels (offsets, thickness, thresholds) without sampling again.
+    """
+    p = Path(out)
+    return p.with_name(p.stem + "_occupancy.npz")
 
 
 def headline(results: dict[str, Any]) -> dict[str, float | None]:
@@ -886,6 +931,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16", help="sampling autocast on CUDA")
     p.add_argument("--out", help="also write the JSON here")
+    p.add_argument("--save-occupancy", action="store_true",
+                   help="also write the SS grids (truth, seen, each entry's voxels and probabilities) beside --out "
+                        "as <out stem>_occupancy.npz, for offline analyses (nothing without --ss-vae)")
     p.add_argument("--figure", help="PNG: truth vs samples for the first --figure-chunks chunks")
     p.add_argument("--figure-chunks", type=int, default=4)
     p.add_argument("--figure-size", type=int, default=192)
@@ -910,6 +958,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--max-chunks, --batch-size, --views and --samples must be positive")
     if any(not 0.0 <= f <= 1.0 for f in args.occ_fraction_sweep):
         p.error("--occ-fraction-sweep takes shares in [0, 1]")
+    if args.save_occupancy and not args.out:
+        p.error("--save-occupancy writes beside --out: give --out")
     return args
 
 

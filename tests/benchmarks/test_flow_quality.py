@@ -354,3 +354,45 @@ def test_a_latent_head_readout_is_decoded_and_scored_like_a_sample(tiny_pipeline
                                r["tex_vae_roundtrip"]["per_chunk"]["psnr_db"], atol=0.05)
     assert not np.allclose(r["tex_flow"]["per_chunk"]["psnr_db"], r["tex_vae_roundtrip"]["per_chunk"]["psnr_db"],
                            atol=0.05)
+
+
+def test_saved_occupancy_reproduces_the_scores(tiny_pipeline, tmp_path):
+    """--save-occupancy writes the grids each SS entry was scored on: IoU, precision and the seen recall
+    recomputed from the file equal the JSON's, and the stored probabilities threshold to the stored voxels."""
+    root, ckpts = tiny_pipeline
+    fq = _flow_quality()
+    out = tmp_path / "flow_quality_x.json"
+    result = fq.main(["--latents", str(root / "latents"), "--max-chunks", "2", "--batch-size", "2", "--steps", "2",
+                      "--device", "cpu", "--x0-estimate", "--save-occupancy", "--out", str(out),
+                      "--ss-vae", str(ckpts / "ss_vae.ckpt"), "--ss-flow", str(ckpts / "ss_flow.ckpt")])
+    path = tmp_path / "flow_quality_x_occupancy.npz"
+    assert result["occupancy_arrays"] == str(path) and path.is_file()
+    data = np.load(path)
+    assert list(data["chunks"]) == result["chunks"]
+    r = int(data["resolution"])
+    unpack = lambda a: np.unpackbits(a, axis=1)[:, : r**3].reshape(-1, r, r, r).astype(bool)  # noqa: E731
+    truth, seen = unpack(data["truth"]), unpack(data["seen"])
+    assert truth.shape == (2, r, r, r) and truth.any() and not (seen & ~truth).any()
+    for entry in ("ss_flow", "ss_flow@x0"):
+        pred = unpack(data[f"{entry}.pred"])
+        per = result["results"][entry]["per_chunk"]
+        for j in range(2):
+            union = (pred[j] | truth[j]).sum()
+            iou = (pred[j] & truth[j]).sum() / union if union else 1.0
+            assert iou == pytest.approx(per["iou"][j], abs=1e-4)
+            if pred[j].any():
+                assert (pred[j] & truth[j]).sum() / pred[j].sum() == pytest.approx(per["precision"][j], abs=1e-4)
+            assert (pred[j] & seen[j]).sum() / seen[j].sum() == pytest.approx(per["recall_seen"][j], abs=1e-4)
+        prob = data[f"{entry}.prob"]
+        assert prob.dtype == np.uint8 and prob.shape == (2, r, r, r)
+        # the stage's logit threshold as a probability: quantisation may flip only voxels next to it
+        cut = 255 / (1 + math.exp(-result["results"][entry]["occ_threshold"]))
+        near = np.abs(prob.astype(float) - cut) <= 1
+        assert ((prob > cut) == pred)[~near].all() and (~near).mean() > 0.5
+
+
+def test_save_occupancy_needs_an_output_path(tiny_pipeline):
+    root, ckpts = tiny_pipeline
+    with pytest.raises(SystemExit):
+        _flow_quality().main(["--latents", str(root / "latents"), "--save-occupancy",
+                              "--ss-vae", str(ckpts / "ss_vae.ckpt")])

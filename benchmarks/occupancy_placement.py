@@ -1,0 +1,131 @@
+"""Where do SS samples put their voxels? Near misses, far misses and offsets, from saved grids (issue 5).
+
+The SS flow's voxel-exact IoU at 64³ stays near 0.4 while 81 % of predicted and true voxels lie within one voxel
+of each other (session 20). This splits each entry's errors of ``flow_quality.py --save-occupancy`` without
+sampling again:
+
+- ``fp_near`` / ``fp_far``: the share of predicted voxels that are false and lie within one voxel (26-neighbourhood)
+  of a true voxel, or further away;
+- ``fn_near`` / ``fn_far``: the share of true voxels that are missed and lie within one voxel of a predicted
+  voxel, or further away;
+- ``iou_best_shift`` and ``best_shift``: the IoU after moving the prediction by the integer shift in {-1, 0, 1}³
+  that suits each chunk best, and the one shift that suits all chunks best (not (0, 0, 0): a systematic offset);
+- ``iou_thin``: the IoU after keeping only the predicted voxels whose probability is a local maximum along the
+  axis where it varies most (non-maximum suppression across the surface), for entries with probabilities.
+
+    python benchmarks/occupancy_placement.py results/flow_quality_cell_x3_occupancy.npz [--out placement.json]
+
+Prints one JSON object: per entry the mean of each measure and the per-chunk values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from genrecon.utils.jsonl import emit_json
+
+SHIFTS = list(itertools.product((-1, 0, 1), repeat=3))
+
+
+def unpack(bits: np.ndarray, resolution: int) -> np.ndarray:
+    """``[n, R³/8]`` packed bits -> ``[n, R, R, R]`` bool (``np.packbits`` of C-order grids)."""
+    return np.unpackbits(bits, axis=1)[:, : resolution**3].reshape(-1, resolution, resolution, resolution).astype(bool)
+
+
+def dilate(grid: np.ndarray) -> np.ndarray:
+    """``[R, R, R]`` bool -> the same grown by one voxel in all 26 directions."""
+    t = torch.from_numpy(grid).float()[None, None]
+    return (F.max_pool3d(t, 3, stride=1, padding=1)[0, 0] > 0).numpy()
+
+
+def shifted(grid: np.ndarray, shift: tuple[int, int, int]) -> np.ndarray:
+    """The grid moved by an integer shift, zeros entering at the borders (no wrap-around)."""
+    out = np.zeros_like(grid)
+    src = tuple(slice(max(0, -s), grid.shape[a] - max(0, s)) for a, s in enumerate(shift))
+    dst = tuple(slice(max(0, s), grid.shape[a] - max(0, -s)) for a, s in enumerate(shift))
+    out[dst] = grid[src]
+    return out
+
+
+def iou(pred: np.ndarray, truth: np.ndarray) -> float:
+    union = np.count_nonzero(pred | truth)
+    return np.count_nonzero(pred & truth) / union if union else 1.0
+
+
+def thin(prob: np.ndarray, threshold: float) -> np.ndarray:
+    """Voxels above ``threshold`` (a probability) that are a local maximum (>= both neighbours) of ``prob``
+    along the axis with the largest absolute second difference there: the axis that crosses the surface."""
+    p = torch.from_numpy(prob.astype(np.float32))
+    padded = F.pad(p[None, None], (1, 1, 1, 1, 1, 1), mode="replicate")[0, 0]
+    core = (slice(1, -1),) * 3
+    keep, curvature = [], []
+    for axis in range(3):
+        lo = [slice(1, -1)] * 3
+        hi = [slice(1, -1)] * 3
+        lo[axis], hi[axis] = slice(0, -2), slice(2, None)
+        before, after = padded[tuple(lo)], padded[tuple(hi)]
+        keep.append((p >= before) & (p >= after))
+        curvature.append((before + after - 2 * padded[core]).abs())
+    axis = torch.stack(curvature).argmax(dim=0)
+    peak = torch.stack(keep).gather(0, axis[None])[0]
+    return ((p > threshold) & peak).numpy()
+
+
+def placement(pred: np.ndarray, truth: np.ndarray, prob: np.ndarray | None = None,
+              threshold: float = 0.5) -> dict[str, Any]:
+    """Per-chunk measures of one entry: ``pred``/``truth`` ``[n, R, R, R]`` bool, ``prob`` the same shape in [0, 1]."""
+    out: dict[str, list] = {k: [] for k in ("iou", "fp_near", "fp_far", "fn_near", "fn_far", "iou_best_shift")}
+    per_shift = np.zeros((len(pred), len(SHIFTS)))
+    for j, (p, t) in enumerate(zip(pred, truth)):
+        n_pred, n_true = max(np.count_nonzero(p), 1), max(np.count_nonzero(t), 1)
+        fp, fn = p & ~t, t & ~p
+        near_t, near_p = dilate(t), dilate(p)
+        out["iou"].append(iou(p, t))
+        out["fp_near"].append(np.count_nonzero(fp & near_t) / n_pred)
+        out["fp_far"].append(np.count_nonzero(fp & ~near_t) / n_pred)
+        out["fn_near"].append(np.count_nonzero(fn & near_p) / n_true)
+        out["fn_far"].append(np.count_nonzero(fn & ~near_p) / n_true)
+        per_shift[j] = [iou(shifted(p, s), t) for s in SHIFTS]
+        out["iou_best_shift"].append(float(per_shift[j].max()))
+    if prob is not None:
+        out["iou_thin"] = [iou(thin(q, threshold), t) for q, t in zip(prob, truth)]
+    best = int(per_shift.mean(axis=0).argmax())
+    return {"mean": {k: float(np.mean(v)) for k, v in out.items()},
+            "best_shift": list(SHIFTS[best]), "iou_at_best_shift": float(per_shift[:, best].mean()),
+            "per_chunk": {k: [round(float(x), 5) for x in v] for k, v in out.items()}}
+
+
+def analyse(path: Path, threshold: float = 0.5) -> dict[str, Any]:
+    """Every entry of one ``--save-occupancy`` file; ``threshold`` the probability :func:`thin` keeps above."""
+    data = np.load(path)
+    r = int(data["resolution"])
+    truth = unpack(data["truth"], r)
+    entries = sorted(k[: -len(".pred")] for k in data.files if k.endswith(".pred"))
+    results = {}
+    for entry in entries:
+        prob = data[f"{entry}.prob"].astype(np.float32) / 255 if f"{entry}.prob" in data.files else None
+        results[entry] = placement(unpack(data[f"{entry}.pred"], r), truth, prob, threshold)
+    return {"file": str(path), "chunks": [str(c) for c in data["chunks"]], "resolution": r,
+            "thin_threshold": threshold, "results": results}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("arrays", help="a flow_quality.py --save-occupancy .npz")
+    p.add_argument("--thin-threshold", type=float, default=0.5, help="probability the thinned voxels keep above")
+    p.add_argument("--out", help="also write the JSON here")
+    args = p.parse_args(argv)
+    result = analyse(Path(args.arrays), args.thin_threshold)
+    emit_json(result, args.out)
+    return result
+
+
+if __name__ == "__main__":
+    main()

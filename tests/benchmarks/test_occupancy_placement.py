@@ -1,0 +1,66 @@
+"""benchmarks/occupancy_placement.py on grids built here: a wall one voxel off, a thick band, a far blob."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.conftest import load_script
+
+R = 16
+
+
+def _script():
+    return load_script("benchmarks/occupancy_placement.py")
+
+
+def _wall(x: int) -> np.ndarray:
+    g = np.zeros((R, R, R), dtype=bool)
+    g[x] = True
+    return g
+
+
+def test_a_wall_one_voxel_off_is_a_near_miss_that_the_best_shift_undoes():
+    truth, pred = _wall(5)[None], _wall(6)[None]
+    r = _script().placement(pred, truth)
+    m = r["mean"]
+    assert m["iou"] == 0.0
+    assert m["fp_near"] == 1.0 and m["fp_far"] == 0.0 and m["fn_near"] == 1.0 and m["fn_far"] == 0.0
+    assert m["iou_best_shift"] == 1.0
+    assert r["best_shift"] == [-1, 0, 0] and r["iou_at_best_shift"] == 1.0
+
+
+def test_a_far_blob_is_a_far_miss():
+    truth = _wall(2)[None]
+    pred = np.zeros_like(truth)
+    pred[0, 10:12, 4:8, 4:8] = True
+    m = _script().placement(pred, truth)["mean"]
+    assert m["fp_far"] == 1.0 and m["fp_near"] == 0.0 and m["fn_far"] == 1.0 and m["iou_best_shift"] == 0.0
+
+
+def test_thinning_a_blurred_wall_keeps_its_peak_layer():
+    truth = _wall(8)
+    prob = np.zeros((R, R, R), dtype=np.float32)
+    prob[7], prob[8], prob[9] = 0.6, 0.9, 0.7  # a thick band, most probable on the true layer
+    thick = prob > 0.5
+    s = _script()
+    assert s.iou(thick, truth) == pytest.approx(1 / 3)
+    assert s.iou(s.thin(prob, 0.5), truth) == 1.0
+    r = s.placement(thick[None], truth[None], prob[None])
+    assert r["mean"]["iou_thin"] == 1.0 and r["mean"]["fp_near"] == pytest.approx(2 / 3)
+
+
+def test_analyse_reads_a_saved_occupancy_file(tmp_path):
+    truth = np.stack([_wall(3), _wall(9)])
+    pred = np.stack([_wall(3), _wall(10)])
+    pack = lambda g: np.packbits(g.reshape(len(g), -1), axis=1)  # noqa: E731
+    path = tmp_path / "fq_occupancy.npz"
+    np.savez_compressed(path, chunks=np.array(["a", "b"]), resolution=np.int64(R), truth=pack(truth),
+                        seen=pack(truth), **{"ss_flow.pred": pack(pred),
+                                              "ss_flow.prob": (pred * 255).astype(np.uint8)})
+    out = tmp_path / "placement.json"
+    result = _script().main([str(path), "--out", str(out)])
+    assert out.is_file() and result["chunks"] == ["a", "b"] and result["resolution"] == R
+    entry = result["results"]["ss_flow"]
+    assert entry["per_chunk"]["iou"] == [1.0, 0.0] and entry["mean"]["iou_best_shift"] == 1.0
+    assert entry["mean"]["iou_thin"] == pytest.approx(0.5)

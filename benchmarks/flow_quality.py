@@ -492,8 +492,9 @@ class Benchmark:
                         for key, values in self.occupancy_scores(logits, batch["occupancy"], threshold,
                                                                  seen).items():
                             scores.setdefault(key, []).extend(values)
-                        self.save_occupancy(f"{entry}.pred", idx, logits > threshold)
-                        self.save_occupancy(f"{entry}.prob", idx, torch.sigmoid(logits))
+                        if self.occupancy_arrays is not None:  # no grid-sized sigmoid unless it is kept
+                            self.save_occupancy(f"{entry}.pred", idx, logits > threshold)
+                            self.save_occupancy(f"{entry}.prob", idx, torch.sigmoid(logits))
                         if entry == name:
                             for j, i in enumerate(idx):
                                 self.keep(name, i, ((logits[j, 0] > threshold).cpu().numpy(), scores["iou"][i]))

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from genrecon.metrics.occupancy import occupancy_fscore, occupancy_iou
 from genrecon.utils.jsonl import emit_json
 
 SHIFTS = list(itertools.product((-1, 0, 1), repeat=3))
@@ -37,12 +38,6 @@ SHIFTS = list(itertools.product((-1, 0, 1), repeat=3))
 def unpack(bits: np.ndarray, resolution: int) -> np.ndarray:
     """``[n, R³/8]`` packed bits -> ``[n, R, R, R]`` bool (``np.packbits`` of C-order grids)."""
     return np.unpackbits(bits, axis=1)[:, : resolution**3].reshape(-1, resolution, resolution, resolution).astype(bool)
-
-
-def dilate(grid: np.ndarray) -> np.ndarray:
-    """``[R, R, R]`` bool -> the same grown by one voxel in all 26 directions."""
-    t = torch.from_numpy(grid).float()[None, None]
-    return (F.max_pool3d(t, 3, stride=1, padding=1)[0, 0] > 0).numpy()
 
 
 def shifted(grid: np.ndarray, shift: tuple[int, int, int]) -> np.ndarray:
@@ -54,9 +49,14 @@ def shifted(grid: np.ndarray, shift: tuple[int, int, int]) -> np.ndarray:
     return out
 
 
+def _grids(grids: np.ndarray) -> torch.Tensor:
+    """``[n, R, R, R]`` bool -> ``[n, 1, R, R, R]`` float, the layout of :mod:`genrecon.metrics.occupancy`."""
+    return torch.from_numpy(np.ascontiguousarray(grids)).float()[:, None]
+
+
 def iou(pred: np.ndarray, truth: np.ndarray) -> float:
-    union = np.count_nonzero(pred | truth)
-    return np.count_nonzero(pred & truth) / union if union else 1.0
+    """Voxel-exact IoU of one ``[R, R, R]`` pair (:func:`occupancy_iou`)."""
+    return float(occupancy_iou(_grids(pred[None]), _grids(truth[None]), 0.5)[0])
 
 
 def thin(prob: np.ndarray, threshold: float) -> np.ndarray:
@@ -80,22 +80,22 @@ def thin(prob: np.ndarray, threshold: float) -> np.ndarray:
 
 def placement(pred: np.ndarray, truth: np.ndarray, prob: np.ndarray | None = None,
               threshold: float = 0.5) -> dict[str, Any]:
-    """Per-chunk measures of one entry: ``pred``/``truth`` ``[n, R, R, R]`` bool, ``prob`` the same shape in [0, 1]."""
-    out: dict[str, list] = {k: [] for k in ("iou", "fp_near", "fp_far", "fn_near", "fn_far", "iou_best_shift")}
-    per_shift = np.zeros((len(pred), len(SHIFTS)))
-    for j, (p, t) in enumerate(zip(pred, truth)):
-        n_pred, n_true = max(np.count_nonzero(p), 1), max(np.count_nonzero(t), 1)
-        fp, fn = p & ~t, t & ~p
-        near_t, near_p = dilate(t), dilate(p)
-        out["iou"].append(iou(p, t))
-        out["fp_near"].append(np.count_nonzero(fp & near_t) / n_pred)
-        out["fp_far"].append(np.count_nonzero(fp & ~near_t) / n_pred)
-        out["fn_near"].append(np.count_nonzero(fn & near_p) / n_true)
-        out["fn_far"].append(np.count_nonzero(fn & ~near_p) / n_true)
-        per_shift[j] = [iou(shifted(p, s), t) for s in SHIFTS]
-        out["iou_best_shift"].append(float(per_shift[j].max()))
+    """Per-chunk measures of one entry: ``pred``/``truth`` ``[n, R, R, R]`` bool, ``prob`` the same shape in [0, 1].
+
+    The near and far shares are differences of :func:`occupancy_fscore`'s precision and recall within one voxel
+    and voxel-exact (its conventions for empty grids included)."""
+    p, t = _grids(pred), _grids(truth)
+    exact, within = occupancy_fscore(p, t, 0.5, tolerance=0), occupancy_fscore(p, t, 0.5, tolerance=1)
+    out = {"iou": occupancy_iou(p, t, 0.5),
+           "fp_near": within["precision"] - exact["precision"], "fp_far": 1 - within["precision"],
+           "fn_near": within["recall"] - exact["recall"], "fn_far": 1 - within["recall"]}
+    # [n, shifts]: each chunk's prediction moved by each shift, scored as a batch per shift
+    per_shift = torch.stack([occupancy_iou(_grids(np.stack([shifted(g, s) for g in pred])), t, 0.5)
+                             for s in SHIFTS], dim=1).numpy()
+    out = {k: v.tolist() for k, v in out.items()}
+    out["iou_best_shift"] = per_shift.max(axis=1).tolist()
     if prob is not None:
-        out["iou_thin"] = [iou(thin(q, threshold), t) for q, t in zip(prob, truth)]
+        out["iou_thin"] = occupancy_iou(_grids(np.stack([thin(q, threshold) for q in prob])), t, 0.5).tolist()
     best = int(per_shift.mean(axis=0).argmax())
     return {"mean": {k: float(np.mean(v)) for k, v in out.items()},
             "best_shift": list(SHIFTS[best]), "iou_at_best_shift": float(per_shift[:, best].mean()),

@@ -11,7 +11,11 @@ sampling again:
 - ``iou_best_shift`` and ``best_shift``: the IoU after moving the prediction by the integer shift in {-1, 0, 1}³
   that suits each chunk best, and the one shift that suits all chunks best (not (0, 0, 0): a systematic offset);
 - ``iou_thin``: the IoU after keeping only the predicted voxels whose probability is a local maximum along the
-  axis where it varies most (non-maximum suppression across the surface), for entries with probabilities.
+  axis where it varies most (non-maximum suppression across the surface), for entries with probabilities;
+- ``miss_distance``: how far each true voxel lies from the nearest predicted one (Euclidean, in voxel edges),
+  as shares of the true voxels an evaluation view sees (``seen``) and of the rest (``hidden``) in the bins
+  ``MISS_BINS`` (0: hit; up to √3: a 26-neighbour), pooled over the chunks: does the flow miss the surfaces its
+  views show as far as the ones they hide?
 
     python benchmarks/occupancy_placement.py results/flow_quality_cell_x3_occupancy.npz [--out placement.json]
 
@@ -28,11 +32,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from genrecon.metrics.occupancy import occupancy_fscore, occupancy_iou
 from genrecon.utils.jsonl import emit_json
 
 SHIFTS = list(itertools.product((-1, 0, 1), repeat=3))
+# Upper edges (voxel edges) of the miss-distance bins [previous edge, edge): hit, a 26-neighbour (√3), further.
+MISS_BINS = (0.5, 1.8, 3.0, 5.0, 8.0, float("inf"))
 
 
 def unpack(bits: np.ndarray, resolution: int) -> np.ndarray:
@@ -102,18 +109,33 @@ def placement(pred: np.ndarray, truth: np.ndarray, prob: np.ndarray | None = Non
             "per_chunk": {k: [round(float(x), 5) for x in v] for k, v in out.items()}}
 
 
+def miss_distance(pred: np.ndarray, truth: np.ndarray, seen: np.ndarray) -> dict[str, list[float]]:
+    """Shares of the seen and of the hidden true voxels per distance bin (:data:`MISS_BINS`) to the nearest
+    predicted voxel, pooled over chunks; ``[n, R, R, R]`` bool each. A chunk with no prediction counts its true
+    voxels in the last bin."""
+    counts = {"seen": np.zeros(len(MISS_BINS)), "hidden": np.zeros(len(MISS_BINS))}
+    edges = np.array((-np.inf, *MISS_BINS))
+    for p, t, s in zip(pred, truth, seen):
+        dist = ndimage.distance_transform_edt(~p) if p.any() else np.full(p.shape, np.inf)
+        for name, mask in (("seen", t & s), ("hidden", t & ~s)):
+            counts[name] += np.histogram(dist[mask], bins=edges)[0]
+    return {name: (c / max(c.sum(), 1)).tolist() for name, c in counts.items()}
+
+
 def analyse(path: Path, threshold: float = 0.5) -> dict[str, Any]:
     """Every entry of one ``--save-occupancy`` file; ``threshold`` the probability :func:`thin` keeps above."""
     data = np.load(path)
     r = int(data["resolution"])
-    truth = unpack(data["truth"], r)
+    truth, seen = unpack(data["truth"], r), unpack(data["seen"], r)
     entries = sorted(k[: -len(".pred")] for k in data.files if k.endswith(".pred"))
     results = {}
     for entry in entries:
         prob = data[f"{entry}.prob"].astype(np.float32) / 255 if f"{entry}.prob" in data.files else None
-        results[entry] = placement(unpack(data[f"{entry}.pred"], r), truth, prob, threshold)
+        pred = unpack(data[f"{entry}.pred"], r)
+        results[entry] = placement(pred, truth, prob, threshold)
+        results[entry]["miss_distance"] = miss_distance(pred, truth, seen)
     return {"file": str(path), "chunks": [str(c) for c in data["chunks"]], "resolution": r,
-            "thin_threshold": threshold, "results": results}
+            "thin_threshold": threshold, "miss_bins": list(MISS_BINS), "results": results}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -42,10 +42,19 @@ class DepthCue(nn.Module):
     def extra_repr(self) -> str:
         return f"channels={self.channels}, bins={self.bins}, max_depth={self.max_depth}"
 
-    def extend_tokens(self, tokens: Tensor) -> Tensor:
+    def extend_tokens(self, tokens: Tensor, patch_logits: Tensor | None = None,
+                      num_global_tokens: int = 0) -> Tensor:
         """tokens ``[B, N, T, C]`` → ``[B, N, T, C + D]``: each token with its depth logits appended, so one
-        projection gathers both."""
-        return torch.cat([tokens, self.head(tokens).to(tokens.dtype)], dim=-1)
+        projection gathers both. ``patch_logits [B, N, P², D]`` (e.g. :func:`oracle_logits`) replace the head's for
+        the patch tokens, which follow ``num_global_tokens`` global ones (those get uniform logits, zeros)."""
+        if patch_logits is None:
+            return torch.cat([tokens, self.head(tokens).to(tokens.dtype)], dim=-1)
+        b, n, t, _ = tokens.shape
+        if patch_logits.shape != (b, n, t - num_global_tokens, self.bins):
+            raise ValueError(f"patch_logits {tuple(patch_logits.shape)} do not fit tokens {tuple(tokens.shape)} with "
+                             f"{num_global_tokens} global tokens and {self.bins} depth bins")
+        glob = patch_logits.new_zeros(b, n, num_global_tokens, self.bins)
+        return torch.cat([tokens, torch.cat([glob, patch_logits], dim=2).to(tokens.dtype)], dim=-1)
 
     def evidence(self, logits: Tensor, depth: Tensor) -> Tensor:
         """Probability density of ``depth`` ``[...]`` under the distributions ``logits`` ``[..., D]``, in units of
@@ -84,6 +93,15 @@ class DepthCue(nn.Module):
         mode = logits.argmax(-1, keepdim=True)  # [B, N, P², 1]
         near = (torch.arange(logits.shape[-1], device=logits.device) - mode).abs() <= 1
         return ((target * near).sum(-1) * has).sum() / has.sum().clamp(min=1)
+
+
+def oracle_logits(target: Tensor, has: Tensor, floor: float = 1e-3) -> Tensor:
+    """Depth logits ``[B, N, P², D]`` whose softmax is the target distribution ``[B, N, P², D]`` (each bin at least
+    ``floor`` before renormalising, so log stays finite), and uniform (zeros) where ``has [B, N, P²]`` is False: a
+    depth head that knows the true depths (:func:`patch_depth_targets`). A diagnostic: how far the cue's own
+    resolution would carry the flow if its depths were exact."""
+    logits = target.float().clamp(min=floor).log()
+    return torch.where(has[..., None], logits, torch.zeros_like(logits))
 
 
 def depth_bin(depth: Tensor, bins: int, max_depth: float) -> Tensor:

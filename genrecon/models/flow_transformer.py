@@ -192,6 +192,7 @@ class _FlowTransformer(nn.Module):
         batch_voxels: int = 8192,
         images: Tensor | None = None,
         zbuffer: Tensor | None = None,
+        depth_logits: Tensor | None = None,
     ) -> Tensor:
         """Project points into all views and fuse the per-view tokens, ``batch_voxels`` points at a time.
 
@@ -202,6 +203,8 @@ class _FlowTransformer(nn.Module):
         images [B, N, 3, H, W] in [0, 1]: the views themselves, needed (only) by a model with a photo cue.
         zbuffer [B, N, G, G]: with structure visibility, the z-buffer of the whole structure
         (:meth:`structure_zbuffer`); None builds it from ``points``, which must then be all the active cells.
+        depth_logits [B, N, P², D]: the depth cue's per-patch logits to use instead of its head's (a diagnostic:
+        :func:`genrecon.models.depth_cue.oracle_logits`).
         """
         if not self.has_cond_3d:
             raise RuntimeError("this model was built without projection/aggregator")
@@ -210,8 +213,11 @@ class _FlowTransformer(nn.Module):
         if self.photo_cue is not None and images is None:
             raise ValueError("this model adds the photo-consistency cue: pass the views as images=[B, N, 3, H, W]")
         recompute = self.proj_checkpoint and any(p.requires_grad for p in self.aggregator.parameters())
+        if depth_logits is not None and self.depth_cue is None:
+            raise ValueError("depth_logits replace the depth cue's: this model has no depth_cue")
         if self.depth_cue is not None:
-            tokens = self.depth_cue.extend_tokens(tokens)  # [B, N, T, C + D]
+            tokens = self.depth_cue.extend_tokens(tokens, depth_logits,
+                                                  self.projection.num_global_tokens)  # [B, N, T, C + D]
         if self.cell_cue is not None:
             tokens = self.cell_cue.extend_tokens(tokens)  # [B, N, T, C (+ D) + sub²·Cc]
         visible = None
@@ -320,12 +326,15 @@ class DenseFlowTransformer(_FlowTransformer):
         view_mask: Tensor,
         batch_voxels: int = 8192,
         images: Tensor | None = None,
+        depth_logits: Tensor | None = None,
     ) -> Tensor:
-        """3-D conditioning of every voxel centre: tokens [B, N, T, C_cond] ... -> [B, R³, C_cond]."""
+        """3-D conditioning of every voxel centre: tokens [B, N, T, C_cond] ... -> [B, R³, C_cond]
+        (``depth_logits``: see :meth:`compute_cond_3d`)."""
         batch, voxels = tokens.shape[0], self.resolution**3
         points = voxel_centers(self.resolution).to(tokens.device).repeat(batch, 1)
         batch_idx = torch.arange(batch, device=tokens.device).repeat_interleave(voxels)
-        cond = self.compute_cond_3d(points, batch_idx, tokens, w2c, K, view_mask, batch_voxels, images)
+        cond = self.compute_cond_3d(points, batch_idx, tokens, w2c, K, view_mask, batch_voxels, images,
+                                    depth_logits=depth_logits)
         return cond.view(batch, voxels, self.cond_channels)
 
     def forward(self, x: Tensor, t: Tensor, cond_2d: Tensor, cond_3d: Tensor | None = None) -> Tensor:

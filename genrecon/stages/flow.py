@@ -20,7 +20,7 @@ from torch.profiler import record_function
 
 from genrecon.metrics.occupancy import occupancy_iou
 from genrecon.models.aggregator import ViewAggregator
-from genrecon.models.depth_cue import DepthCue, patch_depth_targets
+from genrecon.models.depth_cue import DepthCue, oracle_logits, patch_depth_targets
 from genrecon.models.flow_transformer import DenseFlowTransformer
 from genrecon.models.image_encoder import ImageEncoder, encode_views
 from genrecon.models.projection import Projection, coords_to_points
@@ -127,8 +127,9 @@ class FlowStage(Stage):
             (:func:`genrecon.models.depth_cue.patch_depth_targets`; :meth:`surface_points` says which points).
             No depth maps are needed: the targets come from the batch's structure. Validation logs
             ``val/depth_aux_hit``, the target mass within one bin of the predicted mode.
-        depth_supervision_subcells: z-buffer cells per patch edge for those targets (surface points must project
-            less than a cell apart: 2 for the 64³ occupancy, 1 for 32³ latent cells at 256-pixel views).
+        depth_supervision_subcells: z-buffer cells per patch edge for those targets (and the SS stage's
+            ``depth_cue_oracle``); surface points must project less than a cell apart: 2 for the 64³ occupancy, 1
+            for 32³ latent cells at 256-pixel views.
         image_encoder_ckpt: a ``view_pretrain`` checkpoint (a deviation, off by default): the image encoder starts
             from its weights, with ``preset.flow.depth_cue`` the cue's depth head from its depth head and with
             ``preset.flow.cell_cue`` the cell cue's head from its dense cell head
@@ -306,19 +307,23 @@ class FlowStage(Stage):
         """The chunk's surface as points ``[K, 3]`` (chunk frame) with their sample ``[K]``: the depth targets."""
         raise NotImplementedError(f"{type(self).__name__} has no surface points for depth supervision")
 
+    @torch.no_grad()
+    def patch_depth_targets(self, batch: dict[str, Any], num_samples: int) -> tuple[Tensor, Tensor]:
+        """Depth distributions of the batch's surface points per patch of every view, in the depth cue's bins
+        (:func:`genrecon.models.depth_cue.patch_depth_targets`): target ``[B, N, P², D]``, has ``[B, N, P²]``."""
+        projection, cue = self.model.projection, self.model.depth_cue
+        points, batch_idx = self.surface_points(batch)
+        u, v, valid, depth = projection.project(points, batch_idx, batch["w2c"], batch["intrinsics"],
+                                                batch["view_mask"])
+        return patch_depth_targets(u, v, depth, valid, batch_idx, num_samples, projection.patch_grid,
+                                   self.depth_supervision_subcells, cue.bins, cue.max_depth)
+
     def _depth_supervision(self, batch: dict[str, Any], tokens: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
         """(patch depth logits, target distributions, has-target mask) of the batch's views; None when off."""
         if self.depth_supervision_weight <= 0:
             return None
-        projection, cue = self.model.projection, self.model.depth_cue
-        points, batch_idx = self.surface_points(batch)
-        with torch.no_grad():
-            u, v, valid, depth = projection.project(points, batch_idx, batch["w2c"], batch["intrinsics"],
-                                                    batch["view_mask"])
-            target, has = patch_depth_targets(u, v, depth, valid, batch_idx, tokens.shape[0],
-                                              projection.patch_grid, self.depth_supervision_subcells, cue.bins,
-                                              cue.max_depth)
-        return cue.patch_logits(tokens, projection.num_global_tokens), target, has
+        target, has = self.patch_depth_targets(batch, tokens.shape[0])
+        return self.model.depth_cue.patch_logits(tokens, self.model.projection.num_global_tokens), target, has
 
     def auxiliary_losses(self, batch: dict[str, Any], prepared: tuple[Tensor, dict[str, Any]]) -> dict[str, Tensor]:
         """Extra training terms ``{name: weighted loss}`` on the batch's prepared conditioning."""
@@ -438,6 +443,12 @@ class SparseStructureFlowStage(FlowStage):
     samples that kept their conditions. The latent MSE weighs every latent error alike, the decoder does not;
     this term trains the very estimate that the best measured sampler decodes (the mean of one-step draws,
     session 19), in the units the IoU counts.
+
+    ``depth_cue_oracle`` (a diagnostic, off; needs ``preset.flow.depth_cue`` and the ``occupancy`` field, in
+    training and sampling alike) hands the depth cue the true depths instead of its head's estimate: per patch of
+    every view, the distribution of the chunk's nearest occupied voxels (:meth:`patch_depth_targets`,
+    :func:`genrecon.models.depth_cue.oracle_logits`). What the flow then scores bounds what better depth alone
+    could buy with this cue; no posed-image input has these depths, so inference cannot use it.
     """
 
     latent = "ss"
@@ -445,9 +456,15 @@ class SparseStructureFlowStage(FlowStage):
 
     def __init__(self, *args: Any, ss_vae_ckpt: str | None = None, occ_threshold: float = 0.0,
                  occupancy_aux_weight: float = 0.0, occupancy_resolution: int = 64,
-                 decoded_occupancy_weight: float = 0.0, **kwargs: Any):
+                 decoded_occupancy_weight: float = 0.0, depth_cue_oracle: bool = False, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.occ_threshold = occ_threshold
+        self.depth_cue_oracle = bool(depth_cue_oracle)
+        if self.depth_cue_oracle:
+            if getattr(self.model, "depth_cue", None) is None:
+                raise ValueError("depth_cue_oracle replaces the depth cue's distributions: set preset.flow.depth_cue")
+            # Its head is then never used: frozen, or DDP waits for gradients that never come.
+            self.model.depth_cue.head.requires_grad_(False)
         self.occupancy_aux_weight = float(occupancy_aux_weight)
         self.decoded_occupancy_weight = float(decoded_occupancy_weight)
         self.trains_x0_estimate = self.decoded_occupancy_weight > 0
@@ -474,15 +491,20 @@ class SparseStructureFlowStage(FlowStage):
     def flow_inputs(self, batch: dict[str, Any], tokens: Tensor) -> dict[str, Any]:
         cond_3d = None
         if self.model.has_cond_3d:
+            depth_logits = None
+            if self.depth_cue_oracle:
+                depth_logits = oracle_logits(*self.patch_depth_targets(batch, tokens.shape[0]))
             cond_3d = self.model.cond_3d_from_views(tokens, batch["w2c"], batch["intrinsics"], batch["view_mask"],
-                                                    self.proj_batch_voxels, images=batch["views"])
+                                                    self.proj_batch_voxels, images=batch["views"],
+                                                    depth_logits=depth_logits)
         return {"x0": self.normalise(batch["ss_latent"], 1), "cond_3d": cond_3d, "batch_idx": None,
                 "model_fn": self.model}
 
     def surface_points(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
         """Centres of the occupied voxels of ``occupancy [B, 1, R, R, R]``."""
         if "occupancy" not in batch:
-            raise KeyError("depth supervision of ss_flow needs the 'occupancy' field in stage.datamodule.fields")
+            raise KeyError("ss_flow's depth targets (depth supervision, depth_cue_oracle) need the 'occupancy' "
+                           "field in stage.datamodule.fields")
         occ = batch["occupancy"]
         idx = torch.nonzero(occ[:, 0] > 0.5)  # [K, 4] (b, x, y, z)
         return coords_to_points(idx[:, 1:], occ.shape[-1]), idx[:, 0]

@@ -64,3 +64,16 @@ def test_analyse_reads_a_saved_occupancy_file(tmp_path):
     entry = result["results"]["ss_flow"]
     assert entry["per_chunk"]["iou"] == [1.0, 0.0] and entry["mean"]["iou_best_shift"] == 1.0
     assert entry["mean"]["iou_thin"] == pytest.approx(0.5)
+    assert entry["miss_distance"]["seen"][0] == pytest.approx(0.5) and entry["miss_distance"]["hidden"] == [0.0] * 6
+
+
+def test_miss_distance_splits_seen_and_hidden_true_voxels_by_how_far_they_are_missed():
+    truth = (_wall(2) | _wall(13))[None]
+    seen = _wall(2)[None]  # the wall at 2 is seen, the one at 13 hidden
+    pred = (_wall(3) | _wall(6))[None]  # seen wall one voxel off; hidden wall's nearest prediction 7 voxels away
+    d = _script().miss_distance(pred, truth, seen)
+    assert d["seen"] == [0.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+    assert d["hidden"] == [0.0, 0.0, 0.0, 0.0, 1.0, 0.0]  # in [5, 8)
+    # No prediction at all: every true voxel in the last bin.
+    empty = _script().miss_distance(np.zeros_like(pred), truth, seen)
+    assert empty["seen"][-1] == 1.0 and empty["hidden"][-1] == 1.0

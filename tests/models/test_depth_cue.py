@@ -155,3 +155,27 @@ def test_supervision_loss_is_masked_cross_entropy_and_mode_hit_counts_near_mass(
     assert float(DepthCue.mode_hit(logits, target, has)) == pytest.approx(1.0)
     far = torch.log(torch.tensor([[[[0.1, 0.1, 0.1, 0.7], [0.25] * 4]]]))
     assert float(DepthCue.mode_hit(far, target, has)) == pytest.approx(0.0)
+
+
+def test_oracle_logits_put_the_evidence_at_the_true_depth_and_replace_the_heads() -> None:
+    from genrecon.models.depth_cue import oracle_logits
+
+    cue = DepthCue(channels=4, bins=8, max_depth=4.0)  # bin width 0.5
+    target = torch.zeros(1, 1, 2, 8)
+    target[0, 0, 0, 3] = 1.0  # patch 0 sees a surface in bin 3 (centre 1.75); patch 1 sees nothing
+    has = torch.tensor([[[True, False]]])
+    logits = oracle_logits(target, has)
+    depth = torch.tensor([1.75, 0.75, 3.25])
+    p = cue.evidence(logits[0, 0, 0].expand(3, 8), depth)
+    assert p[0] > 7.9 and p[1] < 0.01 and p[2] < 0.01  # the true bin holds almost all the mass
+    torch.testing.assert_close(cue.evidence(logits[0, 0, 1].expand(3, 8), depth), torch.ones(3))  # uninformed
+    # extend_tokens: the given logits follow the patch tokens, the global token gets uniform (zero) logits.
+    tokens = torch.randn(1, 1, 3, 4)
+    ext = cue.extend_tokens(tokens, logits, num_global_tokens=1)
+    assert ext.shape == (1, 1, 3, 12)
+    torch.testing.assert_close(ext[..., :4], tokens)
+    torch.testing.assert_close(ext[0, 0, 1:, 4:], logits[0, 0])
+    assert ext[0, 0, 0, 4:].abs().max() == 0
+    torch.testing.assert_close(cue.extend_tokens(tokens)[..., 4:], cue.head(tokens))  # default: the head's
+    with pytest.raises(ValueError, match="patch_logits"):
+        cue.extend_tokens(tokens, logits, num_global_tokens=0)

@@ -8,7 +8,8 @@
 
 Any subset of checkpoints may be given; a metric runs when its flow and decoding VAE are there.
 
-* Chunks: the first ``--max-chunks`` samples of the ``val-*.tar`` shards (held-out rooms), in shard order.
+* Chunks: the first ``--max-chunks`` samples of the ``val-*.tar`` shards (held-out rooms), in shard order
+  (``--split train``: of the ``train-*.tar`` shards, the rooms the flows learned from).
 * Views: the datamodule's evaluation choice (``ChunkDataModule(eval_views=V).val_views``: exactly V views,
   fewer if fewer cover >= 40 % of the image, drawn without replacement), each chunk with the generator the
   validation stream gives it with batch size 1, ``default_rng([seed, 0, 0, 0, chunk_index, 0])``. The choice
@@ -176,11 +177,13 @@ class Chunk:
         return self._colour
 
 
-def load_chunks(latents: Path, fields: list[str], max_chunks: int, views: int, seed: int, samples: int):
-    """The held-out chunks and their selected fields (numpy), with the datamodule's evaluation views."""
+def load_chunks(latents: Path, fields: list[str], max_chunks: int, views: int, seed: int, samples: int,
+                split: str = "val"):
+    """The first chunks of ``split`` (the held-out ones by default; ``train`` measures how far the flows fit the
+    chunks they learned from) and their selected fields (numpy), with the datamodule's evaluation views."""
     sampling = ChunkDataModule(str(latents), fields, eval_views=views, seed=seed).val_views
     chunks, items = [], []
-    stream = wds.DataPipeline(wds.SimpleShardList(shard_urls(latents, "val")), wds.tarfile_to_samples())
+    stream = wds.DataPipeline(wds.SimpleShardList(shard_urls(latents, split)), wds.tarfile_to_samples())
     for g, raw in enumerate(stream):
         if g >= max_chunks:
             break
@@ -193,7 +196,7 @@ def load_chunks(latents: Path, fields: list[str], max_chunks: int, views: int, s
         chunks.append(Chunk(g, sample.key, len(item.get("views", [])), vox, seed, samples))
         items.append(item)
     if not chunks:
-        raise SystemExit(f"no validation chunks in {latents}")
+        raise SystemExit(f"no {split} chunks in {latents}")
     return chunks, items
 
 
@@ -702,7 +705,7 @@ class Benchmark:
             fields += ["tex_latent"]
         with Timer(self.device) as t:
             self.chunks, self.items = load_chunks(Path(a.latents), fields, a.max_chunks, a.views, a.seed,
-                                                  a.samples)
+                                                  a.samples, a.split)
         load_data_s = t.seconds
         if do_ss:
             self.run_ss()
@@ -726,7 +729,7 @@ class Benchmark:
             "autocast": "bf16 (flow sampling only)" if self.bf16 else "none (fp32)",
             "torch": torch.__version__,
             "latents": str(a.latents),
-            "split": "val",
+            "split": a.split,
             "seed": a.seed,
             "views_requested": a.views,
             "samples": a.samples,
@@ -907,6 +910,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.add_argument(f"--{name}", help=f"{name.replace('-ablation', '')} checkpoint"
                        + (" trained with projection conditioning off" if "ablation" in name else ""))
     p.add_argument("--max-chunks", type=int, default=24)
+    p.add_argument("--split", choices=("val", "train"), default="val",
+                   help="score the first chunks of this split: val (held out) or train (how far the flows fit)")
     p.add_argument("--views", type=int, default=8, help="views per chunk (the datamodule's eval_views)")
     p.add_argument("--batch-size", type=int, default=4,
                    help="chunks per sampling batch (the noise depends on it)")

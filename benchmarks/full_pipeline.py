@@ -166,6 +166,26 @@ def parse_flow_variants(entries: list[str], known: tuple[str, ...] = FLOWS) -> d
     return variants
 
 
+def parse_scoring_extras(entries: list[str]) -> dict[str, tuple[str, list[str]]]:
+    """``["flow_quality_cell_train=flow_quality_cell:--split=train"]`` -> ``{"flow_quality_cell_train":
+    ("flow_quality_cell", ["--split=train"])}``: score family FAMILY's checkpoints again as NAME with these extra
+    ``flow_quality.py`` arguments."""
+    extras: dict[str, tuple[str, list[str]]] = {}
+    for entry in entries:
+        name, sep, rest = entry.partition("=")
+        family, colon, args = rest.partition(":")
+        problem = None
+        if not sep or not colon or not name.startswith("flow_quality") or not family.startswith("flow_quality"):
+            problem = "expected NAME=FAMILY:ARG[;ARG...], both names flow_quality_..."
+        elif name in extras or name == family:
+            problem = f"NAME {name!r} is taken"
+        if problem:
+            raise SystemExit(f"--flow-quality-extra {entry!r}: {problem}, e.g. "
+                             "flow_quality_cell_train=flow_quality_cell:--split=train")
+        extras[name] = (family, [x for x in args.split(";") if x])
+    return extras
+
+
 def variant_family(name: str) -> str:
     """The flow_quality family a --flow-variant is scored as: ``tex_flow_pre_ln`` -> ``flow_quality_pre_ln``."""
     return "flow_quality_" + name.removeprefix(flow_stage(name) + "_")
@@ -196,6 +216,7 @@ class Pipeline:
         self.env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
         self.place = parse_placement(args.place)
         self.variants = parse_flow_variants(args.flow_variant)
+        self.scoring_extras = parse_scoring_extras(args.flow_quality_extra)
         self.pending: list[Running] = []  # detached jobs (see run)
         self.t0 = time.time()
 
@@ -539,7 +560,8 @@ class Pipeline:
                     "flow_quality_pre_patch2_b16": {"tex_flow": "tex_flow_pre_patch2_b16"}}
         # Each --flow-variant scores as a family of its own: tex_flow_pre_ln -> flow_quality_pre_ln.
         families.update({variant_family(name): {flow_stage(name): name} for name in self.variants})
-        jobs = []
+        # family -> (its VAEs and checkpoints, extra flow_quality.py arguments after --flow-quality-args)
+        scored: dict[str, tuple[list[str], list[str]]] = {}
         for name, runs in families.items():
             # A variant family is scored only when one of its variant runs (a run not named after its slot) exists,
             # the base family only when a main flow does: ablations alone are scored within the variant families.
@@ -551,11 +573,19 @@ class Pipeline:
                 continue
             # The shape VAE only where a shape flow is scored (its round trip meshes every chunk).
             shape = ["--shape-vae", str(self.ckpt("shape_vae"))] if "--shape-flow" in ckpts else []
-            jobs.append(Job(name, self.python(
-                "benchmarks/flow_quality.py", "--latents", str(self.dataset / "latents"),
-                "--ss-vae", str(self.ckpt("ss_vae")), *shape, "--tex-vae", str(self.ckpt("tex_vae")), *ckpts, *device,
-                "--max-chunks", str(a.flow_quality_chunks), "--out", str(self.results / f"{name}.json"),
-                "--figure", str(self.results / f"{name}.png"), *a.flow_quality_args), gpu=len(jobs)))
+            scored[name] = (["--ss-vae", str(self.ckpt("ss_vae")), *shape, "--tex-vae", str(self.ckpt("tex_vae")),
+                             *ckpts], [])
+        # --flow-quality-extra: a family's checkpoints scored once more, with other arguments (e.g. --split train).
+        for name, (family, extra) in self.scoring_extras.items():
+            if family in scored:
+                scored[name] = (scored[family][0], extra)
+            else:
+                self.log(f"flow_quality: {name} skipped, its family {family} is not scored in this run")
+        jobs = [Job(name, self.python(
+            "benchmarks/flow_quality.py", "--latents", str(self.dataset / "latents"), *inputs, *device,
+            "--max-chunks", str(a.flow_quality_chunks), "--out", str(self.results / f"{name}.json"),
+            "--figure", str(self.results / f"{name}.png"), *a.flow_quality_args, *extra), gpu=gpu)
+            for gpu, (name, (inputs, extra)) in enumerate(scored.items())]
         if have("tex_vae_long"):
             jobs.append(Job("vae_quality_long", self.python(
                 "benchmarks/vae_quality.py", "--shards", str(self.dataset / "shards"),
@@ -681,6 +711,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--view-pretrain-args", action="append", default=[])
     p.add_argument("--infer-args", action="append", default=[])
     p.add_argument("--flow-quality-args", action="append", default=[])
+    p.add_argument("--flow-quality-extra", action="append", default=[], metavar="NAME=FAMILY:ARG[;ARG...]",
+                   help="also score family FAMILY's checkpoints as NAME with these extra flow_quality.py arguments, "
+                        "one more job (GPU), e.g. flow_quality_cell_train=flow_quality_cell:--split=train")
     p.add_argument("--ddp-args", action="append", default=[])
     return p.parse_args(argv)
 

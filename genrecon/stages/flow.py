@@ -308,7 +308,7 @@ class FlowStage(Stage):
         raise NotImplementedError(f"{type(self).__name__} has no surface points for depth supervision")
 
     @torch.no_grad()
-    def patch_depth_targets(self, batch: dict[str, Any], num_samples: int) -> tuple[Tensor, Tensor]:
+    def surface_depth_targets(self, batch: dict[str, Any], num_samples: int) -> tuple[Tensor, Tensor]:
         """Depth distributions of the batch's surface points per patch of every view, in the depth cue's bins
         (:func:`genrecon.models.depth_cue.patch_depth_targets`): target ``[B, N, P², D]``, has ``[B, N, P²]``."""
         projection, cue = self.model.projection, self.model.depth_cue
@@ -322,7 +322,7 @@ class FlowStage(Stage):
         """(patch depth logits, target distributions, has-target mask) of the batch's views; None when off."""
         if self.depth_supervision_weight <= 0:
             return None
-        target, has = self.patch_depth_targets(batch, tokens.shape[0])
+        target, has = self.surface_depth_targets(batch, tokens.shape[0])
         return self.model.depth_cue.patch_logits(tokens, self.model.projection.num_global_tokens), target, has
 
     def auxiliary_losses(self, batch: dict[str, Any], prepared: tuple[Tensor, dict[str, Any]]) -> dict[str, Tensor]:
@@ -446,7 +446,7 @@ class SparseStructureFlowStage(FlowStage):
 
     ``depth_cue_oracle`` (a diagnostic, off; needs ``preset.flow.depth_cue`` and the ``occupancy`` field, in
     training and sampling alike) hands the depth cue the true depths instead of its head's estimate: per patch of
-    every view, the distribution of the chunk's nearest occupied voxels (:meth:`patch_depth_targets`,
+    every view, the distribution of the chunk's nearest occupied voxels (:meth:`surface_depth_targets`,
     :func:`genrecon.models.depth_cue.oracle_logits`). What the flow then scores bounds what better depth alone
     could buy with this cue; no posed-image input has these depths, so inference cannot use it.
     """
@@ -493,7 +493,7 @@ class SparseStructureFlowStage(FlowStage):
         if self.model.has_cond_3d:
             depth_logits = None
             if self.depth_cue_oracle:
-                depth_logits = oracle_logits(*self.patch_depth_targets(batch, tokens.shape[0]))
+                depth_logits = oracle_logits(*self.surface_depth_targets(batch, tokens.shape[0]))
             cond_3d = self.model.cond_3d_from_views(tokens, batch["w2c"], batch["intrinsics"], batch["view_mask"],
                                                     self.proj_batch_voxels, images=batch["views"],
                                                     depth_logits=depth_logits)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import tarfile
 
 import numpy as np
 import pytest
@@ -396,3 +397,17 @@ def test_save_occupancy_needs_an_output_path(tiny_pipeline):
     with pytest.raises(SystemExit):
         _flow_quality().main(["--latents", str(root / "latents"), "--save-occupancy",
                               "--ss-vae", str(ckpts / "ss_vae.ckpt")])
+
+
+def test_split_train_scores_the_first_training_chunks(tiny_pipeline, tmp_path):
+    root, ckpts = tiny_pipeline
+    fq = _flow_quality()
+    common = ["--latents", str(root / "latents"), "--max-chunks", "1", "--batch-size", "1", "--steps", "1",
+              "--device", "cpu", "--ss-vae", str(ckpts / "ss_vae.ckpt")]
+    train = fq.main([*common, "--split", "train"])
+    val = fq.main(common)
+    assert train["split"] == "train" and val["split"] == "val"
+    with tarfile.open(sorted((root / "latents").glob("train-*.tar"))[0]) as tar:
+        first = tar.getmembers()[0].name.split(".")[0]  # the first sample's key
+    assert train["chunks"] == [first] and train["chunks"] != val["chunks"]
+    assert 0.0 <= train["results"]["ss_vae_roundtrip"]["metrics"]["iou"]["mean"] <= 1.0

@@ -127,6 +127,33 @@ def test_flow_quality_skips_the_base_family_without_a_main_flow(tmp_path, monkey
     assert depth[depth.index("--ss-flow-ablation") + 1] == str(pipe.ckpt("ss_flow_noproj"))
 
 
+def test_flow_quality_extra_scores_a_family_again_with_its_arguments_on_a_gpu_of_its_own(tmp_path, monkeypatch):
+    fp = load_script("benchmarks/full_pipeline.py")
+    pipe = fp.Pipeline(fp.parse_args([
+        "--root", str(tmp_path), "--gpus", "4", "--phases", "flow_quality", "--flow-quality-args=--x0-estimate",
+        "--flow-quality-extra", "flow_quality_cell_train=flow_quality_cell:--split=train;--max-chunks=12",
+        "--flow-quality-extra", "flow_quality_tex_train=flow_quality_tex:--split=train"]))
+    for run in ("ss_flow_cell", "ss_flow_noproj"):
+        pipe.ckpt(run).parent.mkdir(parents=True, exist_ok=True)
+        pipe.ckpt(run).touch()
+    batches = []
+    monkeypatch.setattr(pipe, "run", lambda jobs: batches.append(jobs) or {j.name: 0 for j in jobs})
+    pipe.flow_quality()
+    jobs = {j.name: j for j in batches[0]}
+    # No texture family was scored, so its extra is skipped; the cell family's extra gets the next GPU.
+    assert sorted(jobs) == ["flow_quality_cell", "flow_quality_cell_train"]
+    assert [j.gpu for j in batches[0]] == [0, 1]
+    base, extra = jobs["flow_quality_cell"].argv, jobs["flow_quality_cell_train"].argv
+    for flag in ("--ss-flow", "--ss-flow-ablation", "--ss-vae"):
+        assert extra[extra.index(flag) + 1] == base[base.index(flag) + 1]
+    assert extra[extra.index("--out") + 1].endswith("flow_quality_cell_train.json")
+    assert extra[-3:] == ["--x0-estimate", "--split=train", "--max-chunks=12"]  # after the shared arguments
+    assert "--split=train" not in base
+    for bad in ("x=flow_quality_cell:--split=train", "flow_quality_a=flow_quality_cell", "flow_quality_a"):
+        with pytest.raises(SystemExit, match="flow-quality-extra"):
+            fp.parse_scoring_extras([bad])
+
+
 def test_visibility_runs_train_beside_the_texture_flow_and_are_scored_in_their_own_families(tmp_path, monkeypatch):
     fp, pipe, batches = two_gpu_flows(
         tmp_path, monkeypatch, "--flows", "tex_flow", "tex_flow_aux", "tex_flow_vis", "tex_flow_visphoto")

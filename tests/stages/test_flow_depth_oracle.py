@@ -3,30 +3,17 @@ instead of its head's estimate, in training and sampling alike."""
 
 from __future__ import annotations
 
-from functools import partial
-
 import pytest
 import torch
 
-from genrecon.models.flow_transformer import DenseFlowTransformer
-from genrecon.models.image_encoder import SmallViT
-from genrecon.models.presets import flow_preset
-from genrecon.objectives.rectified_flow import RectifiedFlow
-from genrecon.pipelines.sampler import EulerSampler
 from genrecon.stages.flow import SparseStructureFlowStage
 from tests.stages.test_flow_depth_supervision import CUE
+from tests.stages.test_flow_depth_supervision import _stage as supervised_stage
 from tests.stages.test_flow_occupancy_aux import _batch
 
 
 def _stage(oracle: bool = True, depth_cue: dict | None = CUE) -> SparseStructureFlowStage:
-    torch.manual_seed(0)
-    encoder = SmallViT(width=32, depth=1, num_heads=2, patch_size=8, num_registers=1)
-    model = partial(DenseFlowTransformer, **flow_preset("tiny"), attn_device="cpu", resolution=4, in_channels=8,
-                    out_channels=8, depth_cue=depth_cue)
-    return SparseStructureFlowStage(
-        model=model, image_encoder=encoder, objective=RectifiedFlow(), sampler=EulerSampler(steps=2), image_size=32,
-        latent_channels=8, sample_batches=0, depth_cue_oracle=oracle,
-    )
+    return supervised_stage(weight=0.0, depth_cue=depth_cue, depth_cue_oracle=oracle)
 
 
 def test_oracle_conditioning_follows_the_occupancy_not_the_head() -> None:

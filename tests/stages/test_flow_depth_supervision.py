@@ -23,7 +23,7 @@ from tests.stages.test_flow_occupancy_aux import _batch
 CUE = {"bins": 8, "max_depth": 4.0}
 
 
-def _stage(weight: float = 1.0, depth_cue: dict | None = CUE) -> SparseStructureFlowStage:
+def _stage(weight: float = 1.0, depth_cue: dict | None = CUE, **stage_kwargs) -> SparseStructureFlowStage:
     torch.manual_seed(0)
     encoder = SmallViT(width=32, depth=1, num_heads=2, patch_size=8, num_registers=1)
     model = partial(DenseFlowTransformer, **flow_preset("tiny"), attn_device="cpu", resolution=4, in_channels=8,
@@ -31,6 +31,7 @@ def _stage(weight: float = 1.0, depth_cue: dict | None = CUE) -> SparseStructure
     return SparseStructureFlowStage(
         model=model, image_encoder=encoder, objective=RectifiedFlow(), sampler=EulerSampler(steps=2), image_size=32,
         latent_channels=8, sample_batches=0, depth_supervision_weight=weight, depth_supervision_subcells=2,
+        **stage_kwargs,
     )
 
 

@@ -25,17 +25,22 @@ from typing import Any
 
 
 def read_steps(path: Path) -> list[tuple[int, float]]:
-    """(global step, wall time) of one rank's log, in order; a resumed run's repeated steps keep the last."""
-    by_step: dict[int, float] = {}
+    """(global step, wall time) of one rank's log, in order. The log is appended to, so a step at or below the one
+    before starts a resumed (or restarted) run: the earlier records from that step on are dropped, repeated steps
+    keep the last time, and a restart that stops short leaves none of the first run's later steps behind."""
+    steps: list[tuple[int, float]] = []
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
-            by_step[int(record["step"])] = float(record["time"])
+            step, when = int(record["step"]), float(record["time"])
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{path}: line {n} is not a step record with 'step' and 'time' ({exc})") from exc
-    return sorted(by_step.items())
+        while steps and steps[-1][0] >= step:
+            steps.pop()
+        steps.append((step, when))
+    return steps
 
 
 def windowed_rates(steps: Sequence[tuple[int, float]], window: int) -> list[tuple[float, float]]:

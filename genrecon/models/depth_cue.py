@@ -13,9 +13,13 @@ from :func:`patch_depth_targets`: the depths of the chunk's own surface points s
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+from genrecon.models.plane_sweep import PlaneSweep
 
 _EPS = 1e-6
 
@@ -27,14 +31,19 @@ class DepthCue(nn.Module):
         channels: token width ``C`` (the aggregator's width).
         bins: depth bins ``D`` (uniform over ``[0, max_depth)``).
         max_depth: far end of the bins in chunk units (the chunk edge is 1); deeper voxels read the last bin.
+        sweep: keyword arguments of :class:`genrecon.models.plane_sweep.PlaneSweep` (e.g. ``{channels: 16}``) to
+            correct the head's per-view logits by matching across the views (a deviation; None: off). The
+            tokens' cameras must then be passed as ``geometry=(w2c, K, view_mask)``.
     """
 
-    def __init__(self, channels: int, bins: int = 64, max_depth: float = 4.0) -> None:
+    def __init__(self, channels: int, bins: int = 64, max_depth: float = 4.0,
+                 sweep: dict[str, Any] | None = None) -> None:
         super().__init__()
         if bins < 2 or max_depth <= 0:
             raise ValueError(f"need bins ≥ 2 and max_depth > 0, got {bins}, {max_depth}")
         self.channels, self.bins, self.max_depth = channels, bins, float(max_depth)
         self.head = nn.Linear(channels, bins)
+        self.sweep = PlaneSweep(channels, bins, max_depth, **sweep) if sweep is not None else None
         self.to_feature = nn.Linear(2, channels)
         nn.init.zeros_(self.to_feature.weight)
         nn.init.zeros_(self.to_feature.bias)
@@ -42,13 +51,29 @@ class DepthCue(nn.Module):
     def extra_repr(self) -> str:
         return f"channels={self.channels}, bins={self.bins}, max_depth={self.max_depth}"
 
-    def extend_tokens(self, tokens: Tensor, patch_logits: Tensor | None = None,
-                      num_global_tokens: int = 0) -> Tensor:
-        """tokens ``[B, N, T, C]`` → ``[B, N, T, C + D]``: each token with its depth logits appended, so one
-        projection gathers both. ``patch_logits [B, N, P², D]`` (e.g. :func:`oracle_logits`) replace the head's for
-        the patch tokens, which follow ``num_global_tokens`` global ones (those get uniform logits, zeros)."""
+    def token_logits(self, tokens: Tensor, num_global_tokens: int = 0,
+                     geometry: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
+        """Depth logits ``[B, N, T, D]`` of tokens ``[B, N, T, C]``: the head's, and with the sweep its corrections
+        on the patch tokens (after ``num_global_tokens`` global ones); geometry: w2c ``[B, N, 4, 4]``, normalised
+        K ``[B, N, 3, 3]``, view_mask ``[B, N]``."""
+        logits = self.head(tokens)
+        if self.sweep is None:
+            return logits
+        if geometry is None:
+            raise ValueError("this depth cue matches across views (sweep): pass geometry=(w2c, K, view_mask)")
+        g = num_global_tokens
+        correction = self.sweep(tokens, *geometry, num_global_tokens=g).to(logits.dtype)
+        return torch.cat([logits[:, :, :g], logits[:, :, g:] + correction], dim=2)
+
+    def extend_tokens(self, tokens: Tensor, patch_logits: Tensor | None = None, num_global_tokens: int = 0,
+                      geometry: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
+        """tokens ``[B, N, T, C]`` → ``[B, N, T, C + D]``: each token with its depth logits appended
+        (:meth:`token_logits`), so one projection gathers both. ``patch_logits [B, N, P², D]`` (e.g.
+        :func:`oracle_logits`) replace them for the patch tokens, which follow ``num_global_tokens`` global ones
+        (those then get uniform logits, zeros)."""
         if patch_logits is None:
-            return torch.cat([tokens, self.head(tokens).to(tokens.dtype)], dim=-1)
+            logits = self.token_logits(tokens, num_global_tokens, geometry)
+            return torch.cat([tokens, logits.to(tokens.dtype)], dim=-1)
         b, n, t, _ = tokens.shape
         if patch_logits.shape != (b, n, t - num_global_tokens, self.bins):
             raise ValueError(f"patch_logits {tuple(patch_logits.shape)} do not fit tokens {tuple(tokens.shape)} with "
@@ -76,9 +101,13 @@ class DepthCue(nn.Module):
         cue = torch.stack([p, torch.log(p.clamp(min=_EPS))], dim=-1)
         return feats + self.to_feature(cue).to(feats.dtype)
 
-    def patch_logits(self, tokens: Tensor, num_global_tokens: int) -> Tensor:
-        """tokens ``[B, N, G + P², C]`` → depth logits of the patch tokens ``[B, N, P², D]`` float32."""
-        return self.head(tokens[:, :, num_global_tokens:]).float()
+    def patch_logits(self, tokens: Tensor, num_global_tokens: int,
+                     geometry: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
+        """tokens ``[B, N, G + P², C]`` → depth logits of the patch tokens ``[B, N, P², D]`` float32
+        (:meth:`token_logits`)."""
+        if self.sweep is None:
+            return self.head(tokens[:, :, num_global_tokens:]).float()
+        return self.token_logits(tokens, num_global_tokens, geometry)[:, :, num_global_tokens:].float()
 
     @staticmethod
     def supervision_loss(logits: Tensor, target: Tensor, has: Tensor) -> Tensor:

@@ -81,8 +81,9 @@ class _FlowTransformer(nn.Module):
         ``{subdivisions: 4, hidden: 256}``) to add the views' colour statistics to the fused 3-D condition;
         None (the published design) leaves it out. Needs the projection pathway.
         depth_cue: keyword arguments of :class:`genrecon.models.depth_cue.DepthCue` (e.g. ``{bins: 64,
-        max_depth: 4.0}``) to add each view's predicted depth evidence at the voxel to its per-view feature;
-        None (published) leaves it out. Needs the projection pathway.
+        max_depth: 4.0}``; with ``sweep: {channels: 16}`` also matched across the views) to add each view's
+        predicted depth evidence at the voxel to its per-view feature; None (published) leaves it out. Needs the
+        projection pathway.
         cell_cue: keyword arguments of :class:`genrecon.models.cell_cue.CellCue` (e.g. ``{subdivisions: 4}``) to
         add the view's sub-patch cell under the voxel to its per-view feature; None (published) leaves it out.
         Needs the projection pathway with nearest token sampling."""
@@ -216,8 +217,8 @@ class _FlowTransformer(nn.Module):
         if depth_logits is not None and self.depth_cue is None:
             raise ValueError("depth_logits replace the depth cue's: this model has no depth_cue")
         if self.depth_cue is not None:
-            tokens = self.depth_cue.extend_tokens(tokens, depth_logits,
-                                                  self.projection.num_global_tokens)  # [B, N, T, C + D]
+            tokens = self.depth_cue.extend_tokens(tokens, depth_logits, self.projection.num_global_tokens,
+                                                  geometry=(w2c, K, view_mask))  # [B, N, T, C + D]
         if self.cell_cue is not None:
             tokens = self.cell_cue.extend_tokens(tokens)  # [B, N, T, C (+ D) + sub²·Cc]
         visible = None

@@ -323,7 +323,9 @@ class FlowStage(Stage):
         if self.depth_supervision_weight <= 0:
             return None
         target, has = self.surface_depth_targets(batch, tokens.shape[0])
-        return self.model.depth_cue.patch_logits(tokens, self.model.projection.num_global_tokens), target, has
+        geometry = (batch["w2c"], batch["intrinsics"], batch["view_mask"])
+        logits = self.model.depth_cue.patch_logits(tokens, self.model.projection.num_global_tokens, geometry)
+        return logits, target, has
 
     def auxiliary_losses(self, batch: dict[str, Any], prepared: tuple[Tensor, dict[str, Any]]) -> dict[str, Tensor]:
         """Extra training terms ``{name: weighted loss}`` on the batch's prepared conditioning."""

@@ -50,6 +50,14 @@ def test_resumed_steps_keep_their_last_time_and_bad_lines_name_the_file(tmp_path
     path = tmp_path / "steps_x.jsonl"
     path.write_text('{"step": 1, "time": 1.0}\n{"step": 2, "time": 2.0}\n{"step": 2, "time": 5.0}\n\n')
     assert SR.read_steps(path) == [(1, 1.0), (2, 5.0)]
+    # A restart from scratch that stops short: the first run's later steps must not stay behind (they would end
+    # the run before it started).
+    first = "".join(f'{{"step": {k}, "time": {10.0 + k}}}\n' for k in range(1, 6))
+    path.write_text(first + '{"step": 1, "time": 100.0}\n{"step": 2, "time": 101.0}\n')
+    assert SR.read_steps(path) == [(1, 100.0), (2, 101.0)]
+    # A resume from step 3's checkpoint: steps 1-3 stay, 4 on are the resumed run's.
+    path.write_text(first + '{"step": 4, "time": 50.0}\n{"step": 5, "time": 51.0}\n')
+    assert SR.read_steps(path) == [(1, 11.0), (2, 12.0), (3, 13.0), (4, 50.0), (5, 51.0)]
     path.write_text('{"step": 1, "time": 1.0}\n{"step": 2}\n')
     with pytest.raises(ValueError, match=r"steps_x.jsonl: line 2"):
         SR.read_steps(path)

@@ -101,3 +101,24 @@ def test_sparse_stages_supervise_with_their_active_cells(cls, in_channels) -> No
     assert torch.isfinite(loss) and logged["train/depth_aux"] > 0
     loss.backward()
     assert stage.model.depth_cue.head.weight.grad.abs().sum() > 0
+
+
+def test_a_sweeping_depth_cue_is_supervised_through_its_cameras_and_conditions_the_flow() -> None:
+    """With ``sweep`` the cue's logits need the batch's cameras, in the supervision and in the conditioning."""
+    batch = _batch()
+    stage = _stage(depth_cue={**CUE, "sweep": {"channels": 4}})
+    logged = _capture(stage)
+    loss = stage.training_step(batch, 0)
+    assert logged["train/depth_aux"] > 0
+    loss.backward()
+    sweep = stage.model.depth_cue.sweep
+    assert sweep.to_logits.weight.grad.abs().sum() > 0  # the zero-initialised read-out learns first
+    assert [n for n, p in stage.named_parameters() if p.requires_grad and p.grad is None] == []
+    # Once the read-out is open, the first view's depth logits depend on where the second camera is.
+    torch.nn.init.normal_(sweep.to_logits.weight)
+    tokens, cue, g = stage._prepare(batch)[0], stage.model.depth_cue, stage.model.projection.num_global_tokens
+    moved = batch["w2c"].clone()
+    moved[:, 1, 0, 3] += 0.3  # the second camera moved sideways
+    first = [cue.token_logits(tokens, g, (w2c, batch["intrinsics"], batch["view_mask"]))[:, 0]
+             for w2c in (batch["w2c"], moved)]
+    assert not torch.allclose(*first)

@@ -48,6 +48,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,48 +143,57 @@ def flow_stage(run: str) -> str:
     return next(s for s in ("ss_flow", "shape_flow", "tex_flow") if run.startswith(s))
 
 
+def parse_named_entries(entries: list[str], option: str, example: str,
+                        problem: Callable[[str, str, dict], str | None]) -> dict[str, tuple[str, list[str]]]:
+    """Entries ``"NAME=BASE:A;B"`` -> ``{NAME: (BASE, [A, B])}``; ``problem(name, base, parsed so far)`` names
+    what is wrong with one (None: fine; name is "" when the form is wrong), and the option exits with it."""
+    parsed: dict[str, tuple[str, list[str]]] = {}
+    for entry in entries:
+        name, sep, rest = entry.partition("=")
+        base, colon, items = rest.partition(":")
+        if not (sep and colon and base):
+            name = ""
+        why = problem(name, base, parsed)
+        if why:
+            raise SystemExit(f"{option} {entry!r}: {why}, e.g. {example}")
+        parsed[name] = (base, [x for x in items.split(";") if x])
+    return parsed
+
+
 def parse_flow_variants(entries: list[str], known: tuple[str, ...] = FLOWS) -> dict[str, tuple[str, list[str]]]:
     """``["tex_flow_pre_ln=tex_flow_pre:a=1;b=2"]`` -> ``{"tex_flow_pre_ln": ("tex_flow_pre", ["a=1", "b=2"])}``:
     a flow run NAME that trains like the run BASE plus these Hydra overrides (after ``--flow-args``)."""
-    variants: dict[str, tuple[str, list[str]]] = {}
-    for entry in entries:
-        name, sep, rest = entry.partition("=")
-        base, colon, overrides = rest.partition(":")
+
+    def problem(name: str, base: str, parsed: dict) -> str | None:
         stage = next((s for s in MAIN_FLOWS if name.startswith(s + "_")), None)
-        problem = None
-        if not sep or not colon or not name or not base:
-            problem = "expected NAME=BASE:OVERRIDE[;OVERRIDE...]"
-        elif base not in known:
-            problem = f"BASE {base!r} is not a flow run ({', '.join(known)})"
-        elif stage is None or not base.startswith(stage):
-            problem = f"NAME must start with its base's stage and an underscore ({flow_stage(base)}_...)"
-        elif name in known or name in variants:
-            problem = f"NAME {name!r} is taken"
-        if problem:
-            raise SystemExit(f"--flow-variant {entry!r}: {problem}, e.g. "
-                             "tex_flow_pre_ln=tex_flow_pre:stage.module.objective.t_schedule=logit_normal")
-        variants[name] = (base, [o for o in overrides.split(";") if o])
-    return variants
+        if not name:
+            return "expected NAME=BASE:OVERRIDE[;OVERRIDE...]"
+        if base not in known:
+            return f"BASE {base!r} is not a flow run ({', '.join(known)})"
+        if stage is None or not base.startswith(stage):
+            return f"NAME must start with its base's stage and an underscore ({flow_stage(base)}_...)"
+        if name in known or name in parsed:
+            return f"NAME {name!r} is taken"
+        return None
+
+    return parse_named_entries(entries, "--flow-variant",
+                               "tex_flow_pre_ln=tex_flow_pre:stage.module.objective.t_schedule=logit_normal", problem)
 
 
 def parse_scoring_extras(entries: list[str]) -> dict[str, tuple[str, list[str]]]:
     """``["flow_quality_cell_train=flow_quality_cell:--split=train"]`` -> ``{"flow_quality_cell_train":
     ("flow_quality_cell", ["--split=train"])}``: score family FAMILY's checkpoints again as NAME with these extra
     ``flow_quality.py`` arguments."""
-    extras: dict[str, tuple[str, list[str]]] = {}
-    for entry in entries:
-        name, sep, rest = entry.partition("=")
-        family, colon, args = rest.partition(":")
-        problem = None
-        if not sep or not colon or not name.startswith("flow_quality") or not family.startswith("flow_quality"):
-            problem = "expected NAME=FAMILY:ARG[;ARG...], both names flow_quality_..."
-        elif name in extras or name == family:
-            problem = f"NAME {name!r} is taken"
-        if problem:
-            raise SystemExit(f"--flow-quality-extra {entry!r}: {problem}, e.g. "
-                             "flow_quality_cell_train=flow_quality_cell:--split=train")
-        extras[name] = (family, [x for x in args.split(";") if x])
-    return extras
+
+    def problem(name: str, family: str, parsed: dict) -> str | None:
+        if not name.startswith("flow_quality") or not family.startswith("flow_quality"):
+            return "expected NAME=FAMILY:ARG[;ARG...], both names flow_quality_..."
+        if name in parsed or name == family:
+            return f"NAME {name!r} is taken"
+        return None
+
+    return parse_named_entries(entries, "--flow-quality-extra",
+                               "flow_quality_cell_train=flow_quality_cell:--split=train", problem)
 
 
 def variant_family(name: str) -> str:

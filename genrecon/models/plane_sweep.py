@@ -68,18 +68,24 @@ class PlaneSweep(nn.Module):
         """Mean cosine similarity ``[B, N, P², D]`` of each patch's matching feature with the other views'
         features where its ray point at each depth lands (0 where none sees it), and the share of the sample's
         other real views that see it ``[B, N, P², D]``."""
-        b, n, t, _ = tokens.shape
-        p2 = t - num_global_tokens
+        p2 = tokens.shape[2] - num_global_tokens
         p = math.isqrt(p2)
         if p * p != p2:
             raise ValueError(f"{p2} patch tokens are not a square grid")
-        feats = F.normalize(self.to_match(tokens[:, :, num_global_tokens:]).float(), dim=-1)  # [B, N, P², Cm]
+        feats = self.to_match(tokens[:, :, num_global_tokens:])
+        # Geometry and similarities in float32: under bf16 autocast the einsums would round the projections.
+        with torch.autocast(tokens.device.type, enabled=False):
+            return self._cost(F.normalize(feats.float(), dim=-1), w2c, K, view_mask, p)
+
+    def _cost(self, feats: Tensor, w2c: Tensor, K: Tensor, view_mask: Tensor, p: int) -> tuple[Tensor, Tensor]:
+        """:meth:`cost` from unit matching features ``[B, N, P², Cm]`` (float32) on a ``p × p`` patch grid."""
+        b, n, p2, _ = feats.shape
         points = self.ray_points(K, w2c, p, view_mask)  # [B, N, P², D, 3]
         maps = feats.transpose(2, 3).reshape(b, n, self.channels, p, p)
         total = feats.new_zeros(b, n, p2, self.bins)
         count = feats.new_zeros(b, n, p2, self.bins)
         # [B, N, M]: real source and target views, never a view with itself
-        itself = torch.eye(n, dtype=torch.bool, device=tokens.device)
+        itself = torch.eye(n, dtype=torch.bool, device=feats.device)
         pairs = view_mask[:, :, None] & view_mask[:, None, :] & ~itself
         for m in range(n):
             rot, trans = w2c[:, m, :3, :3].float(), w2c[:, m, :3, 3].float()

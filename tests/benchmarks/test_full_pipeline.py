@@ -109,17 +109,26 @@ def test_flow_phase_places_the_aux_runs_beside_their_baselines(tmp_path, monkeyp
     assert aux[aux.index("--tex-flow") + 1] == str(pipe.ckpt("tex_flow_aux"))
 
 
-def test_flow_quality_skips_the_base_family_without_a_main_flow(tmp_path, monkeypatch):
-    """With only variant runs and the ablation trained, the ablation is scored inside the variant families; a
-    base family of the ablation alone would only repeat that work on a GPU the variants need."""
+def scoring_jobs(tmp_path, monkeypatch, runs: tuple[str, ...], *argv: str):
+    """The script, the pipeline (phase flow_quality, ``argv`` added) with ``runs`` trained (their checkpoints
+    touched), and the jobs its scoring phase starts."""
     fp = load_script("benchmarks/full_pipeline.py")
-    pipe = fp.Pipeline(fp.parse_args(["--root", str(tmp_path), "--gpus", "2", "--phases", "flow_quality"]))
-    for run in ("ss_flow_aux", "ss_flow_depth", "ss_flow_noproj", "tex_flow_aux", "tex_flow_depth"):
+    pipe = fp.Pipeline(fp.parse_args(["--root", str(tmp_path), "--phases", "flow_quality", *argv]))
+    for run in runs:
         pipe.ckpt(run).parent.mkdir(parents=True, exist_ok=True)
         pipe.ckpt(run).touch()
     batches = []
     monkeypatch.setattr(pipe, "run", lambda jobs: batches.append(jobs) or {j.name: 0 for j in jobs})
     pipe.flow_quality()
+    return fp, pipe, batches[0]
+
+
+def test_flow_quality_skips_the_base_family_without_a_main_flow(tmp_path, monkeypatch):
+    """With only variant runs and the ablation trained, the ablation is scored inside the variant families; a
+    base family of the ablation alone would only repeat that work on a GPU the variants need."""
+    _, pipe, batch = scoring_jobs(tmp_path, monkeypatch, ("ss_flow_aux", "ss_flow_depth", "ss_flow_noproj",
+                                                          "tex_flow_aux", "tex_flow_depth"), "--gpus", "2")
+    batches = [batch]
     jobs = {j.name: j for j in batches[0]}
     assert sorted(jobs) == ["flow_quality_aux", "flow_quality_depth"]
     assert [j.gpu for j in batches[0]] == [0, 1]
@@ -128,17 +137,11 @@ def test_flow_quality_skips_the_base_family_without_a_main_flow(tmp_path, monkey
 
 
 def test_flow_quality_extra_scores_a_family_again_with_its_arguments_on_a_gpu_of_its_own(tmp_path, monkeypatch):
-    fp = load_script("benchmarks/full_pipeline.py")
-    pipe = fp.Pipeline(fp.parse_args([
-        "--root", str(tmp_path), "--gpus", "4", "--phases", "flow_quality", "--flow-quality-args=--x0-estimate",
+    fp, _, batch = scoring_jobs(
+        tmp_path, monkeypatch, ("ss_flow_cell", "ss_flow_noproj"), "--gpus", "4", "--flow-quality-args=--x0-estimate",
         "--flow-quality-extra", "flow_quality_cell_train=flow_quality_cell:--split=train;--max-chunks=12",
-        "--flow-quality-extra", "flow_quality_tex_train=flow_quality_tex:--split=train"]))
-    for run in ("ss_flow_cell", "ss_flow_noproj"):
-        pipe.ckpt(run).parent.mkdir(parents=True, exist_ok=True)
-        pipe.ckpt(run).touch()
-    batches = []
-    monkeypatch.setattr(pipe, "run", lambda jobs: batches.append(jobs) or {j.name: 0 for j in jobs})
-    pipe.flow_quality()
+        "--flow-quality-extra", "flow_quality_tex_train=flow_quality_tex:--split=train")
+    batches = [batch]
     jobs = {j.name: j for j in batches[0]}
     # No texture family was scored, so its extra is skipped; the cell family's extra gets the next GPU.
     assert sorted(jobs) == ["flow_quality_cell", "flow_quality_cell_train"]

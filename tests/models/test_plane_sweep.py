@@ -119,3 +119,4 @@ def test_supervised_sweep_learns_the_depths_the_head_alone_cannot() -> None:
         with torch.no_grad():
             results[name] = float(DepthCue.mode_hit(cue.patch_logits(tokens, 0, geometry), target, hit))
     assert results["sweep"] > results["head"] + 0.15, results
+

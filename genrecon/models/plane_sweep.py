@@ -18,8 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-_MIN_DEPTH = 1e-6
-
+from genrecon.geometry.cameras import MIN_DEPTH, pixel_centers_uv, project_points, unproject_points
 
 class PlaneSweep(nn.Module):
     """Matching cost per patch and depth bin, as corrections of depth logits.
@@ -50,18 +49,16 @@ class PlaneSweep(nn.Module):
         """Chunk-frame points ``[B, N, P², D, 3]`` on each patch centre's ray at each bin's camera depth;
         K ``[B, N, 3, 3]`` normalised intrinsics, w2c ``[B, N, 4, 4]`` (OpenCV), view_mask ``[B, N]`` (padded
         views, whose K may be all zeros, get the identity's rays: they are masked out anyway)."""
-        p = patch_grid
-        idx = torch.arange(p * p, device=K.device)
-        centre = torch.stack([(idx % p + 0.5) / p, (idx // p + 0.5) / p, torch.ones(p * p, device=K.device)], -1)
-        K = K.float()
+        p, d = patch_grid, self.bins
+        K, w2c = K.float(), w2c.float()
         if view_mask is not None:
             K = torch.where(view_mask[..., None, None], K, torch.eye(3, device=K.device))
-        rays = (torch.linalg.inv(K)[:, :, None] @ centre[None, None, :, :, None]).squeeze(-1)  # [B, N, P², 3]
-        rays = rays / rays[..., 2:3]  # z = 1: a bin's depth is the camera z the projection reports
-        cam = rays[:, :, :, None, :] * self.depths(K.device)[:, None]  # [B, N, P², D, 3]
-        rot, trans = w2c[..., :3, :3].float(), w2c[..., :3, 3].float()
-        # world = Rᵀ (cam - t); for row vectors (cam - t) @ R
-        return torch.einsum("bnpdj,bnji->bnpdi", cam - trans[:, :, None, None], rot)
+        centres = torch.as_tensor(pixel_centers_uv(p, p), dtype=torch.float32, device=K.device).reshape(-1, 2)
+        uv = centres.repeat_interleave(d, dim=0)  # [P²·D, 2]: every bin of patch 0, then of patch 1, ...
+        depth = self.depths(K.device).repeat(p * p)  # [P²·D]
+        b, n = K.shape[:2]
+        points = unproject_points(uv.expand(b, n, -1, -1), depth.expand(b, n, -1), w2c, K)
+        return points.view(b, n, p * p, d, 3)
 
     def cost(self, tokens: Tensor, w2c: Tensor, K: Tensor, view_mask: Tensor,
              num_global_tokens: int) -> tuple[Tensor, Tensor]:
@@ -73,7 +70,7 @@ class PlaneSweep(nn.Module):
         if p * p != p2:
             raise ValueError(f"{p2} patch tokens are not a square grid")
         feats = self.to_match(tokens[:, :, num_global_tokens:])
-        # Geometry and similarities in float32: under bf16 autocast the einsums would round the projections.
+        # Geometry and similarities in float32: under bf16 autocast the matmuls would round the projections.
         with torch.autocast(tokens.device.type, enabled=False):
             return self._cost(F.normalize(feats.float(), dim=-1), w2c, K, view_mask, p)
 
@@ -87,16 +84,13 @@ class PlaneSweep(nn.Module):
         # [B, N, M]: real source and target views, never a view with itself
         itself = torch.eye(n, dtype=torch.bool, device=feats.device)
         pairs = view_mask[:, :, None] & view_mask[:, None, :] & ~itself
+        flat = points.reshape(b, n * p2 * self.bins, 3)
+        # One target view at a time: projecting into all N at once would hold N times these [B, N·P²·D] tensors.
         for m in range(n):
-            rot, trans = w2c[:, m, :3, :3].float(), w2c[:, m, :3, 3].float()
-            cam = torch.einsum("bnpdj,bij->bnpdi", points, rot) + trans[:, None, None, None]
-            z = cam[..., 2]
-            front = z > _MIN_DEPTH
-            ray = cam / torch.where(front, z, torch.ones_like(z))[..., None]
-            uv = torch.einsum("bij,bnpdj->bnpdi", K[:, m, :2].float(), ray)  # [B, N, P², D, 2]
-            inside = front & (uv >= 0).all(-1) & (uv < 1).all(-1)
-            seen = inside & pairs[:, :, m, None, None]
-            grid = (2 * uv - 1).clamp(-2, 2).reshape(b, n * p2 * self.bins, 1, 2)
+            uv, z = project_points(flat, w2c[:, m].float(), K[:, m].float())  # [B, N·P²·D, 2], [B, N·P²·D]
+            inside = (z > MIN_DEPTH) & (uv >= 0).all(-1) & (uv < 1).all(-1)
+            seen = inside.view(b, n, p2, self.bins) & pairs[:, :, m, None, None]
+            grid = (2 * uv - 1).clamp(-2, 2).view(b, n * p2 * self.bins, 1, 2)
             read = F.grid_sample(maps[:, m], grid, mode="bilinear", padding_mode="border", align_corners=False)
             read = read.view(b, self.channels, n, p2, self.bins)
             sim = torch.einsum("bcnpd,bnpc->bnpd", read, feats)

@@ -52,6 +52,7 @@ Any subset of checkpoints may be given; a metric runs when its flow and decoding
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import math
@@ -308,6 +309,10 @@ class Benchmark:
     def load(self, path: str, stage: str):
         with Timer(self.device) as t:
             module = load_stage(path, expected_stage=stage, device=self.device)
+        keep = self.args.point_keep
+        if keep is not None and getattr(module, "point_depth", None) is not None:
+            # the share of the seen surface voxels its simulated points keep (point_depth's eval_keep)
+            module.point_depth = dataclasses.replace(module.point_depth, eval_keep=keep)
         return module, t.seconds
 
     @property
@@ -934,6 +939,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "latents' manifest, config.preset.shape_latent_resolution; preset small: 32)")
     p.add_argument("--steps", type=int, default=None,
                    help="sampler steps (default: each stage's own sampler)")
+    p.add_argument("--point-keep", type=float, default=None, metavar="SHARE",
+                   help="an ss_flow trained with point_depth: score with this share of the seen surface voxels as "
+                        "its points (default: the checkpoint's eval_keep)")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16", help="sampling autocast on CUDA")
     p.add_argument("--out", help="also write the JSON here")

@@ -126,6 +126,8 @@ SPEEDUP_FRACTION = 0.75
 # of the 32^3 latent (4,331 on the CPU's 40 rooms). Until session 13 this was 9000, twice the real count.
 DEFAULT_TOKENS_32 = 4600
 TOKEN_JITTER = 0.3
+# Occupied voxels of a synthetic chunk's 64³ occupancy, in units of R²: a floor and two walls.
+SURFACE_SHARE = 3
 GIB = float(2**30)
 
 
@@ -398,6 +400,9 @@ def synthetic_sample(rng: np.random.Generator, key: str, preset: Any, fields: Se
         latents["shape_coords"] = coords.astype(np.uint16)
         latents["shape_feats"] = rng.standard_normal((len(coords), c), dtype=np.float32)
         latents["tex_feats"] = rng.standard_normal((len(coords), c), dtype=np.float32)
+    occupancy = np.zeros((occ_res, occ_res, occ_res), dtype=bool)
+    if "occupancy" in fields:  # a room corner's surfaces: what depth targets and point depths project
+        occupancy[tuple(surface_voxels(rng, occ_res, SURFACE_SHARE * occ_res**2).T)] = True
     ovoxel: dict[str, np.ndarray] = {}
     if "ovoxel" in fields:
         res = int(preset.ovoxel_resolution)
@@ -415,7 +420,7 @@ def synthetic_sample(rng: np.random.Generator, key: str, preset: Any, fields: Se
         intrinsics=K,
         coverage=coverage,
         chunk_from_world=np.eye(4),
-        occupancy=np.zeros((occ_res, occ_res, occ_res), dtype=bool),
+        occupancy=occupancy,
         ovoxel=ovoxel,
         latents=latents,
     )

@@ -69,7 +69,7 @@ class DepthCue(nn.Module):
                       geometry: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
         """tokens ``[B, N, T, C]`` → ``[B, N, T, C + D]``: each token with its depth logits appended
         (:meth:`token_logits`), so one projection gathers both. ``patch_logits [B, N, P², D]`` (e.g.
-        :func:`oracle_logits`) replace them for the patch tokens, which follow ``num_global_tokens`` global ones
+        :func:`histogram_logits`) replace them for the patch tokens, which follow ``num_global_tokens`` global ones
         (those then get uniform logits, zeros)."""
         if patch_logits is None:
             logits = self.token_logits(tokens, num_global_tokens, geometry)
@@ -124,11 +124,16 @@ class DepthCue(nn.Module):
         return ((target * near).sum(-1) * has).sum() / has.sum().clamp(min=1)
 
 
-def oracle_logits(target: Tensor, has: Tensor, floor: float = 1e-3) -> Tensor:
-    """Depth logits ``[B, N, P², D]`` whose softmax is the target distribution ``[B, N, P², D]`` (each bin at least
+def merge_logits(head: Tensor, given: Tensor, has: Tensor) -> Tensor:
+    """The given logits ``[B, N, P², D]`` where ``has [B, N, P²]``, the head's ``[B, N, P², D]`` elsewhere."""
+    return torch.where(has[..., None], given.to(head.dtype), head)
+
+
+def histogram_logits(target: Tensor, has: Tensor, floor: float = 1e-3) -> Tensor:
+    """Depth logits ``[B, N, P², D]`` whose softmax is the distribution ``target [B, N, P², D]`` (each bin at least
     ``floor`` before renormalising, so log stays finite), and uniform (zeros) where ``has [B, N, P²]`` is False: a
-    depth head that knows the true depths (:func:`patch_depth_targets`). A diagnostic: how far the cue's own
-    resolution would carry the flow if its depths were exact."""
+    depth head that knows the depths of :func:`patch_depth_targets` (the oracle diagnostic: the true ones; the
+    point depth: those of the input points)."""
     logits = target.float().clamp(min=floor).log()
     return torch.where(has[..., None], logits, torch.zeros_like(logits))
 
@@ -161,19 +166,42 @@ def patch_depth_targets(
     u, v, depth, valid ``[K, N]`` (``Projection.project`` of the points), batch_idx ``[K]`` →
     target ``[B, N, P², D]`` float32 (rows sum to 1 where ``has``), has ``[B, N, P²]`` bool.
     """
-    n, p, s = u.shape[1], patch_grid, subcells
-    cells = p * s
+    zbuf = cell_zbuffer(u, v, depth, valid, batch_idx, num_samples, patch_grid * subcells)
+    return zbuffer_histograms(zbuf, patch_grid, subcells, bins, max_depth)
+
+
+def cell_zbuffer(u: Tensor, v: Tensor, depth: Tensor, valid: Tensor, batch_idx: Tensor, num_samples: int,
+                 cells: int, zbuf: Tensor | None = None) -> Tensor:
+    """Smallest depth of the projected points in each of ``cells²`` cells of every view: ``[B, N, cells, cells]``
+    float32, inf where none lands. u, v, depth, valid ``[K, N]`` (``Projection.project``), batch_idx ``[K]``; pass
+    the previous result as ``zbuf`` to add points batch by batch."""
+    n = u.shape[1]
+    if zbuf is None:
+        zbuf = torch.full((num_samples, n, cells, cells), float("inf"), device=u.device)
+    flat = cell_index(u, v, batch_idx, n, cells)
+    out = zbuf.flatten().scatter_reduce(0, flat[valid], depth[valid].float(), reduce="amin", include_self=True)
+    return out.view_as(zbuf)
+
+
+def cell_index(u: Tensor, v: Tensor, batch_idx: Tensor, num_views: int, cells: int) -> Tensor:
+    """Flat index ``[K, N]`` into a ``[B, N, cells, cells]`` grid of the cell each projection ``u, v [K, N]`` falls in."""
     col = (u * cells).floor().clamp(0, cells - 1).long()
     row = (v * cells).floor().clamp(0, cells - 1).long()
-    view = torch.arange(n, device=u.device)
-    flat = ((batch_idx[:, None] * n + view) * cells + row) * cells + col  # [K, N]
-    zbuf = torch.full((num_samples * n * cells * cells,), float("inf"), device=u.device)
-    zbuf = zbuf.scatter_reduce(0, flat[valid], depth[valid].float(), reduce="amin", include_self=True)
+    view = torch.arange(num_views, device=u.device)
+    return ((batch_idx[:, None] * num_views + view) * cells + row) * cells + col
+
+
+def zbuffer_histograms(zbuf: Tensor, patch_grid: int, subcells: int, bins: int,
+                       max_depth: float) -> tuple[Tensor, Tensor]:
+    """z-buffer ``[B, N, P·s, P·s]`` (:func:`cell_zbuffer`, ``s = subcells``) → the histogram of each patch's cell
+    depths over ``bins`` uniform bins of ``[0, max_depth)``: target ``[B, N, P², D]`` (rows sum to 1 where
+    ``has``), has ``[B, N, P²]`` bool."""
+    b, n, p, s = zbuf.shape[0], zbuf.shape[1], patch_grid, subcells
     # [B, N, P, s, P, s] -> [B, N, P², s²]: the cells of each patch.
-    zbuf = zbuf.view(num_samples, n, p, s, p, s).permute(0, 1, 2, 4, 3, 5).reshape(num_samples, n, p * p, s * s)
+    zbuf = zbuf.view(b, n, p, s, p, s).permute(0, 1, 2, 4, 3, 5).reshape(b, n, p * p, s * s)
     seen = torch.isfinite(zbuf)
     index = depth_bin(torch.where(seen, zbuf, torch.zeros_like(zbuf)), bins, max_depth)
-    hist = torch.zeros(num_samples, n, p * p, bins, device=u.device)
+    hist = torch.zeros(b, n, p * p, bins, device=zbuf.device)
     hist.scatter_add_(-1, index, seen.float())
     count = hist.sum(-1, keepdim=True)
     has = count.squeeze(-1) > 0

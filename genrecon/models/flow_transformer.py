@@ -23,7 +23,7 @@ from torch.profiler import record_function
 
 from genrecon.models.aggregator import project_and_aggregate
 from genrecon.models.cell_cue import CellCue
-from genrecon.models.depth_cue import DepthCue
+from genrecon.models.depth_cue import DepthCue, cell_zbuffer, histogram_logits, merge_logits, zbuffer_histograms
 from genrecon.models.photo_consistency import PhotoConsistency
 from genrecon.models.projection import coords_to_points, voxel_centers
 from genrecon.models.visibility import StructureVisibility
@@ -205,7 +205,7 @@ class _FlowTransformer(nn.Module):
         zbuffer [B, N, G, G]: with structure visibility, the z-buffer of the whole structure
         (:meth:`structure_zbuffer`); None builds it from ``points``, which must then be all the active cells.
         depth_logits [B, N, P², D]: the depth cue's per-patch logits to use instead of its head's (a diagnostic:
-        :func:`genrecon.models.depth_cue.oracle_logits`).
+        :func:`genrecon.models.depth_cue.histogram_logits`).
         """
         if not self.has_cond_3d:
             raise RuntimeError("this model was built without projection/aggregator")
@@ -258,6 +258,36 @@ class _FlowTransformer(nn.Module):
         if self.visibility is None:
             return None
         return self.visibility.zbuffer(points, batch_idx, w2c, K, view_mask, 1.0 / self.resolution)
+
+    def point_depth_logits(
+        self,
+        tokens: Tensor,
+        points: Tensor,
+        batch_idx: Tensor,
+        w2c: Tensor,
+        K: Tensor,
+        view_mask: Tensor,
+        subcells: int = 2,
+        batch_points: int = 1 << 16,
+    ) -> Tensor:
+        """The depth cue's per-patch logits ``[B, N, P², D]`` (for ``depth_logits``) with depths from points: where
+        points ``[M, 3]`` (chunk frame; sample ``batch_idx [M]``) land in a patch, the histogram of its
+        ``subcells²`` cells' nearest point depths (:mod:`genrecon.models.point_depth`); elsewhere the head's
+        estimate from tokens ``[B, N, T, C_cond]``. Points are projected ``batch_points`` at a time."""
+        if self.depth_cue is None:
+            raise ValueError("point depths feed the depth cue: this model has no depth_cue")
+        cue, projection = self.depth_cue, self.projection
+        b, n, cells = tokens.shape[0], tokens.shape[1], projection.patch_grid * subcells
+        zbuf = torch.full((b, n, cells, cells), float("inf"), device=tokens.device)
+        with torch.no_grad(), torch.autocast(tokens.device.type, enabled=False), record_function("cond.point_depth"):
+            for start in range(0, len(points), batch_points):
+                p, bidx = points[start : start + batch_points], batch_idx[start : start + batch_points]
+                u, v, valid, depth = projection.project(p, bidx, w2c, K, view_mask)
+                zbuf = cell_zbuffer(u, v, depth, valid, bidx, b, cells, zbuf)
+            target, has = zbuffer_histograms(zbuf, projection.patch_grid, subcells, cue.bins, cue.max_depth)
+            given = histogram_logits(target, has)
+        head = cue.patch_logits(tokens, projection.num_global_tokens, geometry=(w2c, K, view_mask))
+        return merge_logits(head, given, has)
 
     # --------------------------------------------------------------------------------------------------------
     # Shared forward pieces

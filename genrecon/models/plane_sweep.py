@@ -17,6 +17,7 @@ import math
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.profiler import record_function
 
 from genrecon.geometry.cameras import MIN_DEPTH, pixel_centers_uv, project_points, unproject_points
 
@@ -91,7 +92,11 @@ class PlaneSweep(nn.Module):
             inside = (z > MIN_DEPTH) & (uv >= 0).all(-1) & (uv < 1).all(-1)
             seen = inside.view(b, n, p2, self.bins) & pairs[:, :, m, None, None]
             grid = (2 * uv - 1).clamp(-2, 2).view(b, n * p2 * self.bins, 1, 2)
-            read = F.grid_sample(maps[:, m], grid, mode="bilinear", padding_mode="border", align_corners=False)
+            # The target side is read without gradient: bilinear sampling's backward scatters a million ray
+            # points onto P² cells and took more than the rest of the step (H100, session 22); the reference
+            # side still trains every view's matching features, each view being the reference of its patches.
+            read = F.grid_sample(maps[:, m].detach(), grid, mode="bilinear", padding_mode="border",
+                                 align_corners=False)
             read = read.view(b, self.channels, n, p2, self.bins)
             sim = torch.einsum("bcnpd,bnpc->bnpd", read, feats)
             total = total + sim * seen
@@ -103,7 +108,8 @@ class PlaneSweep(nn.Module):
                 num_global_tokens: int) -> Tensor:
         """tokens ``[B, N, T, C]`` (``num_global_tokens`` global, then the P² patch grid) → logit corrections
         ``[B, N, P², D]`` float32 (zeros while ``to_logits`` is untrained)."""
-        mean, share = self.cost(tokens, w2c, K, view_mask, num_global_tokens)
+        with record_function("cond.plane_sweep"):
+            mean, share = self.cost(tokens, w2c, K, view_mask, num_global_tokens)
         b, n, p2, d = mean.shape
         x = torch.stack([mean, share], dim=3).view(b * n * p2, 2, d)
         return self.to_logits(x).view(b, n, p2, d)

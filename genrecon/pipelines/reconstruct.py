@@ -49,6 +49,7 @@ class ReconstructionSettings:
     decode_halo: int = 4  # latent voxels of context around a decode block
     cond_view_min_coverage: float = 0.4
     seed: int = 0
+    point_depth_max_points: int = 1 << 19  # input points an ss_flow with point_depth projects (a random subset)
 
     def __post_init__(self) -> None:
         if self.ss_draw_mean not in DRAW_MEANS:
@@ -74,6 +75,13 @@ class Reconstruction:
 def grid_chunk(tiling: SceneTiling) -> Chunk:
     """The virtual chunk at grid offset 0 that defines the grid frame."""
     return Chunk(center=tuple(tiling.grid_origin + 0.5 * tiling.edge_m), edge_m=tiling.edge_m, yaw=0.0)
+
+
+def points_in_frame(points: np.ndarray, frame: Chunk) -> Tensor:
+    """World points ``[M, 3]`` → float32 ``[M, 3]`` in ``frame``'s chunk frame (that of the grid, the cameras'
+    :func:`w2c_in_chunk_frame`)."""
+    hom = np.concatenate([np.asarray(points, np.float64).reshape(-1, 3), np.ones((len(points), 1))], axis=1)
+    return torch.from_numpy((hom @ frame.chunk_from_world.T)[:, :3]).float()
 
 
 def cond_views_per_chunk(w2c: np.ndarray, K: np.ndarray, offsets16: np.ndarray, min_coverage: float,
@@ -124,9 +132,29 @@ class SceneReconstructor:
         with torch.no_grad():
             return encode_views(stage.image_encoder, imgs[None].to(self.device), mask)
 
+    def _point_depth_logits(self, stage: Any, tokens: Tensor, scene_points: Tensor | None, w2c: Tensor, K: Tensor,
+                            gen: torch.Generator) -> Tensor | None:
+        """The depth cue's per-patch logits ``[1, N, P², D]`` from the scene's points ``[M, 3]`` (chunk-0 frame) for
+        an ss_flow trained with ``point_depth``; None for one without."""
+        if getattr(stage, "point_depth", None) is None:
+            return None
+        if scene_points is None or len(scene_points) == 0:
+            raise ValueError("this ss_flow checkpoint takes its depths from the input points (point_depth): pass "
+                             "the scene's cleaned points")
+        cap = self.settings.point_depth_max_points
+        if len(scene_points) > cap:
+            scene_points = scene_points[torch.randperm(len(scene_points), generator=gen)[:cap]]
+        p = scene_points.to(self.device, torch.float32)
+        one_sample = torch.zeros(len(p), dtype=torch.long, device=self.device)
+        mask = torch.ones(1, tokens.shape[1], dtype=torch.bool, device=self.device)
+        with torch.no_grad():
+            return stage.model.point_depth_logits(tokens, p, one_sample, w2c[None], K[None], mask,
+                                                  stage.depth_supervision_subcells)
+
     def _cond_3d(self, stage: Any, points: Tensor, tokens: Tensor, w2c: Tensor, K: Tensor,
-                 images: Tensor) -> Tensor | None:
-        """Fused 3-D condition at ``points`` [P, 3] (host memory); ``images`` [N, 3, H, W] feed the photo cue."""
+                 images: Tensor, depth_logits: Tensor | None = None) -> Tensor | None:
+        """Fused 3-D condition at ``points`` [P, 3] (host memory); ``images`` [N, 3, H, W] feed the photo cue,
+        ``depth_logits`` [1, N, P², D] replace the depth cue's (:meth:`_point_depth_logits`)."""
         model = stage.model
         if not model.has_cond_3d:
             return None
@@ -145,18 +173,20 @@ class SceneReconstructor:
                 p = points[start : start + step].to(self.device)
                 bidx = torch.zeros(len(p), dtype=torch.long, device=self.device)
                 out.append(model.compute_cond_3d(p, bidx, tokens, w2c[None], K[None], mask,
-                                                 self.settings.proj_batch_voxels, images=views, zbuffer=zbuffer).cpu())
+                                                 self.settings.proj_batch_voxels, images=views, zbuffer=zbuffer,
+                                                 depth_logits=depth_logits).cpu())
         return torch.cat(out)
 
     # ------------------------------------------------------------------ stages
-    def _sample_structure(self, tiling, images, w2c, K, views, gen) -> np.ndarray:
+    def _sample_structure(self, tiling, images, w2c, K, views, gen, scene_points: Tensor | None = None) -> np.ndarray:
         stage, vae = self.stages["ss_flow"], self.stages["ss_vae"]
         r = int(stage.model.resolution)
         layout = DenseLayout(tiling.grid_offsets * r // ATOMIC_DIVISIONS, r)
         with self._phase("ss_conditioning"):
             tokens = self._tokens(stage, images)
             cond_2d = tokens[0, views].cpu()
-            c3 = self._cond_3d(stage, layout.canvas_points(), tokens, w2c, K, images)
+            depth_logits = self._point_depth_logits(stage, tokens, scene_points, w2c, K, gen)
+            c3 = self._cond_3d(stage, layout.canvas_points(), tokens, w2c, K, images, depth_logits)
             cond_3d = None
             if c3 is not None:
                 canvas = c3.view(*layout.canvas_shape, -1).permute(3, 0, 1, 2)
@@ -238,8 +268,10 @@ class SceneReconstructor:
         return torch.cat(out_c), torch.cat(out_s), torch.cat(out_t)
 
     # ------------------------------------------------------------------ entry
-    def __call__(self, images: Tensor, w2c_world: np.ndarray, K: np.ndarray, tiling: SceneTiling) -> Reconstruction:
-        """``images [N, 3, S, S]`` in [0, 1] (premultiplied), ``w2c_world [N, 4, 4]``, ``K [N, 3, 3]``."""
+    def __call__(self, images: Tensor, w2c_world: np.ndarray, K: np.ndarray, tiling: SceneTiling,
+                 points: np.ndarray | None = None) -> Reconstruction:
+        """``images [N, 3, S, S]`` in [0, 1] (premultiplied), ``w2c_world [N, 4, 4]``, ``K [N, 3, 3]``; ``points
+        [M, 3]`` (world, cleaned) are read only by an ss_flow trained with ``point_depth``."""
         s = self.settings
         gen = torch.Generator().manual_seed(s.seed)
         rng = np.random.default_rng(s.seed)
@@ -249,7 +281,8 @@ class SceneReconstructor:
         w2c = torch.as_tensor(w2c_np, dtype=torch.float32, device=self.device)
         Kt = torch.as_tensor(np.asarray(K), dtype=torch.float32, device=self.device)
 
-        coarse = self._sample_structure(tiling, images, w2c, Kt, views, gen)
+        scene_points = None if points is None else points_in_frame(points, frame)
+        coarse = self._sample_structure(tiling, images, w2c, Kt, views, gen, scene_points)
         if len(coarse) == 0:
             raise RuntimeError("the sparse-structure stage produced no occupied voxel: nothing to reconstruct")
         shape_stage, tex_stage = self.stages["shape_flow"], self.stages["tex_flow"]

@@ -20,7 +20,8 @@ from torch.profiler import record_function
 
 from genrecon.metrics.occupancy import occupancy_iou
 from genrecon.models.aggregator import ViewAggregator
-from genrecon.models.depth_cue import DepthCue, oracle_logits, patch_depth_targets
+from genrecon.models.depth_cue import DepthCue, histogram_logits, patch_depth_targets
+from genrecon.models.point_depth import SimulatedPoints, draw_keep, seen_points, simulate_sfm_points
 from genrecon.models.flow_transformer import DenseFlowTransformer
 from genrecon.models.image_encoder import ImageEncoder, encode_views
 from genrecon.models.projection import Projection, coords_to_points
@@ -449,8 +450,15 @@ class SparseStructureFlowStage(FlowStage):
     ``depth_cue_oracle`` (a diagnostic, off; needs ``preset.flow.depth_cue`` and the ``occupancy`` field, in
     training and sampling alike) hands the depth cue the true depths instead of its head's estimate: per patch of
     every view, the distribution of the chunk's nearest occupied voxels (:meth:`surface_depth_targets`,
-    :func:`genrecon.models.depth_cue.oracle_logits`). What the flow then scores bounds what better depth alone
+    :func:`genrecon.models.depth_cue.histogram_logits`). What the flow then scores bounds what better depth alone
     could buy with this cue; no posed-image input has these depths, so inference cannot use it.
+
+    ``point_depth`` (a deviation, off by default; needs ``preset.flow.depth_cue`` and the ``occupancy`` field):
+    the depth cue takes its depths from points where they fall into a patch, its head's estimate elsewhere
+    (:meth:`genrecon.models.flow_transformer.DenseFlowTransformer.point_depth_logits`). Training and validation
+    simulate structure-from-motion points from the chunk's occupancy (keyword arguments of
+    :class:`genrecon.models.point_depth.SimulatedPoints`: the share of the seen surface voxels kept, jitter);
+    ``infer.py`` gives the scene's cleaned input points.
     """
 
     latent = "ss"
@@ -458,10 +466,17 @@ class SparseStructureFlowStage(FlowStage):
 
     def __init__(self, *args: Any, ss_vae_ckpt: str | None = None, occ_threshold: float = 0.0,
                  occupancy_aux_weight: float = 0.0, occupancy_resolution: int = 64,
-                 decoded_occupancy_weight: float = 0.0, depth_cue_oracle: bool = False, **kwargs: Any):
+                 decoded_occupancy_weight: float = 0.0, depth_cue_oracle: bool = False,
+                 point_depth: dict[str, Any] | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.occ_threshold = occ_threshold
         self.depth_cue_oracle = bool(depth_cue_oracle)
+        self.point_depth = None if point_depth is None else SimulatedPoints(
+            **{k: tuple(v) if k == "keep" else v for k, v in dict(point_depth).items()})
+        if self.point_depth is not None and getattr(self.model, "depth_cue", None) is None:
+            raise ValueError("point_depth gives the depth cue its depths: set preset.flow.depth_cue")
+        if self.point_depth is not None and self.depth_cue_oracle:
+            raise ValueError("depth_cue_oracle and point_depth both replace the depth cue's depths: choose one")
         if self.depth_cue_oracle:
             if getattr(self.model, "depth_cue", None) is None:
                 raise ValueError("depth_cue_oracle replaces the depth cue's distributions: set preset.flow.depth_cue")
@@ -495,18 +510,39 @@ class SparseStructureFlowStage(FlowStage):
         if self.model.has_cond_3d:
             depth_logits = None
             if self.depth_cue_oracle:
-                depth_logits = oracle_logits(*self.surface_depth_targets(batch, tokens.shape[0]))
+                depth_logits = histogram_logits(*self.surface_depth_targets(batch, tokens.shape[0]))
+            elif self.point_depth is not None:
+                points, batch_idx = self.simulated_points(batch, tokens.shape[0])
+                depth_logits = self.model.point_depth_logits(tokens, points, batch_idx, batch["w2c"],
+                                                             batch["intrinsics"], batch["view_mask"],
+                                                             self.depth_supervision_subcells)
             cond_3d = self.model.cond_3d_from_views(tokens, batch["w2c"], batch["intrinsics"], batch["view_mask"],
                                                     self.proj_batch_voxels, images=batch["views"],
                                                     depth_logits=depth_logits)
         return {"x0": self.normalise(batch["ss_latent"], 1), "cond_3d": cond_3d, "batch_idx": None,
                 "model_fn": self.model}
 
+    @torch.no_grad()
+    def simulated_points(self, batch: dict[str, Any], num_samples: int) -> tuple[Tensor, Tensor]:
+        """Structure-from-motion stand-ins ``[M, 3]`` (chunk frame) with their sample ``[M]``: a share of the
+        occupied voxels that some view sees, jittered (``point_depth``; in evaluation its ``eval_keep`` share,
+        drawn with seed 0 so every scoring sees the same points)."""
+        cfg, projection = self.point_depth, self.model.projection
+        points, batch_idx = self.surface_points(batch)
+        r = batch["occupancy"].shape[-1]
+        u, v, valid, depth = projection.project(points, batch_idx, batch["w2c"], batch["intrinsics"],
+                                                batch["view_mask"])
+        cells = projection.patch_grid * self.depth_supervision_subcells
+        seen = seen_points(u, v, depth, valid, batch_idx, num_samples, cells, cfg.tolerance / r)
+        generator = None if self.training else torch.Generator(device=points.device).manual_seed(0)
+        keep = draw_keep(cfg, num_samples, self.training, generator, points.device)
+        return simulate_sfm_points(points, batch_idx, seen, keep, cfg.noise / r, generator)
+
     def surface_points(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
         """Centres of the occupied voxels of ``occupancy [B, 1, R, R, R]``."""
         if "occupancy" not in batch:
-            raise KeyError("ss_flow's depth targets (depth supervision, depth_cue_oracle) need the 'occupancy' "
-                           "field in stage.datamodule.fields")
+            raise KeyError("ss_flow's depth targets (depth supervision, depth_cue_oracle, point_depth) need the "
+                           "'occupancy' field in stage.datamodule.fields")
         occ = batch["occupancy"]
         idx = torch.nonzero(occ[:, 0] > 0.5)  # [K, 4] (b, x, y, z)
         return coords_to_points(idx[:, 1:], occ.shape[-1]), idx[:, 0]

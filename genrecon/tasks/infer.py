@@ -105,9 +105,10 @@ def clean_points(xyz: np.ndarray, cfg: DictConfig) -> np.ndarray:
     return xyz
 
 
-def tile_points(raw_points: np.ndarray, cfg: DictConfig) -> SceneTiling:
-    """Cleaned points -> the chunk tiling of the published rules; an error if no chunk keeps enough points."""
-    points = clean_points(raw_points, cfg)
+def tile_points(raw_points: np.ndarray, cfg: DictConfig, cleaned: bool = False) -> SceneTiling:
+    """Points (cleaned first unless ``cleaned``) -> the chunk tiling of the published rules; an error if no chunk
+    keeps enough points."""
+    points = raw_points if cleaned else clean_points(raw_points, cfg)
     tiling = tile_scene(points, cfg.chunk_size_factor, cfg.min_overlap_factor, cfg.padding_factor,
                         cfg.min_points_per_chunk)
     if not tiling.chunks:
@@ -179,7 +180,8 @@ def infer(cfg: DictConfig, ctx: TaskContext) -> dict[str, Any]:
     with timer.phase("load_inputs"):
         views, raw_points = load_input(cfg)
     with timer.phase("points_and_tiling"):
-        tiling = tile_points(raw_points, cfg)
+        points = clean_points(raw_points, cfg)
+        tiling = tile_points(points, cfg, cleaned=True)
         size = int(stages["ss_flow"].hparams["image_size"])
         images, w2c, K, idx = prepare_views(views, tiling, cfg, size)
     settings = ReconstructionSettings(
@@ -190,7 +192,7 @@ def infer(cfg: DictConfig, ctx: TaskContext) -> dict[str, Any]:
     )
     reconstructor = SceneReconstructor(stages, settings, device)
     reconstructor.timer = timer
-    recon = reconstructor(images, w2c, K, tiling)
+    recon = reconstructor(images, w2c, K, tiling, points)
     with timer.phase("export"):
         (out / "views.json").write_text(json.dumps({"views": [int(i) for i in idx]}))
         write_outputs(out, recon, tiling, images, w2c, K, cfg)

@@ -411,3 +411,21 @@ def test_split_train_scores_the_first_training_chunks(tiny_pipeline, tmp_path):
         first = tar.getmembers()[0].name.split(".")[0]  # the first sample's key
     assert train["chunks"] == [first] and train["chunks"] != val["chunks"]
     assert 0.0 <= train["results"]["ss_vae_roundtrip"]["metrics"]["iou"]["mean"] <= 1.0
+
+
+def test_point_keep_sets_the_share_of_a_point_depth_flows_points(monkeypatch):
+    from types import SimpleNamespace
+
+    from genrecon.models.point_depth import SimulatedPoints
+
+    fq = _flow_quality()
+    trained = SimulatedPoints(keep=(0.1, 1.0), eval_keep=0.25, noise=0.3)
+    monkeypatch.setattr(fq, "load_stage", lambda path, expected_stage, device: SimpleNamespace(point_depth=trained))
+    bench = SimpleNamespace(device=torch.device("cpu"), args=SimpleNamespace(point_keep=0.8))
+    module, _ = fq.Benchmark.load(bench, "ss_flow.ckpt", "ss_flow")
+    assert module.point_depth == SimulatedPoints(keep=(0.1, 1.0), eval_keep=0.8, noise=0.3)
+    bench.args.point_keep = None  # the checkpoint's own share
+    assert fq.Benchmark.load(bench, "ss_flow.ckpt", "ss_flow")[0].point_depth.eval_keep == 0.25
+    monkeypatch.setattr(fq, "load_stage", lambda path, expected_stage, device: SimpleNamespace())
+    bench.args.point_keep = 0.8  # a flow without point depths is left as it is
+    assert not hasattr(fq.Benchmark.load(bench, "ss_flow.ckpt", "ss_flow")[0], "point_depth")

@@ -119,6 +119,10 @@ def test_synthetic_batches_have_the_real_layout():
             assert (centre[:, 2] > 0).all() and ((uv > 0) & (uv < 1)).all()
         if stage == "ss_flow":
             assert batch["ss_latent"].shape == (3, 8, 16, 16, 16)
+            # a room corner's surfaces, as many voxels as a floor and two walls: what depth targets project
+            occ, r = batch["occupancy"], int(cfg.preset.occupancy_resolution)
+            assert occ.shape == (3, 1, r, r, r)
+            assert (occ.flatten(1).sum(1) == FS.SURFACE_SHARE * r**2).all()
         if "shape_coords" in batch:
             coords = batch["shape_coords"]
             assert coords.dtype == torch.int32 and coords.shape[1] == 4
@@ -191,3 +195,19 @@ def test_choose_never_picks_oom_failed_or_over_memory_configs():
     assert choice["tex_flow"]["batch"] == 8
     # without the limit the 70 GB config wins; the OOM and the failed one never do
     assert FS.choose(results)["ss_flow"]["batch"] == 8
+
+
+@pytest.mark.slow
+def test_depth_cue_cost_compares_the_cues_with_the_recipe_on_the_cpu(tmp_path):
+    """benchmarks/depth_cue_cost.sh: three flow_step.py runs and their comparison (about a minute on the CPU)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHON=sys.executable)
+    subprocess.run(["bash", "benchmarks/depth_cue_cost.sh", str(tmp_path), "cpu", "tiny", "1", "1", "1", "1"],
+                   check=True, env=env, capture_output=True, timeout=600)
+    report = json.loads((tmp_path / "depth_cue_cost.json").read_text())
+    assert set(report["arms"]) == {"recipe", "points", "sweep"} and report["arms"]["recipe"]["vs_recipe"] == 1.0
+    assert "cond.point_depth" in report["arms"]["points"]["ranges_ms"]
+    assert "cond.plane_sweep" in report["arms"]["sweep"]["ranges_ms"]

@@ -157,14 +157,14 @@ def test_supervision_loss_is_masked_cross_entropy_and_mode_hit_counts_near_mass(
     assert float(DepthCue.mode_hit(far, target, has)) == pytest.approx(0.0)
 
 
-def test_oracle_logits_put_the_evidence_at_the_true_depth_and_replace_the_heads() -> None:
-    from genrecon.models.depth_cue import oracle_logits
+def test_histogram_logits_put_the_evidence_at_the_true_depth_and_replace_the_heads() -> None:
+    from genrecon.models.depth_cue import histogram_logits
 
     cue = DepthCue(channels=4, bins=8, max_depth=4.0)  # bin width 0.5
     target = torch.zeros(1, 1, 2, 8)
     target[0, 0, 0, 3] = 1.0  # patch 0 sees a surface in bin 3 (centre 1.75); patch 1 sees nothing
     has = torch.tensor([[[True, False]]])
-    logits = oracle_logits(target, has)
+    logits = histogram_logits(target, has)
     depth = torch.tensor([1.75, 0.75, 3.25])
     p = cue.evidence(logits[0, 0, 0].expand(3, 8), depth)
     assert p[0] > 7.9 and p[1] < 0.01 and p[2] < 0.01  # the true bin holds almost all the mass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from genrecon.pipelines.reconstruct import ReconstructionSettings, SceneReconstructor
@@ -48,3 +49,49 @@ def test_scene_condition_with_structure_visibility_uses_one_z_buffer_of_all_cell
     pieces = torch.cat([model.compute_cond_3d(points[i : i + 16], bidx[i : i + 16], tokens, w2c, K, mask)
                         for i in range(0, 128, 16)])
     assert not torch.allclose(out[64:], pieces[64:])
+
+
+def test_world_points_land_where_the_chunk_frame_cameras_see_them() -> None:
+    import numpy as np
+
+    from genrecon.geometry.cameras import look_at, project_points, w2c_in_chunk_frame
+    from genrecon.geometry.chunks import Chunk
+    from genrecon.pipelines.reconstruct import points_in_frame
+
+    frame = Chunk(center=(1.0, -2.0, 1.4), edge_m=2.85, yaw=0.0)
+    w2c = look_at(np.array([3.0, 1.0, 1.5]), np.array([1.0, -2.0, 1.0]))[None]
+    K = np.array([[[0.8, 0, 0.5], [0, 0.8, 0.5], [0, 0, 1]]])
+    world = np.random.default_rng(0).uniform([0, -3, 0.5], [2, -1, 2], size=(50, 3))
+    uv_world, depth_world = project_points(world, w2c[0], K[0])
+    local = points_in_frame(world, frame).double().numpy()
+    uv_local, depth_local = project_points(local, w2c_in_chunk_frame(w2c, frame.chunk_from_world)[0], K[0])
+    np.testing.assert_allclose(uv_local, uv_world, atol=1e-9)
+    np.testing.assert_allclose(depth_local, depth_world / 2.85, rtol=1e-6)  # chunk units: the edge is 1
+
+
+def test_point_depth_stage_takes_the_scenes_points_and_needs_them() -> None:
+    from tests.stages.test_flow_point_depth import _stage
+
+    stage = _stage().eval()
+    model = stage.model
+    g, p = model.projection.num_global_tokens, model.projection.patch_grid
+    tokens = torch.randn(1, 3, g + p * p, model.cond_channels)
+    _, w2c, K, _ = _views(1, n_views=3)
+    settings = ReconstructionSettings(point_depth_max_points=64)
+    rec = SceneReconstructor({n: SimpleNamespace(model=model) for n in
+                              ("ss_vae", "shape_vae", "tex_vae", "ss_flow", "shape_flow", "tex_flow")},
+                             settings, torch.device("cpu"))
+    points = torch.rand(64, 3) - 0.5
+    out = rec._point_depth_logits(stage, tokens, points, w2c[0], K[0], torch.Generator().manual_seed(0))
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    ref = model.point_depth_logits(tokens, points, torch.zeros(64, dtype=torch.long), w2c, K, mask, 2)
+    torch.testing.assert_close(out, ref)
+    # More points than the cap: a random subset of the cap's size.
+    many = torch.cat([points, points + 10.0])  # the extra ones far outside every view
+    capped = rec._point_depth_logits(stage, tokens, many, w2c[0], K[0], torch.Generator().manual_seed(0))
+    assert capped.shape == out.shape and not torch.allclose(capped, out)
+    with pytest.raises(ValueError, match="points"):
+        rec._point_depth_logits(stage, tokens, None, w2c[0], K[0], torch.Generator())
+    # A stage without point_depth ignores them.
+    assert rec._point_depth_logits(SimpleNamespace(model=model), tokens, points, w2c[0], K[0],
+                                   torch.Generator()) is None

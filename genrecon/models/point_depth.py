@@ -1,0 +1,83 @@
+"""Depth of every view's patches from the input points (a deviation from GenRecon, off by default).
+
+Session 22 measured what exact depth is worth to the sparse-structure flow: handed the true depth of the first
+surface under every patch (``depth_cue_oracle``), its validation IoU at step 1,000 was 0.557 against the
+recipe's 0.275. Posed images reach ``infer.py`` with points (COLMAP's ``points3D``, or the back-projected depth
+of a generated scene) that the published pipeline uses only to tile the scene. Projected into each view and
+z-buffered per patch cell (:func:`genrecon.models.depth_cue.cell_zbuffer`), they give such depths wherever they
+are dense enough; the depth cue takes them there and keeps its head's estimate elsewhere.
+
+Training chunks carry no points, so :func:`simulate_sfm_points` makes them from the chunk's occupancy: the
+surface voxels that some conditioning view sees, a random share of them, jittered. That is what
+structure-from-motion returns on textured surfaces; the share is drawn per chunk so one model serves dense and
+sparse inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from genrecon.models.depth_cue import cell_index, cell_zbuffer
+
+
+@dataclass(frozen=True)
+class SimulatedPoints:
+    """How training chunks get their points (:func:`simulate_sfm_points`).
+
+    Attributes:
+        keep: ``(low, high)`` share of the visible surface voxels a training chunk keeps, log-uniform per chunk.
+        eval_keep: the share in evaluation (validation, scoring), drawn with a fixed seed.
+        noise: standard deviation of the points' Gaussian jitter, in voxels of the occupancy grid.
+        tolerance: how far behind a view's nearest point in a z-buffer cell, in voxels, a point still counts as
+            seen (a slanted surface spans several voxels within one cell).
+    """
+
+    keep: tuple[float, float] = (0.05, 1.0)
+    eval_keep: float = 0.25
+    noise: float = 0.5
+    tolerance: float = 1.5
+
+    def __post_init__(self) -> None:
+        low, high = self.keep
+        if not 0 < low <= high <= 1 or not 0 < self.eval_keep <= 1:
+            raise ValueError(f"keep shares must lie in (0, 1] with low ≤ high: keep={self.keep}, "
+                             f"eval_keep={self.eval_keep}")
+        if self.noise < 0 or self.tolerance < 0:
+            raise ValueError(f"noise and tolerance must be ≥ 0, got {self.noise}, {self.tolerance}")
+
+
+def seen_points(u: Tensor, v: Tensor, depth: Tensor, valid: Tensor, batch_idx: Tensor, num_samples: int,
+                cells: int, tolerance: float) -> Tensor:
+    """Whether each point ``[K]`` is seen by at least one view: within ``tolerance`` (depth units) of the nearest
+    point in its z-buffer cell. u, v, depth, valid ``[K, N]`` (``Projection.project``), batch_idx ``[K]``."""
+    zbuf = cell_zbuffer(u, v, depth, valid, batch_idx, num_samples, cells)
+    nearest = zbuf.flatten()[cell_index(u, v, batch_idx, u.shape[1], cells)]  # [K, N]
+    return (valid & (depth <= nearest + tolerance)).any(dim=1)
+
+
+def simulate_sfm_points(points: Tensor, batch_idx: Tensor, seen: Tensor, keep: Tensor, noise: float,
+                        generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """A share ``keep [B]`` of each sample's seen points, jittered by Gaussian ``noise`` (chunk units).
+
+    points ``[K, 3]``, batch_idx ``[K]``, seen ``[K]`` bool → points ``[M, 3]``, batch_idx ``[M]``.
+    """
+    draw = torch.rand(len(points), device=points.device, generator=generator)
+    chosen = seen & (draw < keep.to(points.device)[batch_idx])
+    out = points[chosen]
+    if noise > 0:
+        out = out + noise * torch.randn(out.shape, device=out.device, dtype=out.dtype, generator=generator)
+    return out, batch_idx[chosen]
+
+
+def draw_keep(config: SimulatedPoints, num_samples: int, training: bool,
+              generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> Tensor:
+    """Share of the seen points each of ``num_samples`` chunks keeps ``[B]``: log-uniform in ``config.keep`` in
+    training, ``config.eval_keep`` otherwise."""
+    if not training:
+        return torch.full((num_samples,), config.eval_keep, device=device)
+    low, high = torch.tensor(config.keep, dtype=torch.float64).log()
+    u = torch.rand(num_samples, device=device, generator=generator, dtype=torch.float64)
+    return (low + (high - low) * u).exp().float()

@@ -1,0 +1,77 @@
+"""``point_depth`` (a deviation, off): the SS flow's depth cue takes its depths from points, simulated from the
+chunk's occupancy in training and validation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from genrecon.models.depth_cue import histogram_logits
+from genrecon.stages.flow import SparseStructureFlowStage
+from tests.stages.test_flow_depth_supervision import CUE
+from tests.stages.test_flow_depth_supervision import _stage as supervised_stage
+from tests.stages.test_flow_occupancy_aux import _batch
+
+EXACT = {"keep": [1.0, 1.0], "eval_keep": 1.0, "noise": 0.0, "tolerance": 1.5}
+
+
+def _stage(point_depth: dict | None = EXACT, **kwargs) -> SparseStructureFlowStage:
+    return supervised_stage(weight=0.0, point_depth=point_depth, **kwargs)
+
+
+def test_every_seen_point_gives_the_oracles_depths() -> None:
+    """With all seen voxels kept and no jitter, the points' patch depths are the oracle's (only seen voxels can
+    be a cell's nearest); patches no point reaches keep the head's estimate."""
+    batch = _batch()
+    stage = _stage().eval()
+    tokens = stage._prepare(batch)[0]
+    points, idx = stage.simulated_points(batch, 2)
+    all_points, _ = stage.surface_points(batch)
+    assert 0 < len(points) < len(all_points)  # some voxels are hidden behind others
+    logits = stage.model.point_depth_logits(tokens, points, idx, batch["w2c"], batch["intrinsics"],
+                                            batch["view_mask"], 2)
+    target, has = stage.surface_depth_targets(batch, 2)
+    torch.testing.assert_close(logits[has], histogram_logits(target, has)[has])
+
+
+def test_conditioning_follows_the_points_is_fixed_in_evaluation_and_drawn_in_training() -> None:
+    batch = _batch()
+    stage = _stage({"keep": [0.05, 0.5], "eval_keep": 0.5, "noise": 0.5}).eval()
+    torch.nn.init.normal_(stage.model.depth_cue.to_feature.weight)  # open the cue's zero-initialised injection
+    tokens = stage._prepare(batch)[0]
+    cond = stage.flow_inputs(batch, tokens)["cond_3d"]
+    torch.testing.assert_close(stage.flow_inputs(batch, tokens)["cond_3d"], cond)  # evaluation: seed 0
+    moved = dict(batch, occupancy=batch["occupancy"].flip(-1))
+    assert not torch.allclose(stage.flow_inputs(moved, tokens)["cond_3d"], cond)
+    stage.train()
+    torch.manual_seed(3)
+    first = stage.flow_inputs(batch, tokens)["cond_3d"]
+    assert not torch.allclose(stage.flow_inputs(batch, tokens)["cond_3d"], first)  # another draw of points
+    # Off, the occupancy is not read.
+    plain = _stage(None).eval()
+    plain.load_state_dict(stage.state_dict())
+    ref = plain.flow_inputs(batch, tokens)["cond_3d"]
+    torch.testing.assert_close(plain.flow_inputs(moved, tokens)["cond_3d"], ref)
+
+
+def test_training_reaches_every_trainable_parameter_and_sampling_runs() -> None:
+    batch = _batch()
+    stage = _stage({"keep": [0.1, 1.0]})
+    stage.log = stage.log_dict = lambda *a, **k: None  # type: ignore[method-assign]
+    loss = stage.training_step(batch, 0)
+    assert torch.isfinite(loss)
+    loss.backward()
+    # The head still estimates where no point lands: it stays trainable and in the graph (DDP).
+    assert all(p.requires_grad for p in stage.model.depth_cue.head.parameters())
+    assert [n for n, p in stage.named_parameters() if p.requires_grad and p.grad is None] == []
+    with torch.no_grad():
+        assert stage.eval().sample(batch, seed=0).shape == batch["ss_latent"].shape
+
+
+def test_point_depth_needs_the_depth_cue_and_excludes_the_oracle() -> None:
+    with pytest.raises(ValueError, match="depth_cue"):
+        _stage(depth_cue=None)
+    with pytest.raises(ValueError, match="choose one"):
+        _stage(depth_cue=CUE, depth_cue_oracle=True)
+    with pytest.raises(ValueError, match="keep"):
+        _stage({"keep": [0.5, 0.1]})

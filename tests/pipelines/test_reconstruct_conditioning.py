@@ -92,6 +92,14 @@ def test_point_depth_stage_takes_the_scenes_points_and_needs_them() -> None:
     assert capped.shape == out.shape and not torch.allclose(capped, out)
     with pytest.raises(ValueError, match="points"):
         rec._point_depth_logits(stage, tokens, None, w2c[0], K[0], torch.Generator())
+    # The scene condition reads them: the same as the model's own with these logits, not the head's.
+    torch.nn.init.normal_(model.depth_cue.to_feature.weight)  # open the cue's zero-initialised injection
+    cells = torch.rand(30, 3) - 0.5
+    images = torch.rand(3, 3, 32, 32)
+    cond = rec._cond_3d(stage, cells, tokens, w2c[0], K[0], images, out)
+    ref = model.compute_cond_3d(cells, torch.zeros(30, dtype=torch.long), tokens, w2c, K, mask, depth_logits=out)
+    torch.testing.assert_close(cond, ref)
+    assert not torch.allclose(cond, rec._cond_3d(stage, cells, tokens, w2c[0], K[0], images))
     # A stage without point_depth ignores them.
     assert rec._point_depth_logits(SimpleNamespace(model=model), tokens, points, w2c[0], K[0],
                                    torch.Generator()) is None

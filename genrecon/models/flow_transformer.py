@@ -268,17 +268,19 @@ class _FlowTransformer(nn.Module):
         K: Tensor,
         view_mask: Tensor,
         subcells: int = 2,
-        batch_points: int = 1 << 16,
+        batch_points: int | None = None,
     ) -> Tensor:
         """The depth cue's per-patch logits ``[B, N, P², D]`` (for ``depth_logits``) with depths from points: where
         points ``[M, 3]`` (chunk frame; sample ``batch_idx [M]``) land in a patch, the histogram of its
         ``subcells²`` cells' nearest point depths (:mod:`genrecon.models.point_depth`); elsewhere the head's
-        estimate from tokens ``[B, N, T, C_cond]``. Points are projected ``batch_points`` at a time."""
+        estimate from tokens ``[B, N, T, C_cond]``. Points are projected ``batch_points`` at a time (default:
+        about 4 M (point, view) pairs, as a scene's hundreds of views would otherwise hold GBs of cameras)."""
         if self.depth_cue is None:
             raise ValueError("point depths feed the depth cue: this model has no depth_cue")
         cue, projection = self.depth_cue, self.projection
         b, n, cells = tokens.shape[0], tokens.shape[1], projection.patch_grid * subcells
         zbuf = torch.full((b, n, cells, cells), float("inf"), device=tokens.device)
+        batch_points = batch_points or max(1024, (1 << 22) // n)
         with torch.no_grad(), torch.autocast(tokens.device.type, enabled=False), record_function("cond.point_depth"):
             for start in range(0, len(points), batch_points):
                 p, bidx = points[start : start + batch_points], batch_idx[start : start + batch_points]

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Step time of the SS flow recipe (experiment=ss_flow_views: depth cue, cell cue, occupancy head, frozen encoder)
-# against the same with the depth cue's depths from points (point_depth) and with the plane sweep + depth
-# supervision, measured one after the other by benchmarks/flow_step.py in one call; prints a JSON comparison.
+# against the same with the depth cue's depths from points (point_depth: simulated from the occupancy, or found
+# by stereo in the views) and with the plane sweep + depth supervision, measured one after the other by
+# benchmarks/flow_step.py in one call; prints a JSON comparison. ARMS_RUN="recipe stereo" runs a subset.
 #   bash benchmarks/depth_cue_cost.sh OUT_DIR [DEVICE PRESET BATCH STEPS WARMUP PROFILE_STEPS]
 #   bash benchmarks/depth_cue_cost.sh /tmp/cost                       # GPU: small preset, batch 8
 #   bash benchmarks/depth_cue_cost.sh /tmp/cost cpu tiny 2 2 1 1      # CPU check (~1 min)
@@ -15,9 +16,10 @@ R=(--preset "$P" --device "$D" --stages ss_flow --batches "$B" --steps "$S" --wa
 declare -A ARMS=(
   [recipe]=""
   [points]="stage.module.point_depth={keep:[0.05,1.0]}"
+  [stereo]="stage.module.point_depth={source:stereo}"
   [sweep]="+preset.flow.depth_cue.sweep={channels:16} stage.module.depth_supervision_weight=1.0"
 )
-for arm in recipe points sweep; do
+for arm in ${ARMS_RUN:-recipe points stereo sweep}; do
   extra=(); for e in ${ARMS[$arm]}; do extra+=(--extra "$e"); done
   prof=(); [ "$arm" != recipe ] && prof=(--profile-steps "$PS")
   "$PY" benchmarks/flow_step.py "${R[@]}" "${extra[@]}" "${prof[@]}" --out "$OUT/$arm.json" > "$OUT/$arm.log" 2>&1 \
@@ -27,7 +29,8 @@ done
 import json, sys
 from pathlib import Path
 out = Path(sys.argv[1])
-rows = {a: json.loads((out / f"{a}.json").read_text()) for a in ("recipe", "points", "sweep")}
+rows = {a: json.loads((out / f"{a}.json").read_text()) for a in ("recipe", "points", "stereo", "sweep")
+        if (out / f"{a}.json").is_file()}
 base = rows["recipe"]["results"][0]["median_s"]
 report = {"device": rows["recipe"]["device"], "baseline": "recipe", "arms": {}}
 for arm, d in rows.items():

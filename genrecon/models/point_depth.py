@@ -33,14 +33,28 @@ class SimulatedPoints:
         noise: standard deviation of the points' Gaussian jitter, in voxels of the occupancy grid.
         tolerance: how far behind a view's nearest point in a z-buffer cell, in voxels, a point still counts as
             seen (a slanted surface spans several voxels within one cell).
+        source: ``"occupancy"`` (the above) or ``"stereo"``: the points plane-sweep stereo finds in the batch's
+            own views (:mod:`genrecon.geometry.stereo`), where they are textured; keep and noise are then unused.
+        stereo_size: image edge (pixels) the views are resized to for stereo.
+        stereo_depths: candidate camera depths of the sweep, uniform over the depth cue's range.
+        stereo_min_score: mean NCC a pixel needs to become a point.
+        stereo_targets: the nearest other views each view is matched with (one H100 step of the small preset,
+            16 views, all 15 targets: 3.2 × the recipe's).
     """
 
     keep: tuple[float, float] = (0.05, 1.0)
     eval_keep: float = 0.25
     noise: float = 0.5
     tolerance: float = 1.5
+    source: str = "occupancy"
+    stereo_size: int = 96
+    stereo_depths: int = 48
+    stereo_min_score: float = 0.8
+    stereo_targets: int = 4
 
     def __post_init__(self) -> None:
+        if self.source not in ("occupancy", "stereo"):
+            raise ValueError(f"source {self.source!r}: expected 'occupancy' or 'stereo'")
         low, high = self.keep
         if not 0 < low <= high <= 1 or not 0 < self.eval_keep <= 1:
             raise ValueError(f"keep shares must lie in (0, 1] with low ≤ high: keep={self.keep}, "

@@ -18,12 +18,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.profiler import record_function
 
+from genrecon.geometry.stereo import stereo_points, sweep_stereo
 from genrecon.metrics.occupancy import occupancy_iou
 from genrecon.models.aggregator import ViewAggregator
 from genrecon.models.depth_cue import DepthCue, histogram_logits, patch_depth_targets
-from genrecon.models.point_depth import SimulatedPoints, draw_keep, seen_points, simulate_sfm_points
 from genrecon.models.flow_transformer import DenseFlowTransformer
 from genrecon.models.image_encoder import ImageEncoder, encode_views
+from genrecon.models.point_depth import SimulatedPoints, draw_keep, seen_points, simulate_sfm_points
 from genrecon.models.projection import Projection, coords_to_points
 from genrecon.models.ss_vae import soft_dice_loss
 from genrecon.objectives.rectified_flow import FlowLoss, RectifiedFlow
@@ -528,6 +529,8 @@ class SparseStructureFlowStage(FlowStage):
         occupied voxels that some view sees, jittered (``point_depth``; in evaluation its ``eval_keep`` share,
         drawn with seed 0 so every scoring sees the same points)."""
         cfg, projection = self.point_depth, self.model.projection
+        if cfg.source == "stereo":
+            return self.stereo_points(batch)
         points, batch_idx = self.surface_points(batch)
         r = batch["occupancy"].shape[-1]
         u, v, valid, depth = projection.project(points, batch_idx, batch["w2c"], batch["intrinsics"],
@@ -537,6 +540,22 @@ class SparseStructureFlowStage(FlowStage):
         generator = None if self.training else torch.Generator(device=points.device).manual_seed(0)
         keep = draw_keep(cfg, num_samples, self.training, generator, points.device)
         return simulate_sfm_points(points, batch_idx, seen, keep, cfg.noise / r, generator)
+
+    @torch.no_grad()
+    def stereo_points(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """Points ``[M, 3]`` (chunk frame) with their sample ``[M]`` that plane-sweep stereo finds in the batch's
+        views (``point_depth.source: stereo``): the views only, no occupancy."""
+        cfg, cue = self.point_depth, self.model.depth_cue
+        views = batch["views"].float()  # [B, N, 3, H, W]
+        b, n = views.shape[:2]
+        size = cfg.stereo_size
+        small = F.interpolate(views.flatten(0, 1), size=(size, size), mode="area").view(b, n, 3, size, size)
+        depths = (torch.arange(cfg.stereo_depths, device=views.device) + 0.5) * (cue.max_depth / cfg.stereo_depths)
+        with torch.autocast(views.device.type, enabled=False), record_function("cond.stereo"):
+            depth, score = sweep_stereo(small, batch["w2c"], batch["intrinsics"], batch["view_mask"], depths,
+                                        max_targets=cfg.stereo_targets)
+            return stereo_points(depth, score, batch["w2c"], batch["intrinsics"], batch["view_mask"],
+                                 cfg.stereo_min_score)
 
     def surface_points(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
         """Centres of the occupied voxels of ``occupancy [B, 1, R, R, R]``."""

@@ -208,6 +208,6 @@ def test_depth_cue_cost_compares_the_cues_with_the_recipe_on_the_cpu(tmp_path):
     subprocess.run(["bash", "benchmarks/depth_cue_cost.sh", str(tmp_path), "cpu", "tiny", "1", "1", "1", "1"],
                    check=True, env=env, capture_output=True, timeout=600)
     report = json.loads((tmp_path / "depth_cue_cost.json").read_text())
-    assert set(report["arms"]) == {"recipe", "points", "sweep"} and report["arms"]["recipe"]["vs_recipe"] == 1.0
+    assert set(report["arms"]) == {"recipe", "points", "stereo", "sweep"} and report["arms"]["recipe"]["vs_recipe"] == 1.0
     assert "cond.point_depth" in report["arms"]["points"]["ranges_ms"]
     assert "cond.plane_sweep" in report["arms"]["sweep"]["ranges_ms"]

@@ -75,3 +75,35 @@ def test_point_depth_needs_the_depth_cue_and_excludes_the_oracle() -> None:
         _stage(depth_cue=CUE, depth_cue_oracle=True)
     with pytest.raises(ValueError, match="keep"):
         _stage({"keep": [0.5, 0.1]})
+
+
+def _stereo_batch() -> dict:
+    """Four textured views of a sphere before a wall (tests.geometry.test_stereo), at the stage's 32 px."""
+    from tests.geometry.test_stereo import _render
+
+    images, (w2c, K, mask), _ = _render()
+    gen = torch.Generator().manual_seed(0)
+    return {"views": torch.nn.functional.interpolate(images[0], size=(32, 32), mode="area")[None],
+            "w2c": w2c, "intrinsics": K, "view_mask": mask, "view_counts": [4],
+            "ss_latent": torch.randn(1, 8, 4, 4, 4, generator=gen), "keys": ["sphere"]}
+
+
+def test_stereo_points_come_from_the_views_alone_and_train_every_parameter() -> None:
+    batch = _stereo_batch()  # no occupancy: the stereo source never reads it
+    stage = _stage({"source": "stereo", "stereo_size": 32, "stereo_depths": 48, "stereo_min_score": 0.8}).eval()
+    points, idx = stage.stereo_points(batch)
+    assert len(points) > 100 and (idx == 0).all()
+    to_sphere, to_wall = (points.norm(dim=-1) - 0.5).abs(), (points[:, 1] - 1.2).abs()
+    assert (torch.minimum(to_sphere, to_wall) < 0.2).float().mean() > 0.7
+    torch.nn.init.normal_(stage.model.depth_cue.to_feature.weight)  # open the cue's zero-initialised injection
+    tokens = stage._prepare(batch)[0]
+    cond = stage.flow_inputs(batch, tokens)["cond_3d"]
+    plain = _stage(None).eval()
+    plain.load_state_dict(stage.state_dict())
+    assert not torch.allclose(plain.flow_inputs(batch, tokens)["cond_3d"], cond)
+    stage.train()
+    stage.log = stage.log_dict = lambda *a, **k: None  # type: ignore[method-assign]
+    stage.training_step(batch, 0).backward()
+    assert [n for n, p in stage.named_parameters() if p.requires_grad and p.grad is None] == []
+    with pytest.raises(ValueError, match="source"):
+        _stage({"source": "lidar"})

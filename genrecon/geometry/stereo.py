@@ -1,0 +1,111 @@
+"""Plane-sweep stereo: per-pixel depth of posed views from their photo-consistency, no learning.
+
+Each reference view's pixels are swept over candidate camera depths; at each depth the pixel's 3-D point is
+projected into every other view, the view is sampled there (bilinear), and a window of the reference image is
+compared with the same window of the warped one by normalised cross-correlation (NCC). The score at a depth is the
+mean NCC over the views the point falls into; a pixel's depth is the best-scoring candidate. Windows without
+texture (variance below ``min_std²``) cannot be matched and get score -1. The point cloud of the confident pixels
+(:func:`stereo_points`) is one source of the depth cue's point depths (``genrecon.models.point_depth``) that needs
+nothing but the views themselves.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from genrecon.geometry.cameras import MIN_DEPTH, camera_centers, pixel_centers_uv, project_points, unproject_points
+
+_EPS = 1e-6
+
+
+def _window_mean(x: Tensor, window: int) -> Tensor:
+    """Mean over ``window × window`` neighbourhoods of ``x [B, C, H, W]`` (borders: the pixels inside)."""
+    return F.avg_pool2d(x, window, stride=1, padding=window // 2, count_include_pad=False)
+
+
+def _targets(centres: Tensor, view_mask: Tensor, r: int, max_targets: int | None) -> tuple[Tensor, Tensor]:
+    """The views reference ``r`` is matched with: indices ``[B, T]`` (nearest camera centres first; every other
+    view when ``max_targets`` is None) and whether each is a real view other than ``r`` ``[B, T]``."""
+    b, n = view_mask.shape
+    others = view_mask.clone()
+    others[:, r] = False
+    if max_targets is None or max_targets >= n - 1:
+        index = torch.arange(n, device=view_mask.device).expand(b, n)
+        keep = torch.arange(n, device=view_mask.device) != r
+        return index[:, keep], others[:, keep]
+    dist = (centres - centres[:, r : r + 1]).norm(dim=-1)
+    dist = torch.where(others, dist, torch.full_like(dist, float("inf")))
+    index = dist.topk(max_targets, dim=1, largest=False).indices  # [B, T]
+    return index, others.gather(1, index)
+
+
+def sweep_stereo(images: Tensor, w2c: Tensor, K: Tensor, view_mask: Tensor, depths: Tensor, window: int = 5,
+                 min_std: float = 0.02, max_targets: int | None = None) -> tuple[Tensor, Tensor]:
+    """Depth ``[B, N, H, W]`` (camera z, the units of ``w2c``) and its score ``[B, N, H, W]`` (mean NCC in
+    [-1, 1]; -1 where no other view sees the point or the window has no texture) of every pixel of every view.
+
+    images ``[B, N, 3, H, W]`` in [0, 1], w2c ``[B, N, 4, 4]`` (OpenCV), K ``[B, N, 3, 3]`` normalised
+    intrinsics, view_mask ``[B, N]`` (padded views are neither references nor targets), depths ``[D]`` the
+    candidates; max_targets: match each reference with only its nearest other views (camera centres; None: all).
+    Memory: ``B · 3 · D · H · W`` floats a few times over, per (reference, target) pair.
+    """
+    if window % 2 == 0:
+        raise ValueError(f"window must be odd, got {window}")
+    b, n, _, h, w = images.shape
+    d = len(depths)
+    imgs = images.float()
+    K = torch.where(view_mask[..., None, None], K.float(), torch.eye(3, device=K.device))  # padded: harmless
+    w2c = w2c.float()
+    uv = torch.as_tensor(pixel_centers_uv(w, h), dtype=torch.float32, device=imgs.device).reshape(-1, 2)
+    uv = uv.repeat(d, 1)  # [D·H·W, 2]: every pixel at depth 0, then at depth 1, ...
+    z = depths.float().to(imgs.device).repeat_interleave(h * w)  # [D·H·W]
+    centres = camera_centers(w2c)  # [B, N, 3]
+    best_depth = imgs.new_zeros(b, n, h, w)
+    best_score = imgs.new_full((b, n, h, w), -1.0)
+    for r in range(n):
+        ref = imgs[:, r]  # [B, 3, H, W]
+        mu_x = _window_mean(ref, window)
+        var_x = (_window_mean(ref * ref, window) - mu_x * mu_x).clamp(min=0)
+        textured = var_x.mean(1) >= min_std**2  # [B, H, W]
+        points = unproject_points(uv.expand(b, -1, -1), z.expand(b, -1), w2c[:, r], K[:, r])  # [B, D·H·W, 3]
+        total = imgs.new_zeros(b, d, h, w)
+        count = imgs.new_zeros(b, d, h, w)
+        targets, usable = _targets(centres, view_mask, r, max_targets)  # [B, T] each
+        rows = torch.arange(b, device=imgs.device)
+        for j in range(targets.shape[1]):
+            m = targets[:, j]
+            uv_m, z_m = project_points(points, w2c[rows, m], K[rows, m])
+            inside = (z_m > MIN_DEPTH) & (uv_m >= 0).all(-1) & (uv_m < 1).all(-1)
+            inside = inside & usable[:, j, None] & view_mask[:, r, None]  # [B, D·H·W]
+            grid = (2 * uv_m - 1).clamp(-2, 2).view(b, d * h, w, 2)
+            warped = F.grid_sample(imgs[rows, m], grid, mode="bilinear", padding_mode="border", align_corners=False)
+            y = warped.view(b, 3, d, h, w).transpose(1, 2).reshape(b * d, 3, h, w)  # [B·D, 3, H, W]
+            x = ref.repeat_interleave(d, dim=0)
+            mu_y = _window_mean(y, window)
+            cov = _window_mean(x * y, window) - mu_x.repeat_interleave(d, dim=0) * mu_y
+            var_y = (_window_mean(y * y, window) - mu_y * mu_y).clamp(min=0)
+            ncc = cov / (var_x.repeat_interleave(d, dim=0) * var_y + _EPS).sqrt()
+            ncc = ncc.mean(1).view(b, d, h, w)
+            seen = inside.view(b, d, h, w).float()
+            total = total + ncc * seen
+            count = count + seen
+        score = torch.where(count > 0, total / count.clamp(min=1), torch.full_like(total, -1.0))
+        score, idx = score.max(dim=1)  # [B, H, W]
+        best_depth[:, r] = depths.float().to(imgs.device)[idx]
+        best_score[:, r] = torch.where(textured, score, torch.full_like(score, -1.0))
+    return best_depth, best_score
+
+
+def stereo_points(depth: Tensor, score: Tensor, w2c: Tensor, K: Tensor, view_mask: Tensor,
+                  min_score: float = 0.8) -> tuple[Tensor, Tensor]:
+    """The 3-D points ``[M, 3]`` of the pixels whose stereo score reaches ``min_score``, with their sample ``[M]``.
+    depth, score ``[B, N, H, W]`` (:func:`sweep_stereo`), w2c ``[B, N, 4, 4]``, K ``[B, N, 3, 3]``."""
+    b, n, h, w = depth.shape
+    uv = torch.as_tensor(pixel_centers_uv(w, h), dtype=torch.float32, device=depth.device).reshape(-1, 2)
+    K = torch.where(view_mask[..., None, None], K.float(), torch.eye(3, device=K.device))
+    points = unproject_points(uv.expand(b, n, -1, -1), depth.reshape(b, n, -1), w2c.float(), K)  # [B, N, H·W, 3]
+    keep = (score.reshape(b, n, -1) >= min_score) & view_mask[..., None]
+    sample = torch.arange(b, device=depth.device)[:, None, None].expand(b, n, h * w)
+    return points[keep], sample[keep]

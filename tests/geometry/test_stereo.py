@@ -1,0 +1,102 @@
+"""Plane-sweep stereo (``genrecon.geometry.stereo``): depth from the photo-consistency of posed views."""
+
+from __future__ import annotations
+
+import torch
+
+from genrecon.geometry.cameras import pixel_rays
+from genrecon.geometry.stereo import stereo_points, sweep_stereo
+from tests.models.test_photo_consistency import _cameras
+from tests.models.test_plane_sweep import _eyes
+
+SIZE, RADIUS, WALL_Y = 48, 0.5, 1.2
+DEPTHS = torch.linspace(0.6, 4.6, 49)  # candidates 1/12 apart
+STEP = float(DEPTHS[1] - DEPTHS[0])
+
+
+def _texture(points: torch.Tensor) -> torch.Tensor:
+    """A smooth random colour field of the 3-D position ``[..., 3]`` → ``[..., 3]`` in [0, 1]."""
+    gen = torch.Generator().manual_seed(0)
+    freq = torch.randn(3, 3, 3, generator=gen) * 6.0  # three octaves-ish per channel
+    phase = torch.rand(3, 3, generator=gen) * 6.28
+    waves = torch.sin(torch.einsum("...k,ock->...oc", points, freq) + phase)  # [..., 3 channels, 3 waves]
+    return 0.5 + waves.mean(-1) / 2
+
+
+def _render(uniform: bool = False):
+    """Four views of a textured sphere at the origin before a textured wall (y = WALL_Y): images
+    ``[1, 4, 3, S, S]``, cameras, and each pixel's true camera depth ``[1, 4, S, S]``."""
+    w2c, K, mask = _cameras(1, _eyes())
+    origins, dirs = pixel_rays(w2c, K, SIZE, SIZE)  # [1, 4, S, S, 3]
+    # sphere: |o + t·d|² = r²; wall: (o + t·d)_y = WALL_Y
+    b = (origins * dirs).sum(-1)
+    c = (origins * origins).sum(-1) - RADIUS**2
+    disc = b * b - c
+    t_sphere = torch.where(disc > 0, -b - disc.clamp(min=0).sqrt(), torch.full_like(b, float("inf")))
+    t_wall = (WALL_Y - origins[..., 1]) / dirs[..., 1]
+    t_wall = torch.where(t_wall > 0, t_wall, torch.full_like(t_wall, float("inf")))
+    t = torch.minimum(t_sphere, t_wall)
+    hit = origins + t[..., None] * dirs
+    forward = w2c[..., 2, :3][:, :, None, None, :]
+    depth = t * (dirs * forward).sum(-1)
+    colour = torch.full_like(hit, 0.5) if uniform else _texture(hit)
+    images = colour.permute(0, 1, 4, 2, 3).contiguous()
+    return images, (w2c, K, mask), depth
+
+
+def test_stereo_depth_matches_the_true_depth_where_it_is_confident() -> None:
+    images, (w2c, K, mask), true = _render()
+    assert torch.isfinite(true).all()  # every pixel sees the sphere or the wall
+    depth, score = sweep_stereo(images, w2c, K, mask, DEPTHS, window=5)
+    assert depth.shape == score.shape == (1, 4, SIZE, SIZE)
+    confident = score >= 0.8
+    assert confident.float().mean() > 0.3, confident.float().mean()
+    error = (depth - true).abs()[confident]
+    assert (error <= 1.5 * STEP).float().mean() > 0.85, (error <= 1.5 * STEP).float().mean()
+    # the same pixels at chance would be right 3 / 49 of the time; the confident ones beat the rest
+    assert (error <= 1.5 * STEP).float().mean() > ((depth - true).abs()[~confident] <= 1.5 * STEP).float().mean()
+
+
+def test_untextured_views_give_no_confident_pixel_and_padded_views_are_ignored() -> None:
+    images, (w2c, K, mask), _ = _render(uniform=True)
+    _, score = sweep_stereo(images, w2c, K, mask, DEPTHS)
+    assert (score == -1).all()
+    # A padded fifth view (zero cameras, random image) changes nothing and gets no score.
+    textured, cams, _ = _render()
+    depth, score = sweep_stereo(textured, *cams, DEPTHS)
+    pad_img = torch.cat([textured, torch.rand(1, 1, 3, SIZE, SIZE)], dim=1)
+    pad_w2c = torch.cat([cams[0], torch.zeros(1, 1, 4, 4)], dim=1)
+    pad_K = torch.cat([cams[1], torch.zeros(1, 1, 3, 3)], dim=1)
+    pad_mask = torch.tensor([[True, True, True, True, False]])
+    depth5, score5 = sweep_stereo(pad_img, pad_w2c, pad_K, pad_mask, DEPTHS)
+    torch.testing.assert_close(score5[:, :4], score)
+    torch.testing.assert_close(depth5[:, :4], depth)
+    assert (score5[:, 4] == -1).all()
+
+
+def test_stereo_points_lie_on_the_surfaces() -> None:
+    images, (w2c, K, mask), _ = _render()
+    depth, score = sweep_stereo(images, w2c, K, mask, DEPTHS)
+    points, sample = stereo_points(depth, score, w2c, K, mask, min_score=0.8)
+    assert len(points) == int((score >= 0.8).sum()) and (sample == 0).all()
+    to_sphere = (points.norm(dim=-1) - RADIUS).abs()
+    to_wall = (points[:, 1] - WALL_Y).abs()
+    near = torch.minimum(to_sphere, to_wall) <= 1.5 * STEP
+    assert near.float().mean() > 0.85, near.float().mean()
+
+
+def test_nearest_targets_only_match_as_well_and_all_of_them_change_nothing() -> None:
+    images, (w2c, K, mask), true = _render()
+    depth, score = sweep_stereo(images, w2c, K, mask, DEPTHS)
+    depth3, score3 = sweep_stereo(images, w2c, K, mask, DEPTHS, max_targets=3)  # 3 = every other view
+    torch.testing.assert_close(score3, score)
+    torch.testing.assert_close(depth3, depth)
+    # A padded view is never among the nearest (its zero camera sits at the origin, nearer than any other).
+    pad = (torch.cat([images, torch.rand(1, 1, 3, SIZE, SIZE)], dim=1), torch.cat([w2c, torch.zeros(1, 1, 4, 4)], 1),
+           torch.cat([K, torch.zeros(1, 1, 3, 3)], 1), torch.tensor([[True, True, True, True, False]]))
+    depth2, score2 = sweep_stereo(*pad, DEPTHS, max_targets=2)
+    depth2_ref, score2_ref = sweep_stereo(images, w2c, K, mask, DEPTHS, max_targets=2)
+    torch.testing.assert_close(score2[:, :4], score2_ref)
+    confident = score2_ref >= 0.8
+    assert confident.float().mean() > 0.3
+    assert ((depth2_ref - true).abs()[confident] <= 1.5 * STEP).float().mean() > 0.85

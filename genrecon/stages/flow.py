@@ -454,11 +454,12 @@ class SparseStructureFlowStage(FlowStage):
     :func:`genrecon.models.depth_cue.histogram_logits`). What the flow then scores bounds what better depth alone
     could buy with this cue; no posed-image input has these depths, so inference cannot use it.
 
-    ``point_depth`` (a deviation, off by default; needs ``preset.flow.depth_cue`` and the ``occupancy`` field):
-    the depth cue takes its depths from points where they fall into a patch, its head's estimate elsewhere
+    ``point_depth`` (a deviation, off by default; needs ``preset.flow.depth_cue``): the depth cue takes its depths
+    from points where they fall into a patch, its head's estimate elsewhere
     (:meth:`genrecon.models.flow_transformer.DenseFlowTransformer.point_depth_logits`). Training and validation
     simulate structure-from-motion points from the chunk's occupancy (keyword arguments of
-    :class:`genrecon.models.point_depth.SimulatedPoints`: the share of the seen surface voxels kept, jitter);
+    :class:`genrecon.models.point_depth.SimulatedPoints`: the share of the seen surface voxels kept, jitter; needs
+    the ``occupancy`` field) or, with ``source: stereo``, find them by plane-sweep stereo in the batch's views;
     ``infer.py`` gives the scene's cleaned input points.
     """
 
@@ -527,7 +528,7 @@ class SparseStructureFlowStage(FlowStage):
     def simulated_points(self, batch: dict[str, Any], num_samples: int) -> tuple[Tensor, Tensor]:
         """Structure-from-motion stand-ins ``[M, 3]`` (chunk frame) with their sample ``[M]``: a share of the
         occupied voxels that some view sees, jittered (``point_depth``; in evaluation its ``eval_keep`` share,
-        drawn with seed 0 so every scoring sees the same points)."""
+        drawn with seed 0 so every scoring sees the same points), or with ``source: stereo`` :meth:`stereo_points`."""
         cfg, projection = self.point_depth, self.model.projection
         if cfg.source == "stereo":
             return self.stereo_points(batch)

@@ -214,6 +214,13 @@ def unproject_points(uv: Array, depth: Array, w2c: Array, K: Array) -> Array:
     return (cam - t) @ R
 
 
+def real_view_intrinsics(K: torch.Tensor, view_mask: torch.Tensor) -> torch.Tensor:
+    """``K [..., 3, 3]`` as float32 with the identity where ``view_mask [...]`` is False: padded views carry all-zero
+    intrinsics, which unprojection would invert; their (masked) results stay finite. *torch*."""
+    eye = torch.eye(3, dtype=torch.float32, device=K.device)
+    return torch.where(view_mask[..., None, None], K.float(), eye)
+
+
 @_torch_function
 def pixel_rays(w2c: Array, K: Array, width: int, height: int) -> tuple[Array, Array]:
     """World rays through the pixel centres of ``width × height`` images. *torch*.

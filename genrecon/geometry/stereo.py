@@ -15,7 +15,14 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from genrecon.geometry.cameras import MIN_DEPTH, camera_centers, pixel_centers_uv, project_points, unproject_points
+from genrecon.geometry.cameras import (
+    MIN_DEPTH,
+    camera_centers,
+    pixel_centers_uv,
+    project_points,
+    real_view_intrinsics,
+    unproject_points,
+)
 
 _EPS = 1e-6
 
@@ -56,7 +63,7 @@ def sweep_stereo(images: Tensor, w2c: Tensor, K: Tensor, view_mask: Tensor, dept
     b, n, _, h, w = images.shape
     d = len(depths)
     imgs = images.float()
-    K = torch.where(view_mask[..., None, None], K.float(), torch.eye(3, device=K.device))  # padded: harmless
+    K = real_view_intrinsics(K, view_mask)
     w2c = w2c.float()
     uv = torch.as_tensor(pixel_centers_uv(w, h), dtype=torch.float32, device=imgs.device).reshape(-1, 2)
     uv = uv.repeat(d, 1)  # [D·H·W, 2]: every pixel at depth 0, then at depth 1, ...
@@ -81,13 +88,13 @@ def sweep_stereo(images: Tensor, w2c: Tensor, K: Tensor, view_mask: Tensor, dept
             inside = inside & usable[:, j, None] & view_mask[:, r, None]  # [B, D·H·W]
             grid = (2 * uv_m - 1).clamp(-2, 2).view(b, d * h, w, 2)
             warped = F.grid_sample(imgs[rows, m], grid, mode="bilinear", padding_mode="border", align_corners=False)
-            y = warped.view(b, 3, d, h, w).transpose(1, 2).reshape(b * d, 3, h, w)  # [B·D, 3, H, W]
-            x = ref.repeat_interleave(d, dim=0)
-            mu_y = _window_mean(y, window)
-            cov = _window_mean(x * y, window) - mu_x.repeat_interleave(d, dim=0) * mu_y
-            var_y = (_window_mean(y * y, window) - mu_y * mu_y).clamp(min=0)
-            ncc = cov / (var_x.repeat_interleave(d, dim=0) * var_y + _EPS).sqrt()
-            ncc = ncc.mean(1).view(b, d, h, w)
+            y = warped.view(b, 3, d, h, w).transpose(1, 2)  # [B, D, 3, H, W]; the reference broadcasts over D
+            mu_y = _window_mean(y.reshape(b * d, 3, h, w), window).view(b, d, 3, h, w)
+            xy = _window_mean((ref[:, None] * y).reshape(b * d, 3, h, w), window).view(b, d, 3, h, w)
+            yy = _window_mean((y * y).reshape(b * d, 3, h, w), window).view(b, d, 3, h, w)
+            cov = xy - mu_x[:, None] * mu_y
+            var_y = (yy - mu_y * mu_y).clamp(min=0)
+            ncc = (cov / (var_x[:, None] * var_y + _EPS).sqrt()).mean(2)  # [B, D, H, W]
             seen = inside.view(b, d, h, w).float()
             total = total + ncc * seen
             count = count + seen
@@ -104,7 +111,7 @@ def stereo_points(depth: Tensor, score: Tensor, w2c: Tensor, K: Tensor, view_mas
     depth, score ``[B, N, H, W]`` (:func:`sweep_stereo`), w2c ``[B, N, 4, 4]``, K ``[B, N, 3, 3]``."""
     b, n, h, w = depth.shape
     uv = torch.as_tensor(pixel_centers_uv(w, h), dtype=torch.float32, device=depth.device).reshape(-1, 2)
-    K = torch.where(view_mask[..., None, None], K.float(), torch.eye(3, device=K.device))
+    K = real_view_intrinsics(K, view_mask)
     points = unproject_points(uv.expand(b, n, -1, -1), depth.reshape(b, n, -1), w2c.float(), K)  # [B, N, H·W, 3]
     keep = (score.reshape(b, n, -1) >= min_score) & view_mask[..., None]
     sample = torch.arange(b, device=depth.device)[:, None, None].expand(b, n, h * w)

@@ -19,7 +19,14 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.profiler import record_function
 
-from genrecon.geometry.cameras import MIN_DEPTH, pixel_centers_uv, project_points, unproject_points
+from genrecon.geometry.cameras import (
+    MIN_DEPTH,
+    pixel_centers_uv,
+    project_points,
+    real_view_intrinsics,
+    unproject_points,
+)
+
 
 class PlaneSweep(nn.Module):
     """Matching cost per patch and depth bin, as corrections of depth logits.
@@ -53,7 +60,7 @@ class PlaneSweep(nn.Module):
         p, d = patch_grid, self.bins
         K, w2c = K.float(), w2c.float()
         if view_mask is not None:
-            K = torch.where(view_mask[..., None, None], K, torch.eye(3, device=K.device))
+            K = real_view_intrinsics(K, view_mask)
         centres = torch.as_tensor(pixel_centers_uv(p, p), dtype=torch.float32, device=K.device).reshape(-1, 2)
         uv = centres.repeat_interleave(d, dim=0)  # [P²·D, 2]: every bin of patch 0, then of patch 1, ...
         depth = self.depths(K.device).repeat(p * p)  # [P²·D]

@@ -49,25 +49,28 @@ def _targets(centres: Tensor, view_mask: Tensor, r: int, max_targets: int | None
 
 
 def sweep_stereo(images: Tensor, w2c: Tensor, K: Tensor, view_mask: Tensor, depths: Tensor, window: int = 5,
-                 min_std: float = 0.02, max_targets: int | None = None) -> tuple[Tensor, Tensor]:
+                 min_std: float = 0.02, max_targets: int | None = None, refine: bool = False) -> tuple[Tensor, Tensor]:
     """Depth ``[B, N, H, W]`` (camera z, the units of ``w2c``) and its score ``[B, N, H, W]`` (mean NCC in
     [-1, 1]; -1 where no other view sees the point or the window has no texture) of every pixel of every view.
 
     images ``[B, N, 3, H, W]`` in [0, 1], w2c ``[B, N, 4, 4]`` (OpenCV), K ``[B, N, 3, 3]`` normalised
     intrinsics, view_mask ``[B, N]`` (padded views are neither references nor targets), depths ``[D]`` the
-    candidates; max_targets: match each reference with only its nearest other views (camera centres; None: all).
+    candidates, ascending; max_targets: match
+    each reference with only its nearest other views (camera centres; None: all); refine: move each depth between
+    its neighbouring candidates to the vertex of the parabola through the three scores (sub-candidate precision).
     Memory: ``B · 3 · D · H · W`` floats a few times over, per (reference, target) pair.
     """
     if window % 2 == 0:
         raise ValueError(f"window must be odd, got {window}")
     b, n, _, h, w = images.shape
-    d = len(depths)
     imgs = images.float()
+    cand = depths.float().to(imgs.device)
+    d = len(cand)
     K = real_view_intrinsics(K, view_mask)
     w2c = w2c.float()
     uv = torch.as_tensor(pixel_centers_uv(w, h), dtype=torch.float32, device=imgs.device).reshape(-1, 2)
     uv = uv.repeat(d, 1)  # [D·H·W, 2]: every pixel at depth 0, then at depth 1, ...
-    z = depths.float().to(imgs.device).repeat_interleave(h * w)  # [D·H·W]
+    z = cand.repeat_interleave(h * w)  # [D·H·W]
     centres = camera_centers(w2c)  # [B, N, 3]
     best_depth = imgs.new_zeros(b, n, h, w)
     best_score = imgs.new_full((b, n, h, w), -1.0)
@@ -99,16 +102,70 @@ def sweep_stereo(images: Tensor, w2c: Tensor, K: Tensor, view_mask: Tensor, dept
             total = total + ncc * seen
             count = count + seen
         score = torch.where(count > 0, total / count.clamp(min=1), torch.full_like(total, -1.0))
-        score, idx = score.max(dim=1)  # [B, H, W]
-        best_depth[:, r] = depths.float().to(imgs.device)[idx]
-        best_score[:, r] = torch.where(textured, score, torch.full_like(score, -1.0))
+        best, idx = score.max(dim=1)  # [B, H, W]
+        depth = cand[idx]
+        if refine and d >= 3:
+            depth = _refine(score, idx, cand, depth)
+        best_depth[:, r] = depth
+        best_score[:, r] = torch.where(textured, best, torch.full_like(best, -1.0))
     return best_depth, best_score
 
 
+def _refine(score: Tensor, idx: Tensor, cand: Tensor, depth: Tensor) -> Tensor:
+    """Sub-candidate depth ``[B, H, W]``: the vertex of the parabola through the scores ``[B, D, H, W]`` at the best
+    candidate ``idx [B, H, W]`` and its two neighbours, interpolated between the candidates ``cand [D]``; the best
+    candidate's ``depth`` where it lies at either end or the scores do not curve down."""
+    d = score.shape[1]
+    mid = idx.clamp(1, d - 2)
+    s0, s1, s2 = (score.gather(1, (mid + k)[:, None]).squeeze(1) for k in (-1, 0, 1))
+    curv = s0 - 2 * s1 + s2
+    offset = torch.where(curv < -_EPS, 0.5 * (s0 - s2) / curv.clamp(max=-_EPS), torch.zeros_like(curv))
+    pos = mid.float() + offset.clamp(-0.5, 0.5)  # fractional candidate index
+    lo = pos.floor().long().clamp(0, d - 2)
+    frac = pos - lo.float()
+    refined = cand[lo] * (1 - frac) + cand[lo + 1] * frac
+    return torch.where((idx > 0) & (idx < d - 1), refined, depth)
+
+
+def consistent_views(depth: Tensor, score: Tensor, w2c: Tensor, K: Tensor, view_mask: Tensor, min_score: float,
+                     rel_tolerance: float = 0.02) -> Tensor:
+    """How many other views confirm each pixel's depth ``[B, N, H, W]``: its point, projected into the other view,
+    lands on a confident pixel (score ≥ ``min_score``) whose own depth agrees with the point's depth there within
+    ``rel_tolerance`` of it (the geometric consistency check of multi-view stereo fusion: a wrong match on one
+    pair rarely agrees with the match found from the other side). depth, score ``[B, N, H, W]``
+    (:func:`sweep_stereo`)."""
+    b, n, h, w = depth.shape
+    uv = torch.as_tensor(pixel_centers_uv(w, h), dtype=torch.float32, device=depth.device).reshape(-1, 2)
+    K = real_view_intrinsics(K, view_mask)
+    w2c = w2c.float()
+    count = torch.zeros(b, n, h * w, device=depth.device)
+    confident = (score >= min_score) & view_mask[..., None, None]
+    for r in range(n):
+        points = unproject_points(uv.expand(b, -1, -1), depth[:, r].reshape(b, -1), w2c[:, r], K[:, r])
+        for m in range(n):
+            if m == r:
+                continue
+            uv_m, z_m = project_points(points, w2c[:, m], K[:, m])
+            col = (uv_m[..., 0] * w).floor().long()
+            row = (uv_m[..., 1] * h).floor().long()
+            inside = (z_m > MIN_DEPTH) & (col >= 0) & (col < w) & (row >= 0) & (row < h)
+            flat = (row.clamp(0, h - 1) * w + col.clamp(0, w - 1))  # [B, H·W]
+            their = depth[:, m].reshape(b, -1).gather(1, flat)
+            sure = confident[:, m].reshape(b, -1).gather(1, flat)
+            agree = inside & sure & ((their - z_m).abs() <= rel_tolerance * z_m)
+            count[:, r] += agree.float()
+    return count.view(b, n, h, w) * view_mask[..., None, None]
+
+
 def stereo_points(depth: Tensor, score: Tensor, w2c: Tensor, K: Tensor, view_mask: Tensor,
-                  min_score: float = 0.8) -> tuple[Tensor, Tensor]:
-    """The 3-D points ``[M, 3]`` of the pixels whose stereo score reaches ``min_score``, with their sample ``[M]``.
-    depth, score ``[B, N, H, W]`` (:func:`sweep_stereo`), w2c ``[B, N, 4, 4]``, K ``[B, N, 3, 3]``."""
+                  min_score: float = 0.8, min_consistent: int = 0,
+                  rel_tolerance: float = 0.02) -> tuple[Tensor, Tensor]:
+    """The 3-D points ``[M, 3]`` of the pixels whose stereo score reaches ``min_score`` (and, with
+    ``min_consistent`` > 0, whose depth that many other views confirm: :func:`consistent_views`), with their sample
+    ``[M]``. depth, score ``[B, N, H, W]`` (:func:`sweep_stereo`), w2c ``[B, N, 4, 4]``, K ``[B, N, 3, 3]``."""
+    if min_consistent > 0:
+        agree = consistent_views(depth, score, w2c, K, view_mask, min_score, rel_tolerance)
+        score = torch.where(agree >= min_consistent, score, torch.full_like(score, -1.0))
     b, n, h, w = depth.shape
     uv = torch.as_tensor(pixel_centers_uv(w, h), dtype=torch.float32, device=depth.device).reshape(-1, 2)
     K = real_view_intrinsics(K, view_mask)

@@ -23,6 +23,7 @@ from torch.profiler import record_function
 
 from genrecon.models.aggregator import project_and_aggregate
 from genrecon.models.cell_cue import CellCue
+from genrecon.models.point_grid import PointGridCue
 from genrecon.models.depth_cue import DepthCue, cell_zbuffer, histogram_logits, merge_logits, zbuffer_histograms
 from genrecon.models.photo_consistency import PhotoConsistency
 from genrecon.models.projection import coords_to_points, voxel_centers
@@ -330,8 +331,14 @@ class DenseFlowTransformer(_FlowTransformer):
 
     block_cls = ModulatedTransformerCrossBlock
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, point_grid: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        """point_grid: keyword arguments of :class:`genrecon.models.point_grid.PointGridCue` (e.g.
+        ``{subdivisions: 4}``) to add input points, counted per occupancy voxel of each cell, to the 3-D condition
+        (a deviation, off by default; the SS stage's ``point_depth`` gives the points)."""
         super().__init__(**kwargs)
+        if point_grid is not None and not self.has_cond_3d:
+            raise ValueError("point_grid adds to the 3-D condition: it needs projection and aggregator")
+        self.point_grid = PointGridCue(self.cond_channels, **point_grid) if point_grid is not None else None
         phases = rope_phases(grid_coords(self.resolution), self.head_dim, self.rope_theta)
         self.register_buffer("rope_phases", phases)  # [R³, D/2] complex64, persistent as in TRELLIS.2
 

@@ -40,6 +40,11 @@ class SimulatedPoints:
         stereo_min_score: mean NCC a pixel needs to become a point.
         stereo_targets: the nearest other views each view is matched with (one H100 step of the small preset,
             16 views, all 15 targets: 3.2 × the recipe's).
+        stereo_refine: place each stereo depth between its candidates (the parabola through the three scores).
+        stereo_consistent: how many other views must confirm a stereo pixel's depth (0: none; 1 on 4 synthetic
+            validation chunks of 8 views: 32 % of the points stay, within a voxel of the surface 91 % against 67 %).
+        depth_cue: whether the points replace the depth cue's depths where they land (False: they only feed the
+            model's ``point_grid``).
     """
 
     keep: tuple[float, float] = (0.05, 1.0)
@@ -51,6 +56,9 @@ class SimulatedPoints:
     stereo_depths: int = 48
     stereo_min_score: float = 0.8
     stereo_targets: int = 4
+    stereo_refine: bool = False
+    stereo_consistent: int = 0
+    depth_cue: bool = True
 
     def __post_init__(self) -> None:
         if self.source not in ("occupancy", "stereo"):
@@ -61,6 +69,9 @@ class SimulatedPoints:
                              f"eval_keep={self.eval_keep}")
         if self.noise < 0 or self.tolerance < 0:
             raise ValueError(f"noise and tolerance must be ≥ 0, got {self.noise}, {self.tolerance}")
+        if not 0 <= self.stereo_consistent < self.stereo_targets + 1:
+            raise ValueError(f"stereo_consistent {self.stereo_consistent}: expected 0 to stereo_targets "
+                             f"({self.stereo_targets})")
 
 
 def seen_points(u: Tensor, v: Tensor, depth: Tensor, valid: Tensor, batch_idx: Tensor, num_samples: int,

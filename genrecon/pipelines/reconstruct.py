@@ -132,24 +132,41 @@ class SceneReconstructor:
         with torch.no_grad():
             return encode_views(stage.image_encoder, imgs[None].to(self.device), mask)
 
-    def _point_depth_logits(self, stage: Any, tokens: Tensor, scene_points: Tensor | None, w2c: Tensor, K: Tensor,
-                            gen: torch.Generator) -> Tensor | None:
-        """The depth cue's per-patch logits ``[1, N, P², D]`` from the scene's points ``[M, 3]`` (chunk-0 frame) for
-        an ss_flow trained with ``point_depth``; None for one without."""
+    def _input_points(self, stage: Any, scene_points: Tensor | None, gen: torch.Generator) -> Tensor | None:
+        """The scene's points ``[M, 3]`` (chunk-0 frame) on the device, at most ``point_depth_max_points`` of them,
+        for an ss_flow trained with ``point_depth``; None for one without."""
         if getattr(stage, "point_depth", None) is None:
             return None
         if scene_points is None or len(scene_points) == 0:
-            raise ValueError("this ss_flow checkpoint takes its depths from the input points (point_depth): pass "
-                             "the scene's cleaned points")
+            raise ValueError("this ss_flow checkpoint reads the input points (point_depth): pass the scene's cleaned "
+                             "points")
         cap = self.settings.point_depth_max_points
         if len(scene_points) > cap:
             scene_points = scene_points[torch.randperm(len(scene_points), generator=gen)[:cap]]
-        p = scene_points.to(self.device, torch.float32)
-        one_sample = torch.zeros(len(p), dtype=torch.long, device=self.device)
+        return scene_points.to(self.device, torch.float32)
+
+    def _point_depth_logits(self, stage: Any, tokens: Tensor, points: Tensor | None, w2c: Tensor,
+                            K: Tensor) -> Tensor | None:
+        """The depth cue's per-patch logits ``[1, N, P², D]`` from the input points ``[M, 3]``
+        (:meth:`_input_points`) where the ss_flow's ``point_depth`` feeds its depth cue; None otherwise."""
+        if points is None or not stage.point_depth.depth_cue:
+            return None
+        one_sample = torch.zeros(len(points), dtype=torch.long, device=self.device)
         mask = torch.ones(1, tokens.shape[1], dtype=torch.bool, device=self.device)
         with torch.no_grad():
-            return stage.model.point_depth_logits(tokens, p, one_sample, w2c[None], K[None], mask,
+            return stage.model.point_depth_logits(tokens, points, one_sample, w2c[None], K[None], mask,
                                                   stage.depth_supervision_subcells)
+
+    def _point_grid(self, stage: Any, points: Tensor | None, layout: DenseLayout) -> Tensor | None:
+        """The point-grid cue's addition ``[X·Y·Z, C]`` (host memory) to the canvas' 3-D condition, from the input
+        points ``[M, 3]`` (:meth:`_input_points`), for an ss_flow with ``preset.flow.point_grid``; None otherwise."""
+        cue = getattr(stage.model, "point_grid", None)
+        if cue is None:
+            return None
+        one_sample = torch.zeros(len(points), dtype=torch.long, device=self.device)
+        with torch.no_grad():
+            counts = cue.counts(points, one_sample, 1, layout.canvas_shape, resolution=layout.resolution)
+            return cue(counts)[0].float().cpu()
 
     def _cond_3d(self, stage: Any, points: Tensor, tokens: Tensor, w2c: Tensor, K: Tensor,
                  images: Tensor, depth_logits: Tensor | None = None) -> Tensor | None:
@@ -185,8 +202,12 @@ class SceneReconstructor:
         with self._phase("ss_conditioning"):
             tokens = self._tokens(stage, images)
             cond_2d = tokens[0, views].cpu()
-            depth_logits = self._point_depth_logits(stage, tokens, scene_points, w2c, K, gen)
+            points = self._input_points(stage, scene_points, gen)
+            depth_logits = self._point_depth_logits(stage, tokens, points, w2c, K)
             c3 = self._cond_3d(stage, layout.canvas_points(), tokens, w2c, K, images, depth_logits)
+            grid = self._point_grid(stage, points, layout)
+            if grid is not None:
+                c3 = c3 + grid.to(c3.dtype)
             cond_3d = None
             if c3 is not None:
                 canvas = c3.view(*layout.canvas_shape, -1).permute(3, 0, 1, 2)

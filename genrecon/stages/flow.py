@@ -146,8 +146,8 @@ class FlowStage(Stage):
             0.13 dB one-step and +0.26 ± 0.16 dB sampled.
     """
 
-    new_parameter_prefixes = ("aggregator", "proj_linears", "photo_cue", "depth_cue", "cell_cue", "image_encoder",
-                              "latent_head")
+    new_parameter_prefixes = ("aggregator", "proj_linears", "photo_cue", "depth_cue", "cell_cue", "point_grid",
+                              "image_encoder", "latent_head")
     latent = "ss"
 
     def __init__(
@@ -460,7 +460,10 @@ class SparseStructureFlowStage(FlowStage):
     simulate structure-from-motion points from the chunk's occupancy (keyword arguments of
     :class:`genrecon.models.point_depth.SimulatedPoints`: the share of the seen surface voxels kept, jitter; needs
     the ``occupancy`` field) or, with ``source: stereo``, find them by plane-sweep stereo in the batch's views;
-    ``infer.py`` gives the scene's cleaned input points.
+    ``infer.py`` gives the scene's cleaned input points. With ``preset.flow.point_grid`` the same points, counted
+    per occupancy voxel of every latent cell, are added to the 3-D condition
+    (:class:`genrecon.models.point_grid.PointGridCue`); ``point_depth.depth_cue: false`` keeps them out of the
+    depth cue.
     """
 
     latent = "ss"
@@ -475,8 +478,13 @@ class SparseStructureFlowStage(FlowStage):
         self.depth_cue_oracle = bool(depth_cue_oracle)
         self.point_depth = None if point_depth is None else SimulatedPoints(
             **{k: tuple(v) if k == "keep" else v for k, v in dict(point_depth).items()})
-        if self.point_depth is not None and getattr(self.model, "depth_cue", None) is None:
-            raise ValueError("point_depth gives the depth cue its depths: set preset.flow.depth_cue")
+        if self.point_grid is not None and self.point_depth is None:
+            raise ValueError("preset.flow.point_grid counts the input points: set stage.module.point_depth (their "
+                             "source)")
+        if (self.point_depth is not None and self.point_depth.depth_cue
+                and getattr(self.model, "depth_cue", None) is None):
+            raise ValueError("point_depth gives the depth cue its depths: set preset.flow.depth_cue (or "
+                             "point_depth.depth_cue=false with preset.flow.point_grid)")
         if self.point_depth is not None and self.depth_cue_oracle:
             raise ValueError("depth_cue_oracle and point_depth both replace the depth cue's depths: choose one")
         if self.depth_cue_oracle:
@@ -510,19 +518,30 @@ class SparseStructureFlowStage(FlowStage):
     def flow_inputs(self, batch: dict[str, Any], tokens: Tensor) -> dict[str, Any]:
         cond_3d = None
         if self.model.has_cond_3d:
-            depth_logits = None
+            depth_logits, points = None, None
+            b = tokens.shape[0]
             if self.depth_cue_oracle:
-                depth_logits = histogram_logits(*self.surface_depth_targets(batch, tokens.shape[0]))
+                depth_logits = histogram_logits(*self.surface_depth_targets(batch, b))
             elif self.point_depth is not None:
-                points, batch_idx = self.simulated_points(batch, tokens.shape[0])
-                depth_logits = self.model.point_depth_logits(tokens, points, batch_idx, batch["w2c"],
-                                                             batch["intrinsics"], batch["view_mask"],
-                                                             self.depth_supervision_subcells)
+                points, batch_idx = self.simulated_points(batch, b)
+                if self.point_depth.depth_cue:
+                    depth_logits = self.model.point_depth_logits(tokens, points, batch_idx, batch["w2c"],
+                                                                 batch["intrinsics"], batch["view_mask"],
+                                                                 self.depth_supervision_subcells)
             cond_3d = self.model.cond_3d_from_views(tokens, batch["w2c"], batch["intrinsics"], batch["view_mask"],
                                                     self.proj_batch_voxels, images=batch["views"],
                                                     depth_logits=depth_logits)
+            if self.point_grid is not None:
+                r = self.model.resolution
+                counts = self.point_grid.counts(points, batch_idx, b, (r, r, r))
+                cond_3d = cond_3d + self.point_grid(counts).to(cond_3d.dtype)
         return {"x0": self.normalise(batch["ss_latent"], 1), "cond_3d": cond_3d, "batch_idx": None,
                 "model_fn": self.model}
+
+    @property
+    def point_grid(self) -> nn.Module | None:
+        """The model's :class:`genrecon.models.point_grid.PointGridCue`, if it has one."""
+        return getattr(self.model, "point_grid", None)
 
     @torch.no_grad()
     def simulated_points(self, batch: dict[str, Any], num_samples: int) -> tuple[Tensor, Tensor]:
@@ -554,9 +573,9 @@ class SparseStructureFlowStage(FlowStage):
         depths = (torch.arange(cfg.stereo_depths, device=views.device) + 0.5) * (cue.max_depth / cfg.stereo_depths)
         with torch.autocast(views.device.type, enabled=False), record_function("cond.stereo"):
             depth, score = sweep_stereo(small, batch["w2c"], batch["intrinsics"], batch["view_mask"], depths,
-                                        max_targets=cfg.stereo_targets)
+                                        max_targets=cfg.stereo_targets, refine=cfg.stereo_refine)
             return stereo_points(depth, score, batch["w2c"], batch["intrinsics"], batch["view_mask"],
-                                 cfg.stereo_min_score)
+                                 cfg.stereo_min_score, min_consistent=cfg.stereo_consistent)
 
     def surface_points(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
         """Centres of the occupied voxels of ``occupancy [B, 1, R, R, R]``."""

@@ -100,3 +100,39 @@ def test_nearest_targets_only_match_as_well_and_all_of_them_change_nothing() -> 
     confident = score2_ref >= 0.8
     assert confident.float().mean() > 0.3
     assert ((depth2_ref - true).abs()[confident] <= 1.5 * STEP).float().mean() > 0.85
+
+
+def test_refined_depths_are_closer_than_the_candidates_and_stay_between_them() -> None:
+    images, (w2c, K, mask), true = _render()
+    coarse = DEPTHS[::2]  # candidates 1/6 apart: quantisation dominates the error
+    depth, score = sweep_stereo(images, w2c, K, mask, coarse)
+    fine, fine_score = sweep_stereo(images, w2c, K, mask, coarse, refine=True)
+    torch.testing.assert_close(fine_score, score)  # the scores (and so the confident pixels) do not change
+    confident = score >= 0.8
+    step = float(coarse[1] - coarse[0])
+    assert ((fine - depth).abs() <= 0.5 * step + 1e-5).all()  # at most half a candidate step moved
+    err, err_fine = (depth - true).abs()[confident], (fine - true).abs()[confident]
+    assert err_fine.median() < 0.8 * err.median(), (err.median(), err_fine.median())
+
+
+def test_consistency_keeps_the_pixels_other_views_confirm() -> None:
+    images, (w2c, K, mask), true = _render()
+    depth, score = sweep_stereo(images, w2c, K, mask, DEPTHS, refine=True)
+    from genrecon.geometry.stereo import consistent_views
+
+    agree = consistent_views(depth, score, w2c, K, mask, min_score=0.5, rel_tolerance=0.03)
+    assert agree.shape == depth.shape and agree.max() <= 3
+    # Corrupt one view's depths: its pixels lose their confirmations, and the others lose those it gave.
+    broken = depth.clone()
+    broken[:, 0] = broken[:, 0] * 1.5
+    agree_b = consistent_views(broken, score, w2c, K, mask, min_score=0.5, rel_tolerance=0.03)
+    assert agree_b[:, 0].sum() < 0.1 * agree[:, 0].sum()
+    assert agree_b[:, 1:].sum() < agree[:, 1:].sum()
+    # Requiring a confirmation keeps fewer points, and a larger share of them lies on the surfaces.
+    def on_surface(points):
+        return torch.minimum((points.norm(dim=-1) - RADIUS).abs(), (points[:, 1] - WALL_Y).abs()) <= 0.5 * STEP
+
+    loose, _ = stereo_points(depth, score, w2c, K, mask, min_score=0.5)
+    strict, _ = stereo_points(depth, score, w2c, K, mask, min_score=0.5, min_consistent=1, rel_tolerance=0.03)
+    assert 0 < len(strict) < len(loose)
+    assert on_surface(strict).float().mean() > on_surface(loose).float().mean()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -82,16 +83,19 @@ def test_point_depth_stage_takes_the_scenes_points_and_needs_them() -> None:
                               ("ss_vae", "shape_vae", "tex_vae", "ss_flow", "shape_flow", "tex_flow")},
                              settings, torch.device("cpu"))
     points = torch.rand(64, 3) - 0.5
-    out = rec._point_depth_logits(stage, tokens, points, w2c[0], K[0], torch.Generator().manual_seed(0))
+    given = rec._input_points(stage, points, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(given, points)
+    out = rec._point_depth_logits(stage, tokens, given, w2c[0], K[0])
     mask = torch.ones(1, 3, dtype=torch.bool)
     ref = model.point_depth_logits(tokens, points, torch.zeros(64, dtype=torch.long), w2c, K, mask, 2)
     torch.testing.assert_close(out, ref)
     # More points than the cap: a random subset of the cap's size.
     many = torch.cat([points, points + 10.0])  # the extra ones far outside every view
-    capped = rec._point_depth_logits(stage, tokens, many, w2c[0], K[0], torch.Generator().manual_seed(0))
-    assert capped.shape == out.shape and not torch.allclose(capped, out)
+    capped = rec._input_points(stage, many, torch.Generator().manual_seed(0))
+    assert capped.shape == (64, 3) and (capped.abs() > 5).any()
+    assert not torch.allclose(rec._point_depth_logits(stage, tokens, capped, w2c[0], K[0]), out)
     with pytest.raises(ValueError, match="points"):
-        rec._point_depth_logits(stage, tokens, None, w2c[0], K[0], torch.Generator())
+        rec._input_points(stage, None, torch.Generator())
     # The scene condition reads them: the same as the model's own with these logits, not the head's.
     torch.nn.init.normal_(model.depth_cue.to_feature.weight)  # open the cue's zero-initialised injection
     cells = torch.rand(30, 3) - 0.5
@@ -101,5 +105,30 @@ def test_point_depth_stage_takes_the_scenes_points_and_needs_them() -> None:
     torch.testing.assert_close(cond, ref)
     assert not torch.allclose(cond, rec._cond_3d(stage, cells, tokens, w2c[0], K[0], images))
     # A stage without point_depth ignores them.
-    assert rec._point_depth_logits(SimpleNamespace(model=model), tokens, points, w2c[0], K[0],
-                                   torch.Generator()) is None
+    assert rec._input_points(SimpleNamespace(model=model), points, torch.Generator()) is None
+    assert rec._point_depth_logits(SimpleNamespace(model=model), tokens, None, w2c[0], K[0]) is None
+
+
+def test_point_grid_of_the_scene_canvas_matches_each_chunks_own() -> None:
+    """The reconstructor counts the scene's points once over the canvas of all chunks; split into chunks, the
+    cue's addition equals the model's for each chunk's own points in its own frame."""
+    from genrecon.models.point_grid import PointGridCue
+    from genrecon.pipelines.multi_chunk import DenseLayout
+
+    torch.manual_seed(0)
+    r = 4
+    cue = PointGridCue(8, subdivisions=2)
+    torch.nn.init.normal_(cue.to_feature.weight)
+    layout = DenseLayout(np.array([[0, 0, 0], [2, 0, 1]]), r)  # two chunks overlapping by half along x
+    stage = SimpleNamespace(model=SimpleNamespace(point_grid=cue))
+    names = ("ss_vae", "shape_vae", "tex_vae", "ss_flow", "shape_flow", "tex_flow")
+    rec = SceneReconstructor({n: stage for n in names}, ReconstructionSettings(), torch.device("cpu"))
+    canvas_extent = torch.tensor(layout.canvas_shape, dtype=torch.float32) / r
+    points = torch.rand(500, 3) * canvas_extent - 0.5  # the canvas starts at -0.5 like chunk 0
+    grid = rec._point_grid(stage, points, layout)  # [X·Y·Z, C]
+    canvas = grid.T.reshape(8, *layout.canvas_shape)
+    for (x, y, z), chunk in zip(layout.offsets, layout.split(canvas)):
+        local = points - torch.tensor([x, y, z], dtype=torch.float32) / r
+        own = cue(cue.counts(local, torch.zeros(len(local), dtype=torch.long), 1, (r, r, r)))[0]
+        torch.testing.assert_close(chunk.flatten(1).T, own)
+    assert rec._point_grid(SimpleNamespace(model=SimpleNamespace()), points, layout) is None

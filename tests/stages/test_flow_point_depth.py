@@ -107,3 +107,10 @@ def test_stereo_points_come_from_the_views_alone_and_train_every_parameter() -> 
     assert [n for n, p in stage.named_parameters() if p.requires_grad and p.grad is None] == []
     with pytest.raises(ValueError, match="source"):
         _stage({"source": "lidar"})
+    # Confirmed by another view, fewer points remain.
+    strict = _stage({"source": "stereo", "stereo_size": 32, "stereo_depths": 48, "stereo_min_score": 0.8,
+                     "stereo_refine": True, "stereo_consistent": 1}).eval()
+    kept, _ = strict.stereo_points(batch)
+    assert 0 < len(kept) < len(points)
+    with pytest.raises(ValueError, match="stereo_consistent"):
+        _stage({"source": "stereo", "stereo_consistent": 5})

@@ -55,9 +55,9 @@ def sweep_stereo(images: Tensor, w2c: Tensor, K: Tensor, view_mask: Tensor, dept
 
     images ``[B, N, 3, H, W]`` in [0, 1], w2c ``[B, N, 4, 4]`` (OpenCV), K ``[B, N, 3, 3]`` normalised
     intrinsics, view_mask ``[B, N]`` (padded views are neither references nor targets), depths ``[D]`` the
-    candidates, ascending; max_targets: match
-    each reference with only its nearest other views (camera centres; None: all); refine: move each depth between
-    its neighbouring candidates to the vertex of the parabola through the three scores (sub-candidate precision).
+    candidates, ascending; max_targets: match each reference with only its nearest other views (camera centres;
+    None: all); refine: move each depth towards a neighbouring candidate, to the vertex of the parabola through the
+    three scores (sub-candidate precision).
     Memory: ``B · 3 · D · H · W`` floats a few times over, per (reference, target) pair.
     """
     if window % 2 == 0:

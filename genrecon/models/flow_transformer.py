@@ -23,9 +23,9 @@ from torch.profiler import record_function
 
 from genrecon.models.aggregator import project_and_aggregate
 from genrecon.models.cell_cue import CellCue
-from genrecon.models.point_grid import PointGridCue
 from genrecon.models.depth_cue import DepthCue, cell_zbuffer, histogram_logits, merge_logits, zbuffer_histograms
 from genrecon.models.photo_consistency import PhotoConsistency
+from genrecon.models.point_grid import PointGridCue
 from genrecon.models.projection import coords_to_points, voxel_centers
 from genrecon.models.visibility import StructureVisibility
 from genrecon.modules.attention import PackedLayout

@@ -235,6 +235,34 @@ def colour_psnr_split(coords: np.ndarray, rgb: np.ndarray, chunk: Chunk, seen: n
     return {"psnr_db": array_psnr(pred, truth), "psnr_seen_db": part(seen), "psnr_hidden_db": part(~seen)}
 
 
+def point_depth_for_scoring(config: Any, keep: float | None, overrides: list[str]) -> Any:
+    """A point-depth flow's :class:`~genrecon.models.point_depth.SimulatedPoints` for scoring: ``keep`` as its
+    ``eval_keep`` and each ``FIELD=VALUE`` of ``overrides`` set (``source=stereo``: a flow trained on simulated
+    points scored on the stereo points of the evaluation views alone). Values take the type of the field's
+    current value (``true``/``false`` for booleans); an unknown field or a value of the wrong type raises."""
+    changes: dict[str, Any] = {} if keep is None else {"eval_keep": keep}
+    fields = {f.name for f in dataclasses.fields(config)}
+    for item in overrides:
+        name, sep, text = item.partition("=")
+        if not sep or name not in fields:
+            raise ValueError(f"--point-depth {item!r}: expected FIELD=VALUE with FIELD one of {sorted(fields)}")
+        current = getattr(config, name)
+        try:
+            if isinstance(current, bool):
+                if text.lower() not in ("true", "false"):
+                    raise ValueError(text)
+                value: Any = text.lower() == "true"
+            elif isinstance(current, tuple):
+                value = tuple(type(c)(v) for c, v in zip(current, text.split(","), strict=True))
+            else:
+                value = type(current)(text)
+        except ValueError as err:
+            raise ValueError(f"--point-depth {item!r}: {text!r} is not a {type(current).__name__} "
+                             f"like the current {current!r}") from err
+        changes[name] = value
+    return dataclasses.replace(config, **changes)  # the dataclass checks the combination
+
+
 def seen_by_views(cells: torch.Tensor, points: torch.Tensor, item: dict[str, Any], cell: float,
                   subdivisions: int) -> torch.Tensor:
     """``[P]`` bool: which ``points [P, 3]`` some evaluation view of ``item`` sees past the structure ``cells
@@ -309,10 +337,9 @@ class Benchmark:
     def load(self, path: str, stage: str):
         with Timer(self.device) as t:
             module = load_stage(path, expected_stage=stage, device=self.device)
-        keep = self.args.point_keep
-        if keep is not None and getattr(module, "point_depth", None) is not None:
-            # the share of the seen surface voxels its simulated points keep (point_depth's eval_keep)
-            module.point_depth = dataclasses.replace(module.point_depth, eval_keep=keep)
+        if getattr(module, "point_depth", None) is not None:
+            module.point_depth = point_depth_for_scoring(module.point_depth, self.args.point_keep,
+                                                         getattr(self.args, "point_depth", None) or [])
         return module, t.seconds
 
     @property
@@ -942,6 +969,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--point-keep", type=float, default=None, metavar="SHARE",
                    help="an ss_flow trained with point_depth: score with this share of the seen surface voxels as "
                         "its points (default: the checkpoint's eval_keep)")
+    p.add_argument("--point-depth", action="append", default=[], metavar="FIELD=VALUE",
+                   help="an ss_flow trained with point_depth: score with this field of its SimulatedPoints changed "
+                        "(repeatable), e.g. source=stereo stereo_consistent=1 stereo_refine=true: the stereo points "
+                        "of the evaluation views in place of the simulated ones")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16", help="sampling autocast on CUDA")
     p.add_argument("--out", help="also write the JSON here")

@@ -25,5 +25,11 @@ for f in "$R"/../logs/train/runs/*/csv/version_*/metrics.csv; do
   [ -f "$f" ] && cp "$f" "$R/live/metrics_$(basename "$(dirname "$(dirname "$(dirname "$f")")")").csv"; done
 for f in "$R"/../logs/train/runs/*/rank_0_steps.jsonl; do  # every step's time: the start-up ramp so far
   [ -f "$f" ] && cp "$f" "$R/live/steps_$(basename "$(dirname "$f")").jsonl"; done
-mkdir -p "$OUT" && tar czf "$OUT/results.tar.gz" -C "$R" . 2>/dev/null
+mkdir -p "$OUT" && rm -f "$OUT"/results.tar.gz* && tar czf "$OUT/results.tar.gz" -C "$R" . 2>/dev/null
+# The device tool brings back files up to 16 MiB (session 24's archive, 16.9 MB, did not come back): a larger
+# archive is split into parts; `cat results.tar.gz.part* | tar xz` rejoins them.
+PART=${WATCH_RUN_PART_BYTES:-15000000}
+if [ "$(stat -c %s "$OUT/results.tar.gz")" -gt "$PART" ]; then
+  split -b "$PART" -d "$OUT/results.tar.gz" "$OUT/results.tar.gz.part" && rm "$OUT/results.tar.gz"
+fi
 ls -la "$OUT"

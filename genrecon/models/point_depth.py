@@ -35,6 +35,10 @@ class SimulatedPoints:
             seen (a slanted surface spans several voxels within one cell).
         source: ``"occupancy"`` (the above) or ``"stereo"``: the points plane-sweep stereo finds in the batch's
             own views (:mod:`genrecon.geometry.stereo`), where they are textured; keep and noise are then unused.
+            ``"mixed"``: in training a share ``stereo_share`` of each batch's chunks takes stereo points, the rest
+            simulated ones (stereo halves the step rate); in evaluation every chunk takes stereo points.
+        stereo_share: the share of a training batch's chunks (rounded, at least one) with stereo points, for
+            ``source: mixed``.
         stereo_size: image edge (pixels) the views are resized to for stereo.
         stereo_depths: candidate camera depths of the sweep, uniform over the depth cue's range.
         stereo_min_score: mean NCC a pixel needs to become a point.
@@ -45,6 +49,9 @@ class SimulatedPoints:
             validation chunks of 8 views: 32 % of the points stay, within a voxel of the surface 91 % against 67 %).
         depth_cue: whether the points replace the depth cue's depths where they land (False: they only feed the
             model's ``point_grid``).
+        outliers: share of the simulated points moved further, as stereo's mismatches are (refined stereo confirmed
+            by one view: 16 % of its points more than a voxel from any surface, 4 % more than two).
+        outlier_noise: standard deviation of those points' extra Gaussian displacement, in voxels.
     """
 
     keep: tuple[float, float] = (0.05, 1.0)
@@ -52,6 +59,7 @@ class SimulatedPoints:
     noise: float = 0.5
     tolerance: float = 1.5
     source: str = "occupancy"
+    stereo_share: float = 0.25
     stereo_size: int = 96
     stereo_depths: int = 48
     stereo_min_score: float = 0.8
@@ -59,16 +67,23 @@ class SimulatedPoints:
     stereo_refine: bool = False
     stereo_consistent: int = 0
     depth_cue: bool = True
+    outliers: float = 0.0
+    outlier_noise: float = 3.0
 
     def __post_init__(self) -> None:
-        if self.source not in ("occupancy", "stereo"):
-            raise ValueError(f"source {self.source!r}: expected 'occupancy' or 'stereo'")
+        if self.source not in ("occupancy", "stereo", "mixed"):
+            raise ValueError(f"source {self.source!r}: expected 'occupancy', 'stereo' or 'mixed'")
+        if not 0 < self.stereo_share <= 1:
+            raise ValueError(f"stereo_share {self.stereo_share}: expected a share in (0, 1]")
         low, high = self.keep
         if not 0 < low <= high <= 1 or not 0 < self.eval_keep <= 1:
             raise ValueError(f"keep shares must lie in (0, 1] with low ≤ high: keep={self.keep}, "
                              f"eval_keep={self.eval_keep}")
-        if self.noise < 0 or self.tolerance < 0:
-            raise ValueError(f"noise and tolerance must be ≥ 0, got {self.noise}, {self.tolerance}")
+        if self.noise < 0 or self.tolerance < 0 or self.outlier_noise < 0:
+            raise ValueError(f"noise, tolerance and outlier_noise must be ≥ 0, got {self.noise}, {self.tolerance}, "
+                             f"{self.outlier_noise}")
+        if not 0 <= self.outliers <= 1:
+            raise ValueError(f"outliers {self.outliers}: expected a share in [0, 1]")
         if not 0 <= self.stereo_consistent < self.stereo_targets + 1:
             raise ValueError(f"stereo_consistent {self.stereo_consistent}: expected 0 to stereo_targets "
                              f"({self.stereo_targets})")
@@ -84,8 +99,10 @@ def seen_points(u: Tensor, v: Tensor, depth: Tensor, valid: Tensor, batch_idx: T
 
 
 def simulate_sfm_points(points: Tensor, batch_idx: Tensor, seen: Tensor, keep: Tensor, noise: float,
-                        generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-    """A share ``keep [B]`` of each sample's seen points, jittered by Gaussian ``noise`` (chunk units).
+                        generator: torch.Generator | None = None, outliers: float = 0.0,
+                        outlier_noise: float = 0.0) -> tuple[Tensor, Tensor]:
+    """A share ``keep [B]`` of each sample's seen points, jittered by Gaussian ``noise`` (chunk units); a share
+    ``outliers`` of them moved by a further Gaussian ``outlier_noise``.
 
     points ``[K, 3]``, batch_idx ``[K]``, seen ``[K]`` bool → points ``[M, 3]``, batch_idx ``[M]``.
     """
@@ -94,6 +111,10 @@ def simulate_sfm_points(points: Tensor, batch_idx: Tensor, seen: Tensor, keep: T
     out = points[chosen]
     if noise > 0:
         out = out + noise * torch.randn(out.shape, device=out.device, dtype=out.dtype, generator=generator)
+    if outliers > 0 and outlier_noise > 0:  # drawn only when asked: the evaluation points stay as before
+        moved = torch.rand(len(out), device=out.device, generator=generator) < outliers
+        shift = outlier_noise * torch.randn(out.shape, device=out.device, dtype=out.dtype, generator=generator)
+        out = out + moved[:, None] * shift
     return out, batch_idx[chosen]
 
 

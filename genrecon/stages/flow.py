@@ -459,7 +459,8 @@ class SparseStructureFlowStage(FlowStage):
     (:meth:`genrecon.models.flow_transformer.DenseFlowTransformer.point_depth_logits`). Training and validation
     simulate structure-from-motion points from the chunk's occupancy (keyword arguments of
     :class:`genrecon.models.point_depth.SimulatedPoints`: the share of the seen surface voxels kept, jitter; needs
-    the ``occupancy`` field) or, with ``source: stereo``, find them by plane-sweep stereo in the batch's views;
+    the ``occupancy`` field) or, with ``source: stereo``, find them by plane-sweep stereo in the batch's views
+    (``source: mixed``: stereo for a share of each training batch, simulated for the rest, stereo in evaluation);
     ``infer.py`` gives the scene's cleaned input points. With ``preset.flow.point_grid`` the same points, counted
     per occupancy voxel of every latent cell, are added to the 3-D condition
     (:class:`genrecon.models.point_grid.PointGridCue`); ``point_depth.depth_cue: false`` keeps them out of the
@@ -547,10 +548,25 @@ class SparseStructureFlowStage(FlowStage):
     def simulated_points(self, batch: dict[str, Any], num_samples: int) -> tuple[Tensor, Tensor]:
         """Structure-from-motion stand-ins ``[M, 3]`` (chunk frame) with their sample ``[M]``: a share of the
         occupied voxels that some view sees, jittered (``point_depth``; in evaluation its ``eval_keep`` share,
-        drawn with seed 0 so every scoring sees the same points), or with ``source: stereo`` :meth:`stereo_points`."""
-        cfg, projection = self.point_depth, self.model.projection
-        if cfg.source == "stereo":
+        drawn with seed 0 so every scoring sees the same points), or with ``source: stereo`` :meth:`stereo_points`;
+        ``source: mixed`` takes stereo points for the first ``stereo_share`` of a training batch (every chunk in
+        evaluation) and simulated ones for the rest."""
+        cfg = self.point_depth
+        if cfg.source == "stereo" or (cfg.source == "mixed" and not self.training):
             return self.stereo_points(batch)
+        points, batch_idx = self.occupancy_points(batch, num_samples)
+        if cfg.source != "mixed":
+            return points, batch_idx
+        k = max(1, round(cfg.stereo_share * num_samples))  # the batch is shuffled: its first chunks are any
+        head = {key: batch[key][:k] for key in ("views", "w2c", "intrinsics", "view_mask")}
+        stereo, stereo_idx = self.stereo_points(head)
+        rest = batch_idx >= k
+        return torch.cat([stereo, points[rest]]), torch.cat([stereo_idx, batch_idx[rest]])
+
+    @torch.no_grad()
+    def occupancy_points(self, batch: dict[str, Any], num_samples: int) -> tuple[Tensor, Tensor]:
+        """The simulated points of :meth:`simulated_points` (``source: occupancy``)."""
+        cfg, projection = self.point_depth, self.model.projection
         points, batch_idx = self.surface_points(batch)
         r = batch["occupancy"].shape[-1]
         u, v, valid, depth = projection.project(points, batch_idx, batch["w2c"], batch["intrinsics"],
@@ -559,7 +575,8 @@ class SparseStructureFlowStage(FlowStage):
         seen = seen_points(u, v, depth, valid, batch_idx, num_samples, cells, cfg.tolerance / r)
         generator = None if self.training else torch.Generator(device=points.device).manual_seed(0)
         keep = draw_keep(cfg, num_samples, self.training, generator, points.device)
-        return simulate_sfm_points(points, batch_idx, seen, keep, cfg.noise / r, generator)
+        return simulate_sfm_points(points, batch_idx, seen, keep, cfg.noise / r, generator, cfg.outliers,
+                                   cfg.outlier_noise / r)
 
     @torch.no_grad()
     def stereo_points(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:

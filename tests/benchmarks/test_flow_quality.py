@@ -429,3 +429,21 @@ def test_point_keep_sets_the_share_of_a_point_depth_flows_points(monkeypatch):
     monkeypatch.setattr(fq, "load_stage", lambda path, expected_stage, device: SimpleNamespace())
     bench.args.point_keep = 0.8  # a flow without point depths is left as it is
     assert not hasattr(fq.Benchmark.load(bench, "ss_flow.ckpt", "ss_flow")[0], "point_depth")
+
+
+def test_point_depth_overrides_score_a_flow_on_other_points():
+    from genrecon.models.point_depth import SimulatedPoints
+
+    fq = _flow_quality()
+    trained = SimulatedPoints(keep=(0.1, 1.0), eval_keep=0.25)
+    scored = fq.point_depth_for_scoring(trained, None, ["source=stereo", "stereo_consistent=1",
+                                                        "stereo_refine=true", "stereo_size=128", "keep=0.2,0.9"])
+    assert scored == SimulatedPoints(keep=(0.2, 0.9), eval_keep=0.25, source="stereo", stereo_consistent=1,
+                                     stereo_refine=True, stereo_size=128)
+    assert fq.point_depth_for_scoring(trained, 0.5, []) == SimulatedPoints(keep=(0.1, 1.0), eval_keep=0.5)
+    with pytest.raises(ValueError, match="stereo_cnsistent"):
+        fq.point_depth_for_scoring(trained, None, ["stereo_cnsistent=1"])
+    with pytest.raises(ValueError, match="not a bool"):
+        fq.point_depth_for_scoring(trained, None, ["stereo_refine=yes"])
+    with pytest.raises(ValueError, match="source"):  # the dataclass's own check of the value
+        fq.point_depth_for_scoring(trained, None, ["source=lidar"])

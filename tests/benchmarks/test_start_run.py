@@ -43,3 +43,20 @@ def test_start_run_launches_watches_and_refuses_a_second_start(tmp_path):
         assert second.returncode == 3 and "still going" in second.stderr
     finally:
         os.killpg(pid, signal.SIGKILL)
+
+
+def test_watch_run_splits_an_archive_too_large_to_come_back(tmp_path):
+    results, out = tmp_path / "results", tmp_path / "out"
+    results.mkdir()
+    (results / "big.bin").write_bytes(os.urandom(5000))  # incompressible: the archive outgrows 2,000 bytes
+    (results / "DONE").write_text("1")
+    env = dict(os.environ, WATCH_RUN_PART_BYTES="2000")
+    subprocess.run(["bash", str(ROOT / "benchmarks" / "watch_run.sh"), str(results), str(out), "5"], env=env,
+                   check=True, capture_output=True, timeout=60)
+    parts = sorted(out.glob("results.tar.gz.part*"))
+    assert len(parts) >= 3 and not (out / "results.tar.gz").exists()
+    assert all(p.stat().st_size <= 2000 for p in parts)
+    joined = tmp_path / "joined.tar.gz"
+    joined.write_bytes(b"".join(p.read_bytes() for p in parts))
+    with tarfile.open(joined) as tar:
+        assert tar.extractfile("./big.bin").read() == (results / "big.bin").read_bytes()

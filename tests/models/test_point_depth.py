@@ -71,6 +71,24 @@ def test_simulated_points_keep_their_share_of_the_seen_ones_and_their_jitter() -
     assert float((jittered - points[seen]).std()) == pytest.approx(0.01, rel=0.05)
 
 
+def test_simulated_outliers_move_their_share_and_leave_the_rest() -> None:
+    gen = torch.Generator().manual_seed(0)
+    points = torch.rand(40000, 3, generator=gen)
+    batch_idx = torch.zeros(40000, dtype=torch.long)
+    seen = torch.ones(40000, dtype=torch.bool)
+    plain, _ = simulate_sfm_points(points, batch_idx, seen, torch.ones(1), 0.0, torch.Generator().manual_seed(1))
+    same, _ = simulate_sfm_points(points, batch_idx, seen, torch.ones(1), 0.0, torch.Generator().manual_seed(1),
+                                  outliers=0.0, outlier_noise=0.5)
+    torch.testing.assert_close(same, plain)  # no outliers: the same draws as before
+    out, _ = simulate_sfm_points(points, batch_idx, seen, torch.ones(1), 0.0, torch.Generator().manual_seed(1),
+                                 outliers=0.2, outlier_noise=0.5)
+    moved = (out - points).norm(dim=1) > 1e-6
+    assert float(moved.float().mean()) == pytest.approx(0.2, abs=0.01)
+    assert float((out - points)[moved].std()) == pytest.approx(0.5, rel=0.05)
+    with pytest.raises(ValueError, match="outliers"):
+        SimulatedPoints(outliers=1.5)
+
+
 def test_keep_shares_are_log_uniform_in_training_and_fixed_in_evaluation() -> None:
     cfg = SimulatedPoints(keep=(0.01, 1.0), eval_keep=0.3)
     torch.testing.assert_close(draw_keep(cfg, 3, training=False), torch.full((3,), 0.3))

@@ -114,3 +114,28 @@ def test_stereo_points_come_from_the_views_alone_and_train_every_parameter() -> 
     assert 0 < len(kept) < len(points)
     with pytest.raises(ValueError, match="stereo_consistent"):
         _stage({"source": "stereo", "stereo_consistent": 5})
+
+
+def test_mixed_points_take_stereo_for_a_share_of_a_training_batch_and_for_all_in_evaluation(monkeypatch) -> None:
+    batch = _batch()
+    stage = _stage({"keep": [1.0, 1.0], "eval_keep": 1.0, "noise": 0.0, "source": "mixed", "stereo_share": 0.5})
+    calls = []
+
+    def fake_stereo(part: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        calls.append(part["views"].shape[0])
+        b = part["views"].shape[0]
+        return torch.full((3 * b, 3), 0.25), torch.arange(b).repeat_interleave(3)
+
+    monkeypatch.setattr(stage, "stereo_points", fake_stereo)
+    stage.train()
+    points, idx = stage.simulated_points(batch, 2)
+    simulated, sim_idx = stage.occupancy_points(batch, 2)
+    assert calls == [1]  # a share of 0.5 of two chunks: the first one
+    assert torch.equal(idx[:3], torch.zeros(3, dtype=torch.long)) and torch.equal(points[:3], torch.full((3, 3), 0.25))
+    torch.testing.assert_close(points[3:], simulated[sim_idx == 1])  # the second chunk: its simulated points
+    assert (idx[3:] == 1).all()
+    stage.eval()
+    points, idx = stage.simulated_points(batch, 2)
+    assert calls[-1] == 2 and len(points) == 6  # evaluation: every chunk's points from its views
+    with pytest.raises(ValueError, match="stereo_share"):
+        _stage({"source": "mixed", "stereo_share": 0.0})

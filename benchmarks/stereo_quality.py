@@ -42,6 +42,11 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "refine_consistent1": {"stereo_refine": True, "stereo_consistent": 1},
     "refine_consistent2": {"stereo_refine": True, "stereo_consistent": 2},
     "refine_consistent1_128px": {"stereo_refine": True, "stereo_consistent": 1, "stereo_size": 128},
+    # looser matching, checked by more views: more coverage of faintly textured walls at the same accuracy?
+    "score0.5_consistent2_128px": {"stereo_refine": True, "stereo_consistent": 2, "stereo_size": 128,
+                                   "stereo_min_score": 0.5},
+    "score0.3_consistent3_128px": {"stereo_refine": True, "stereo_consistent": 3, "stereo_size": 128,
+                                   "stereo_min_score": 0.3},
 }
 MAX_DEPTH = 4.0  # the depth cue's range in chunk units (preset.flow.depth_cue.max_depth), the sweep's candidates
 

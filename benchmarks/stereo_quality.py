@@ -31,8 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from datamodules.chunks import collate  # noqa: E402
 from flow_quality import load_chunks  # noqa: E402
-from genrecon.geometry.stereo import stereo_points, sweep_stereo  # noqa: E402
-from genrecon.models.point_depth import SimulatedPoints  # noqa: E402
+from genrecon.models.point_depth import SimulatedPoints, stereo_points_of_views  # noqa: E402
 from genrecon.utils.jsonl import emit_json  # noqa: E402
 
 # name -> SimulatedPoints fields (stereo ones); the first is the SS stage's default
@@ -88,20 +87,15 @@ def main() -> None:
     _, items = load_chunks(args.shards, ["views", "occupancy"], args.chunks, args.views, args.seed, 1)
     batch = collate(items)
     views = batch["views"].float()
-    b, n = views.shape[:2]
+    b = views.shape[0]
     occ = batch["occupancy"][:, 0] > 0.5
     results: dict[str, Any] = {}
     names = ["baseline", *[s for s in args.settings if s != "baseline"]]
     for name in names:
         cfg = SimulatedPoints(source="stereo", **SETTINGS[name])
-        size = cfg.stereo_size
-        small = F.interpolate(views.flatten(0, 1), size=(size, size), mode="area").view(b, n, 3, size, size)
-        depths = (torch.arange(cfg.stereo_depths) + 0.5) * (MAX_DEPTH / cfg.stereo_depths)
         start = time.perf_counter()
-        depth, score = sweep_stereo(small, batch["w2c"], batch["intrinsics"], batch["view_mask"], depths,
-                                    max_targets=cfg.stereo_targets, refine=cfg.stereo_refine)
-        points, sample = stereo_points(depth, score, batch["w2c"], batch["intrinsics"], batch["view_mask"],
-                                       cfg.stereo_min_score, min_consistent=cfg.stereo_consistent)
+        points, sample = stereo_points_of_views(views, batch["w2c"], batch["intrinsics"], batch["view_mask"], cfg,
+                                                MAX_DEPTH)  # as the SS stage finds them
         per_chunk = score_points(points, sample, occ)
         means = {k: round(sum(x for x in v if x is not None) / max(1, sum(x is not None for x in v)), 4)
                  for k, v in per_chunk.items()}  # over the chunks with points

@@ -18,8 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
+from genrecon.geometry.stereo import stereo_points, sweep_stereo
 from genrecon.models.depth_cue import cell_index, cell_zbuffer
 
 
@@ -127,3 +129,19 @@ def draw_keep(config: SimulatedPoints, num_samples: int, training: bool,
     low, high = torch.tensor(config.keep, dtype=torch.float64).log()
     u = torch.rand(num_samples, device=device, generator=generator, dtype=torch.float64)
     return (low + (high - low) * u).exp().float()
+
+
+def stereo_points_of_views(views: Tensor, w2c: Tensor, K: Tensor, view_mask: Tensor, config: SimulatedPoints,
+                           max_depth: float) -> tuple[Tensor, Tensor]:
+    """Points ``[M, 3]`` (the cameras' frame) with their sample ``[M]`` that plane-sweep stereo finds in ``views
+    [B, N, 3, H, W]`` with ``config``'s ``stereo_*`` settings: the views resized to ``stereo_size``, candidate
+    depths uniform over ``(0, max_depth]`` (the depth cue's range). w2c ``[B, N, 4, 4]``, K ``[B, N, 3, 3]``,
+    view_mask ``[B, N]``."""
+    b, n = views.shape[:2]
+    size = config.stereo_size
+    small = F.interpolate(views.float().flatten(0, 1), size=(size, size), mode="area").view(b, n, 3, size, size)
+    depths = (torch.arange(config.stereo_depths, device=views.device) + 0.5) * (max_depth / config.stereo_depths)
+    depth, score = sweep_stereo(small, w2c, K, view_mask, depths, max_targets=config.stereo_targets,
+                                refine=config.stereo_refine)
+    return stereo_points(depth, score, w2c, K, view_mask, config.stereo_min_score,
+                         min_consistent=config.stereo_consistent)

@@ -18,13 +18,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.profiler import record_function
 
-from genrecon.geometry.stereo import stereo_points, sweep_stereo
 from genrecon.metrics.occupancy import occupancy_iou
 from genrecon.models.aggregator import ViewAggregator
 from genrecon.models.depth_cue import DepthCue, histogram_logits, patch_depth_targets
 from genrecon.models.flow_transformer import DenseFlowTransformer
 from genrecon.models.image_encoder import ImageEncoder, encode_views
-from genrecon.models.point_depth import SimulatedPoints, draw_keep, seen_points, simulate_sfm_points
+from genrecon.models.point_depth import (
+    SimulatedPoints,
+    draw_keep,
+    seen_points,
+    simulate_sfm_points,
+    stereo_points_of_views,
+)
 from genrecon.models.projection import Projection, coords_to_points
 from genrecon.models.ss_vae import soft_dice_loss
 from genrecon.objectives.rectified_flow import FlowLoss, RectifiedFlow
@@ -582,17 +587,10 @@ class SparseStructureFlowStage(FlowStage):
     def stereo_points(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
         """Points ``[M, 3]`` (chunk frame) with their sample ``[M]`` that plane-sweep stereo finds in the batch's
         views (``point_depth.source: stereo``): the views only, no occupancy."""
-        cfg, cue = self.point_depth, self.model.depth_cue
-        views = batch["views"].float()  # [B, N, 3, H, W]
-        b, n = views.shape[:2]
-        size = cfg.stereo_size
-        small = F.interpolate(views.flatten(0, 1), size=(size, size), mode="area").view(b, n, 3, size, size)
-        depths = (torch.arange(cfg.stereo_depths, device=views.device) + 0.5) * (cue.max_depth / cfg.stereo_depths)
+        views = batch["views"]  # [B, N, 3, H, W]
         with torch.autocast(views.device.type, enabled=False), record_function("cond.stereo"):
-            depth, score = sweep_stereo(small, batch["w2c"], batch["intrinsics"], batch["view_mask"], depths,
-                                        max_targets=cfg.stereo_targets, refine=cfg.stereo_refine)
-            return stereo_points(depth, score, batch["w2c"], batch["intrinsics"], batch["view_mask"],
-                                 cfg.stereo_min_score, min_consistent=cfg.stereo_consistent)
+            return stereo_points_of_views(views, batch["w2c"], batch["intrinsics"], batch["view_mask"],
+                                          self.point_depth, self.model.depth_cue.max_depth)
 
     def surface_points(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
         """Centres of the occupied voxels of ``occupancy [B, 1, R, R, R]``."""

@@ -972,7 +972,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--point-depth", action="append", default=[], metavar="FIELD=VALUE",
                    help="an ss_flow trained with point_depth: score with this field of its SimulatedPoints changed "
                         "(repeatable), e.g. source=stereo stereo_consistent=1 stereo_refine=true: the stereo points "
-                        "of the evaluation views in place of the simulated ones")
+                        "of the evaluation views in place of the simulated ones; source=none: no points, the "
+                        "views alone")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16", help="sampling autocast on CUDA")
     p.add_argument("--out", help="also write the JSON here")

@@ -25,6 +25,10 @@ from genrecon.geometry.stereo import stereo_points, sweep_stereo
 from genrecon.models.depth_cue import cell_index, cell_zbuffer
 
 
+# Where a point-depth flow's points come from (SimulatedPoints.source).
+SOURCES = ("occupancy", "stereo", "mixed", "none")
+
+
 @dataclass(frozen=True)
 class SimulatedPoints:
     """How training chunks get their points (:func:`simulate_sfm_points`).
@@ -39,6 +43,8 @@ class SimulatedPoints:
             own views (:mod:`genrecon.geometry.stereo`), where they are textured; keep and noise are then unused.
             ``"mixed"``: in training a share ``stereo_share`` of each batch's chunks takes stereo points, the rest
             simulated ones (stereo halves the step rate); in evaluation every chunk takes stereo points.
+            ``"none"``: no points at all, for scoring a point-trained flow on its views alone (training with it
+            would only teach the point pathways to stay silent).
         stereo_share: the share of a training batch's chunks (rounded, at least one) with stereo points, for
             ``source: mixed``.
         stereo_size: image edge (pixels) the views are resized to for stereo.
@@ -73,8 +79,8 @@ class SimulatedPoints:
     outlier_noise: float = 3.0
 
     def __post_init__(self) -> None:
-        if self.source not in ("occupancy", "stereo", "mixed"):
-            raise ValueError(f"source {self.source!r}: expected 'occupancy', 'stereo' or 'mixed'")
+        if self.source not in SOURCES:
+            raise ValueError(f"source {self.source!r}: expected one of {SOURCES}")
         if not 0 < self.stereo_share <= 1:
             raise ValueError(f"stereo_share {self.stereo_share}: expected a share in (0, 1]")
         low, high = self.keep

@@ -555,8 +555,11 @@ class SparseStructureFlowStage(FlowStage):
         occupied voxels that some view sees, jittered (``point_depth``; in evaluation its ``eval_keep`` share,
         drawn with seed 0 so every scoring sees the same points), or with ``source: stereo`` :meth:`stereo_points`;
         ``source: mixed`` takes stereo points for the first ``stereo_share`` of a training batch (every chunk in
-        evaluation) and simulated ones for the rest."""
+        evaluation) and simulated ones for the rest; ``source: none`` gives none (the views alone)."""
         cfg = self.point_depth
+        if cfg.source == "none":
+            device = batch["w2c"].device
+            return torch.zeros(0, 3, device=device), torch.zeros(0, dtype=torch.long, device=device)
         if cfg.source == "stereo" or (cfg.source == "mixed" and not self.training):
             return self.stereo_points(batch)
         points, batch_idx = self.occupancy_points(batch, num_samples)

@@ -77,3 +77,16 @@ def test_miss_distance_splits_seen_and_hidden_true_voxels_by_how_far_they_are_mi
     # No prediction at all: every true voxel in the last bin.
     empty = _script().miss_distance(np.zeros_like(pred), truth, seen)
     assert empty["seen"][-1] == 1.0 and empty["hidden"][-1] == 1.0
+
+
+def test_view_bound_counts_the_true_voxels_within_reach_of_the_seen_ones():
+    # A slab three voxels thick whose front layer the views see, and a wall far behind that they do not.
+    truth = (_wall(4) | _wall(5) | _wall(6) | _wall(12))[None]
+    seen = _wall(4)[None]
+    b = _script().view_bound(truth, seen)
+    assert b["mean"] == pytest.approx({"d0": 0.25, "d1": 0.5, "d2": 0.75, "d3": 0.75})
+    assert b["chunks_at_0.7"] == {"d0": 0, "d1": 0, "d2": 1, "d3": 1}
+    # A diagonal neighbour counts at d = 1 (26-neighbourhood).
+    corner = np.zeros((1, R, R, R), dtype=bool)
+    corner[0, 5, 5, 5] = corner[0, 6, 6, 6] = True
+    assert _script().view_bound(corner, corner & ~_wall(6)[None], (1,))["mean"]["d1"] == 1.0

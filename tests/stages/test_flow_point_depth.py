@@ -139,3 +139,22 @@ def test_mixed_points_take_stereo_for_a_share_of_a_training_batch_and_for_all_in
     assert calls[-1] == 2 and len(points) == 6  # evaluation: every chunk's points from its views
     with pytest.raises(ValueError, match="stereo_share"):
         _stage({"source": "mixed", "stereo_share": 0.0})
+
+
+def test_no_points_condition_as_the_views_alone_do() -> None:
+    """``source: none`` (scoring a point-trained flow on its views alone): no points, no occupancy read, and the
+    depth cue keeps its head's estimate everywhere, so the condition is that of the same weights without
+    point_depth."""
+    batch = _batch()
+    stage = _stage({"keep": [0.05, 1.0], "source": "none"}).eval()
+    torch.nn.init.normal_(stage.model.depth_cue.to_feature.weight)  # open the cue's zero-initialised injection
+    tokens = stage._prepare(batch)[0]
+    points, idx = stage.simulated_points({k: v for k, v in batch.items() if k != "occupancy"}, 2)
+    assert points.shape == (0, 3) and idx.shape == (0,)
+    plain = _stage(None).eval()
+    plain.load_state_dict(stage.state_dict())
+    views_only = plain.flow_inputs(batch, tokens)["cond_3d"]
+    torch.testing.assert_close(stage.flow_inputs(batch, tokens)["cond_3d"], views_only)
+    simulated = _stage({"keep": [0.05, 1.0]}).eval()
+    simulated.load_state_dict(stage.state_dict())
+    assert not torch.allclose(simulated.flow_inputs(batch, tokens)["cond_3d"], views_only)

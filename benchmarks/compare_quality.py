@@ -40,8 +40,11 @@ def load(path: str | Path) -> dict[str, Any]:
 
 
 def paired_difference(new: Sequence[float], base: Sequence[float]) -> dict[str, float | int]:
-    """Mean of ``new - base`` per chunk, its standard error and the chunks where ``new`` is higher / equal."""
+    """Mean of ``new - base`` per chunk, its standard error and the chunks where ``new`` is higher / equal.
+    Chunks without a finite value in either run (``None`` in the JSON) are left out of ``n``."""
     a, b = np.asarray(new, dtype=float), np.asarray(base, dtype=float)
+    keep = np.isfinite(a) & np.isfinite(b)
+    a, b = a[keep], b[keep]
     d = a - b
     se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
     return {"new": float(a.mean()), "base": float(b.mean()), "diff": float(d.mean()), "se": se,
@@ -49,8 +52,8 @@ def paired_difference(new: Sequence[float], base: Sequence[float]) -> dict[str, 
 
 
 def unpaired_difference(new: Sequence[float], base: Sequence[float]) -> dict[str, float | int]:
-    """Difference of means of two independent samples and Welch's standard error."""
-    a, b = np.asarray(new, dtype=float), np.asarray(base, dtype=float)
+    """Difference of means of two independent samples and Welch's standard error (finite values only)."""
+    a, b = (x[np.isfinite(x)] for x in (np.asarray(new, dtype=float), np.asarray(base, dtype=float)))
     var = sum(x.var(ddof=1) / len(x) if len(x) > 1 else float("nan") for x in (a, b))
     return {"new": float(a.mean()), "base": float(b.mean()), "diff": float(a.mean() - b.mean()),
             "se": float(math.sqrt(var)), "n_new": len(a), "n_base": len(b)}

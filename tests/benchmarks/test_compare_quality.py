@@ -28,6 +28,9 @@ def test_paired_difference_counts_the_chunks_won_and_its_standard_error():
     assert r["se"] == pytest.approx(math.sqrt(((0.05**2) + 0.05**2 + 0.15**2 + 0.15**2) / 3) / 2)
     assert (r["better"], r["equal"], r["n"]) == (2, 1, 4)
     assert r["new"] == pytest.approx(0.35) and r["base"] == pytest.approx(0.3)
+    # a chunk without a value in one run (None in the JSON) is left out of both
+    gap = _script().paired_difference([0.5, None, 0.3], [0.4, 0.4, 0.1])
+    assert gap["n"] == 2 and gap["diff"] == pytest.approx(0.15)
 
 
 def test_main_compares_shared_entries_and_metrics(tmp_path):

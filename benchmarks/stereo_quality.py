@@ -46,6 +46,12 @@ SETTINGS: dict[str, dict[str, Any]] = {
                                    "stereo_min_score": 0.5},
     "score0.3_consistent3_128px": {"stereo_refine": True, "stereo_consistent": 3, "stereo_size": 128,
                                    "stereo_min_score": 0.3},
+    # candidates 1.3 voxels apart instead of 5.3 (192 over four chunk edges): fine textures (wood grain) peak
+    # between the 48 default candidates and were missed (session 27, CPU)
+    "depths192_score0.5_consistent2_128px": {"stereo_refine": True, "stereo_consistent": 2, "stereo_size": 128,
+                                             "stereo_min_score": 0.5, "stereo_depths": 192},
+    "depths192_score0.5_consistent1_128px": {"stereo_refine": True, "stereo_consistent": 1, "stereo_size": 128,
+                                             "stereo_min_score": 0.5, "stereo_depths": 192},
 }
 MAX_DEPTH = 4.0  # the depth cue's range in chunk units (preset.flow.depth_cue.max_depth), the sweep's candidates
 

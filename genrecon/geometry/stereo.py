@@ -48,14 +48,34 @@ def _targets(centres: Tensor, view_mask: Tensor, r: int, max_targets: int | None
     return index, others.gather(1, index)
 
 
+def plane_depths(w2c: Tensor, K: Tensor, normal: Tensor, offsets: Tensor, height: int, width: int) -> Tensor:
+    """Camera depth ``[B, D, H·W]`` at which each pixel centre's ray meets the world plane ``normal · X = c`` for
+    every offset ``c`` of ``offsets [D]``; 0 where the ray runs parallel to the plane or meets it behind the camera.
+    w2c ``[B, 4, 4]`` (OpenCV), K ``[B, 3, 3]`` normalised, normal ``[3]`` a unit vector of the world frame."""
+    uv = torch.as_tensor(pixel_centers_uv(width, height), dtype=torch.float32, device=w2c.device).reshape(-1, 2)
+    uv1 = torch.cat([uv, torch.ones_like(uv[:, :1])], dim=-1)
+    rays = uv1 @ torch.linalg.inv(K.float()).transpose(-1, -2)  # [B, H·W, 3] camera frame, z = 1
+    rays_world = rays @ w2c[:, :3, :3].float()  # R^T applied: the world step per unit of camera depth
+    n = normal.float().to(w2c.device)
+    along = rays_world @ n  # [B, H·W]
+    start = camera_centers(w2c.float()) @ n  # [B]
+    safe = torch.where(along.abs() > _EPS, along, torch.full_like(along, _EPS))
+    z = (offsets.float().to(w2c.device)[None, :, None] - start[:, None, None]) / safe[:, None, :]
+    ok = (along.abs() > _EPS)[:, None, :] & (z > MIN_DEPTH)
+    return torch.where(ok, z, torch.zeros_like(z))
+
+
 def sweep_stereo(images: Tensor, w2c: Tensor, K: Tensor, view_mask: Tensor, depths: Tensor, window: int = 5,
-                 min_std: float = 0.02, max_targets: int | None = None, refine: bool = False) -> tuple[Tensor, Tensor]:
+                 min_std: float = 0.02, max_targets: int | None = None, refine: bool = False,
+                 normal: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Depth ``[B, N, H, W]`` (camera z, the units of ``w2c``) and its score ``[B, N, H, W]`` (mean NCC in
     [-1, 1]; -1 where no other view sees the point or the window has no texture) of every pixel of every view.
 
     images ``[B, N, 3, H, W]`` in [0, 1], w2c ``[B, N, 4, 4]`` (OpenCV), K ``[B, N, 3, 3]`` normalised
     intrinsics, view_mask ``[B, N]`` (padded views are neither references nor targets), depths ``[D]`` the
-    candidates, ascending; max_targets: match each reference with only its nearest other views (camera centres;
+    candidates, ascending: camera depths of planes parallel to the image (fronto-parallel), or with ``normal`` (a
+    unit vector of the world frame) the offsets ``c`` of the world planes ``normal · X = c``, e.g. horizontal ones,
+    whose warp is exact for a window on a floor seen at a grazing angle, where a fronto-parallel window is sheared; max_targets: match each reference with only its nearest other views (camera centres;
     None: all); refine: move each depth towards a neighbouring candidate, to the vertex of the parabola through the
     three scores (sub-candidate precision).
     Memory: ``B · 3 · D · H · W`` floats a few times over, per (reference, target) pair.
@@ -69,8 +89,7 @@ def sweep_stereo(images: Tensor, w2c: Tensor, K: Tensor, view_mask: Tensor, dept
     K = real_view_intrinsics(K, view_mask)
     w2c = w2c.float()
     uv = torch.as_tensor(pixel_centers_uv(w, h), dtype=torch.float32, device=imgs.device).reshape(-1, 2)
-    uv = uv.repeat(d, 1)  # [D·H·W, 2]: every pixel at depth 0, then at depth 1, ...
-    z = cand.repeat_interleave(h * w)  # [D·H·W]
+    uv = uv.repeat(d, 1)  # [D·H·W, 2]: every pixel at candidate 0, then at candidate 1, ...
     centres = camera_centers(w2c)  # [B, N, 3]
     best_depth = imgs.new_zeros(b, n, h, w)
     best_score = imgs.new_full((b, n, h, w), -1.0)
@@ -79,7 +98,13 @@ def sweep_stereo(images: Tensor, w2c: Tensor, K: Tensor, view_mask: Tensor, dept
         mu_x = _window_mean(ref, window)
         var_x = (_window_mean(ref * ref, window) - mu_x * mu_x).clamp(min=0)
         textured = var_x.mean(1) >= min_std**2  # [B, H, W]
-        points = unproject_points(uv.expand(b, -1, -1), z.expand(b, -1), w2c[:, r], K[:, r])  # [B, D·H·W, 3]
+        if normal is None:
+            z = cand[None, :, None].expand(b, d, h * w)
+        else:
+            z = plane_depths(w2c[:, r], K[:, r], normal, cand, h, w)  # [B, D, H·W]; 0: the plane is not ahead
+        hit = (z > 0).reshape(b, -1)
+        z = z.reshape(b, -1)
+        points = unproject_points(uv.expand(b, -1, -1), z, w2c[:, r], K[:, r])  # [B, D·H·W, 3]
         total = imgs.new_zeros(b, d, h, w)
         count = imgs.new_zeros(b, d, h, w)
         targets, usable = _targets(centres, view_mask, r, max_targets)  # [B, T] each
@@ -88,7 +113,7 @@ def sweep_stereo(images: Tensor, w2c: Tensor, K: Tensor, view_mask: Tensor, dept
             m = targets[:, j]
             uv_m, z_m = project_points(points, w2c[rows, m], K[rows, m])
             inside = (z_m > MIN_DEPTH) & (uv_m >= 0).all(-1) & (uv_m < 1).all(-1)
-            inside = inside & usable[:, j, None] & view_mask[:, r, None]  # [B, D·H·W]
+            inside = inside & hit & usable[:, j, None] & view_mask[:, r, None]  # [B, D·H·W]
             grid = (2 * uv_m - 1).clamp(-2, 2).view(b, d * h, w, 2)
             warped = F.grid_sample(imgs[rows, m], grid, mode="bilinear", padding_mode="border", align_corners=False)
             y = warped.view(b, 3, d, h, w).transpose(1, 2)  # [B, D, 3, H, W]; the reference broadcasts over D
@@ -103,9 +128,10 @@ def sweep_stereo(images: Tensor, w2c: Tensor, K: Tensor, view_mask: Tensor, dept
             count = count + seen
         score = torch.where(count > 0, total / count.clamp(min=1), torch.full_like(total, -1.0))
         best, idx = score.max(dim=1)  # [B, H, W]
-        depth = cand[idx]
+        zc = z.view(b, d, h, w)
+        depth = zc.gather(1, idx[:, None]).squeeze(1)
         if refine and d >= 3:
-            depth = _refine(score, idx, cand, depth)
+            depth = _refine(score, idx, zc, depth)
         best_depth[:, r] = depth
         best_score[:, r] = torch.where(textured, best, torch.full_like(best, -1.0))
     return best_depth, best_score
@@ -113,8 +139,8 @@ def sweep_stereo(images: Tensor, w2c: Tensor, K: Tensor, view_mask: Tensor, dept
 
 def _refine(score: Tensor, idx: Tensor, cand: Tensor, depth: Tensor) -> Tensor:
     """Sub-candidate depth ``[B, H, W]``: the vertex of the parabola through the scores ``[B, D, H, W]`` at the best
-    candidate ``idx [B, H, W]`` and its two neighbours, interpolated between the candidates ``cand [D]``; the best
-    candidate's ``depth`` where it lies at either end or the scores do not curve down."""
+    candidate ``idx [B, H, W]`` and its two neighbours, interpolated between each pixel's candidate depths ``cand
+    [B, D, H, W]``; the best candidate's ``depth`` where it lies at either end or the scores do not curve down."""
     d = score.shape[1]
     mid = idx.clamp(1, d - 2)
     s0, s1, s2 = (score.gather(1, (mid + k)[:, None]).squeeze(1) for k in (-1, 0, 1))
@@ -123,8 +149,10 @@ def _refine(score: Tensor, idx: Tensor, cand: Tensor, depth: Tensor) -> Tensor:
     pos = mid.float() + offset.clamp(-0.5, 0.5)  # fractional candidate index
     lo = pos.floor().long().clamp(0, d - 2)
     frac = pos - lo.float()
-    refined = cand[lo] * (1 - frac) + cand[lo + 1] * frac
-    return torch.where((idx > 0) & (idx < d - 1), refined, depth)
+    z0, z1 = cand.gather(1, lo[:, None]).squeeze(1), cand.gather(1, (lo + 1)[:, None]).squeeze(1)
+    refined = z0 * (1 - frac) + z1 * frac
+    both = (z0 > 0) & (z1 > 0)  # a plane sweep's neighbour may lie behind the camera
+    return torch.where((idx > 0) & (idx < d - 1) & both, refined, depth)
 
 
 def consistent_views(depth: Tensor, score: Tensor, w2c: Tensor, K: Tensor, view_mask: Tensor, min_score: float,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from genrecon.geometry.cameras import pixel_rays
-from genrecon.geometry.stereo import stereo_points, sweep_stereo
+from genrecon.geometry.stereo import plane_depths, stereo_points, sweep_stereo
 from tests.models.test_photo_consistency import _cameras
 from tests.models.test_plane_sweep import _eyes
 
@@ -136,3 +136,50 @@ def test_consistency_keeps_the_pixels_other_views_confirm() -> None:
     strict, _ = stereo_points(depth, score, w2c, K, mask, min_score=0.5, min_consistent=1, rel_tolerance=0.03)
     assert 0 < len(strict) < len(loose)
     assert on_surface(strict).float().mean() > on_surface(loose).float().mean()
+
+
+FLOOR_Z = -0.35
+
+
+def _floor_views():
+    """Four cameras just above a finely textured floor (z = FLOOR_Z), which their lower halves see at grazing
+    angles, a textured wall (y = WALL_Y) behind: images ``[1, 4, 3, S, S]``, cameras, true camera depth and
+    whether each pixel sees the floor ``[1, 4, S, S]``."""
+    w2c, K, mask = _cameras(1, [[x, y, FLOOR_Z + 0.25] for x, y, _ in _eyes()])
+    origins, dirs = pixel_rays(w2c, K, SIZE, SIZE)
+    t_floor = (FLOOR_Z - origins[..., 2]) / dirs[..., 2]
+    t_floor = torch.where(t_floor > 0, t_floor, torch.full_like(t_floor, float("inf")))
+    t_wall = (WALL_Y - origins[..., 1]) / dirs[..., 1]
+    t_wall = torch.where(t_wall > 0, t_wall, torch.full_like(t_wall, float("inf")))
+    t = torch.minimum(t_floor, t_wall)
+    hit = origins + t[..., None] * dirs
+    depth = t * (dirs * w2c[..., 2, :3][:, :, None, None, :]).sum(-1)
+    colour = _texture(4.0 * hit)  # fine texture: a sheared window no longer matches itself
+    return colour.permute(0, 1, 4, 2, 3).contiguous(), (w2c, K, mask), depth, t_floor < t_wall
+
+
+def test_plane_depths_meet_the_plane_and_skip_planes_behind_or_parallel() -> None:
+    _, (w2c, K, _), true, floor = _floor_views()
+    up = torch.tensor([0.0, 0.0, 1.0])
+    z = plane_depths(w2c[:, 0], K[:, 0], up, torch.tensor([FLOOR_Z, 5.0]), SIZE, SIZE)  # [1, 2, S·S]
+    torch.testing.assert_close(z[0, 0][floor[0, 0].flatten()], true[0, 0][floor[0, 0]], rtol=1e-4, atol=1e-5)
+    up_rays = (pixel_rays(w2c, K, SIZE, SIZE)[1][0, 0, ..., 2] > 0).flatten()
+    assert (z[0, 0][up_rays] == 0).all() and (z[0, 0][~up_rays] > 0).all()  # only downward rays meet the floor
+    assert (z[0, 1][~up_rays] == 0).all() and (z[0, 1][up_rays] > 0).all()  # and only upward ones a ceiling
+    side = plane_depths(w2c[:, 0], K[:, 0], torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0]), SIZE, SIZE)
+    assert (side >= 0).all() and (side > 0).any()
+
+
+def test_horizontal_planes_match_a_floor_seen_at_grazing_angles_better() -> None:
+    images, (w2c, K, mask), true, floor = _floor_views()
+    fronto, fronto_score = sweep_stereo(images, w2c, K, mask, torch.linspace(0.3, 4.0, 97), refine=True)
+    offsets = torch.linspace(-0.6, 0.6, 97)  # heights 1/80 apart
+    flat, flat_score = sweep_stereo(images, w2c, K, mask, offsets, refine=True, normal=torch.tensor([0.0, 0.0, 1.0]))
+    assert flat.shape == flat_score.shape == (1, 4, SIZE, SIZE)
+    # on the floor, within 2 % of the depth: the horizontal planes warp each window exactly
+    right = ((flat - true).abs() <= 0.02 * true)[floor & (flat_score >= 0.8)]
+    right_fronto = ((fronto - true).abs() <= 0.02 * true)[floor & (fronto_score >= 0.8)]
+    assert (floor & (flat_score >= 0.8)).sum() > 1.5 * (floor & (fronto_score >= 0.8)).sum()
+    assert right.float().mean() > 0.75, right.float().mean()  # 0.85 measured; sheared fronto-parallel windows: 0.07
+    assert right.sum() > 3 * right_fronto.sum(), (right.sum(), right_fronto.sum())
+    assert (flat[flat_score > -1] > 0).all()  # a scored pixel never takes a plane behind its camera

@@ -4,6 +4,8 @@ structure-from-motion points, and the depth cue's logits made from them."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -137,3 +139,18 @@ def test_point_logits_need_the_depth_cue() -> None:
     with pytest.raises(ValueError, match="depth_cue"):
         model.point_depth_logits(torch.randn(1, 1, 5, 8), torch.zeros(1, 3), torch.zeros(1, dtype=torch.long),
                                  w2c, K, mask)
+
+
+def test_horizontal_planes_add_the_points_of_a_floor_seen_at_grazing_angles() -> None:
+    from genrecon.models.point_depth import stereo_points_of_views
+    from tests.geometry.test_stereo import FLOOR_Z, SIZE, _floor_views
+
+    images, (w2c, K, mask), _, _ = _floor_views()
+    cfg = SimulatedPoints(source="stereo", stereo_size=SIZE, stereo_depths=96, stereo_min_score=0.8,
+                          stereo_refine=True)
+    on_floor = {}
+    for horizontal in (False, True):
+        points, sample = stereo_points_of_views(images, w2c, K, mask, replace(cfg, stereo_horizontal=horizontal), 4.0)
+        assert (sample == 0).all()
+        on_floor[horizontal] = int(((points[:, 2] - FLOOR_Z).abs() < 0.02).sum())
+    assert on_floor[True] > 3 * on_floor[False] > 0, on_floor

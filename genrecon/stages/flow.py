@@ -8,6 +8,8 @@ built by Hydra as a partial so the stage can hand it the projection matched to t
 
 from __future__ import annotations
 
+import weakref
+
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -589,11 +591,22 @@ class SparseStructureFlowStage(FlowStage):
     @torch.no_grad()
     def stereo_points(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
         """Points ``[M, 3]`` (chunk frame) with their sample ``[M]`` that plane-sweep stereo finds in the batch's
-        views (``point_depth.source: stereo``): the views only, no occupancy."""
+        views (``point_depth.source: stereo``): the views only, no occupancy.
+
+        In evaluation the last batch's points are kept: they depend on nothing random, and sampling one batch asks
+        for its condition once per draw (16 one-step draws, then the sampler), each a full sweep."""
         views = batch["views"]  # [B, N, 3, H, W]
+        cached = getattr(self, "_stereo_cache", None)
+        if (not self.training and cached is not None and cached[0]() is views and cached[1]() is batch["w2c"]
+                and cached[2] == (views._version, self.point_depth)):
+            return cached[3]
         with torch.autocast(views.device.type, enabled=False), record_function("cond.stereo"):
-            return stereo_points_of_views(views, batch["w2c"], batch["intrinsics"], batch["view_mask"],
-                                          self.point_depth, self.model.depth_cue.max_depth)
+            out = stereo_points_of_views(views, batch["w2c"], batch["intrinsics"], batch["view_mask"],
+                                         self.point_depth, self.model.depth_cue.max_depth)
+        # held by a weak reference to the views: the cache never keeps a batch alive
+        self._stereo_cache = None if self.training else (weakref.ref(views), weakref.ref(batch["w2c"]),
+                                                           (views._version, self.point_depth), out)
+        return out
 
     def surface_points(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
         """Centres of the occupied voxels of ``occupancy [B, 1, R, R, R]``."""

@@ -158,3 +158,26 @@ def test_no_points_condition_as_the_views_alone_do() -> None:
     simulated = _stage({"keep": [0.05, 1.0]}).eval()
     simulated.load_state_dict(stage.state_dict())
     assert not torch.allclose(simulated.flow_inputs(batch, tokens)["cond_3d"], views_only)
+
+
+def test_evaluation_sweeps_a_batch_once_and_training_every_time(monkeypatch) -> None:
+    import genrecon.stages.flow as flow_module
+
+    batch = _stereo_batch()
+    stage = _stage({"source": "stereo", "stereo_size": 32, "stereo_depths": 48, "stereo_min_score": 0.8}).eval()
+    calls = []
+    real = flow_module.stereo_points_of_views
+    monkeypatch.setattr(flow_module, "stereo_points_of_views", lambda *a: calls.append(1) or real(*a))
+    first = stage.stereo_points(batch)
+    again = stage.stereo_points(batch)
+    assert len(calls) == 1 and again[0] is first[0]  # the same batch: the sweep's points again
+    other = dict(batch, views=batch["views"].clone())  # equal content, another batch: swept anew
+    torch.testing.assert_close(stage.stereo_points(other)[0], first[0])
+    assert len(calls) == 2
+    other["views"].mul_(0.5)  # changed in place: swept anew
+    stage.stereo_points(other)
+    assert len(calls) == 3
+    stage.train()
+    stage.stereo_points(other)
+    stage.stereo_points(other)
+    assert len(calls) == 5  # training never reuses points

@@ -52,6 +52,11 @@ SETTINGS: dict[str, dict[str, Any]] = {
                                              "stereo_min_score": 0.5, "stereo_depths": 192},
     "depths192_score0.5_consistent1_128px": {"stereo_refine": True, "stereo_consistent": 1, "stereo_size": 128,
                                              "stereo_min_score": 0.5, "stereo_depths": 192},
+    # + as many horizontal planes (floors seen at grazing angles); session 27's device scorings st2 and st1
+    "horizontal_consistent2": {"stereo_refine": True, "stereo_consistent": 2, "stereo_size": 128,
+                               "stereo_min_score": 0.5, "stereo_depths": 192, "stereo_horizontal": True},
+    "horizontal_consistent1": {"stereo_refine": True, "stereo_consistent": 1, "stereo_size": 128,
+                               "stereo_min_score": 0.5, "stereo_depths": 192, "stereo_horizontal": True},
 }
 MAX_DEPTH = 4.0  # the depth cue's range in chunk units (preset.flow.depth_cue.max_depth), the sweep's candidates
 

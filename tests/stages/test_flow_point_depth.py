@@ -169,15 +169,25 @@ def test_evaluation_sweeps_a_batch_once_and_training_every_time(monkeypatch) -> 
     real = flow_module.stereo_points_of_views
     monkeypatch.setattr(flow_module, "stereo_points_of_views", lambda *a: calls.append(1) or real(*a))
     first = stage.stereo_points(batch)
-    again = stage.stereo_points(batch)
-    assert len(calls) == 1 and again[0] is first[0]  # the same batch: the sweep's points again
-    other = dict(batch, views=batch["views"].clone())  # equal content, another batch: swept anew
-    torch.testing.assert_close(stage.stereo_points(other)[0], first[0])
+    again = stage.stereo_points(dict(batch, views=batch["views"].clone()))  # the same views, collated anew
+    assert len(calls) == 1 and again[0] is first[0]
+    other = dict(batch, views=batch["views"].flip(-1))  # another batch: swept, and both stay kept
+    flipped = stage.stereo_points(other)
+    assert len(calls) == 2 and not torch.equal(flipped[0], first[0])
+    assert stage.stereo_points(batch)[0] is first[0] and stage.stereo_points(other)[0] is flipped[0]
     assert len(calls) == 2
-    other["views"].mul_(0.5)  # changed in place: swept anew
-    stage.stereo_points(other)
+    batch["views"].mul_(0.5)  # changed in place: swept anew
+    stage.stereo_points(batch)
     assert len(calls) == 3
+    moved = dict(other, w2c=other["w2c"].clone())
+    moved["w2c"][..., 0, 3] += 0.1  # other cameras: swept anew
+    stage.stereo_points(moved)
+    assert len(calls) == 4
+    for k in range(flow_module.STEREO_CACHE_BATCHES):  # only the last batches are kept
+        stage.stereo_points(dict(batch, views=batch["views"] * (0.9 - 0.05 * k)))
+    stage.stereo_points(other)
+    assert len(calls) == 5 + flow_module.STEREO_CACHE_BATCHES
     stage.train()
     stage.stereo_points(other)
     stage.stereo_points(other)
-    assert len(calls) == 5  # training never reuses points
+    assert len(calls) == 7 + flow_module.STEREO_CACHE_BATCHES  # training never reuses points

@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+DDP_BASE_PORT = 29500  # + the first GPU of a multi-GPU job: its MASTER_PORT
 PHASES = ("prepare", "vae", "vae_variants", "encode", "ddp", "flow", "flow_quality", "quality")
 FLOWS = ("ss_flow", "ss_flow_noproj", "ss_flow_photo", "ss_flow_aux", "ss_flow_depth", "ss_flow_dsup", "shape_flow",
          "shape_flow_noproj", "tex_flow", "tex_flow_photo", "tex_flow_aux", "tex_flow_depth", "tex_flow_dsup",
@@ -262,9 +263,13 @@ class Pipeline:
 
     def _start(self, job: Job) -> Running:
         env = dict(self.env, **job.env)
+        gpus = job.gpu if isinstance(job.gpu, tuple) else (job.gpu,)
         if job.gpu is not None and self.gpus:
-            gpus = job.gpu if isinstance(job.gpu, tuple) else (job.gpu,)
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g % self.gpus) for g in gpus)
+        if job.gpu is not None and len(gpus) > 1 and "MASTER_PORT" not in env:
+            # DDP jobs side by side (on disjoint GPUs) each get their own rendezvous port, so two that start at
+            # once cannot draw the same free port
+            env["MASTER_PORT"] = str(DDP_BASE_PORT + min(gpus))
         log = open(self.results / f"{job.name}.log", "w")
         log.write(f"$ {' '.join(job.argv)}\n")
         log.flush()

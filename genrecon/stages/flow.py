@@ -26,6 +26,7 @@ from genrecon.models.image_encoder import ImageEncoder, encode_views
 from genrecon.models.point_depth import (
     SimulatedPoints,
     draw_keep,
+    kept_blocks,
     seen_points,
     simulate_sfm_points,
     stereo_points_of_views,
@@ -585,6 +586,8 @@ class SparseStructureFlowStage(FlowStage):
         cells = projection.patch_grid * self.depth_supervision_subcells
         seen = seen_points(u, v, depth, valid, batch_idx, num_samples, cells, cfg.tolerance / r)
         generator = None if self.training else torch.Generator(device=points.device).manual_seed(0)
+        if self.training and cfg.block_keep < 1:  # whole regions without points, as stereo leaves plain walls
+            seen = seen & kept_blocks(points, batch_idx, num_samples, r, cfg.block_size, cfg.block_keep)
         keep = draw_keep(cfg, num_samples, self.training, generator, points.device)
         return simulate_sfm_points(points, batch_idx, seen, keep, cfg.noise / r, generator, cfg.outliers,
                                    cfg.outlier_noise / r)

@@ -259,11 +259,17 @@ def test_place_moves_jobs_and_a_job_on_several_gpus_trains_ddp(tmp_path, monkeyp
 
     # The runner hands a job exactly its GPUs.
     monkeypatch.undo()
-    show = [sys.executable, "-c", "import os; print('visible', os.environ['CUDA_VISIBLE_DEVICES'])"]
-    codes = pipe.run([fp.Job("ddp_job", show, gpu=(0, 1, 2)), fp.Job("one", show, gpu=3)])
-    assert codes == {"ddp_job": 0, "one": 0}
-    assert "visible 0,1,2" in (pipe.results / "ddp_job.log").read_text()
-    assert "visible 3" in (pipe.results / "one.log").read_text()
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    show = [sys.executable, "-c", "import os; print('visible', os.environ['CUDA_VISIBLE_DEVICES'], "
+            "'port', os.environ.get('MASTER_PORT'))"]
+    codes = pipe.run([fp.Job("ddp_job", show, gpu=(0, 1)), fp.Job("ddp_two", show, gpu=(2, 3)),
+                      fp.Job("one", show, gpu=3)])
+    assert codes == {"ddp_job": 0, "ddp_two": 0, "one": 0}
+    logs = {n: (pipe.results / f"{n}.log").read_text() for n in codes}
+    assert "visible 0,1 port" in logs["ddp_job"] and "visible 2,3 port" in logs["ddp_two"]
+    assert "visible 3 port None" in logs["one"]  # one GPU: no rendezvous
+    ports = [logs[n].split("port ")[-1].split()[0] for n in ("ddp_job", "ddp_two")]
+    assert ports[0] != ports[1]  # two DDP jobs side by side never share a rendezvous port
 
     # On the CPU dry run several "GPUs" become DDP processes.
     cpu = fp.Pipeline(fp.parse_args(["--root", str(tmp_path / "cpu"), "--cpu", "--place", "tex_flow=0,1"]))

@@ -154,3 +154,26 @@ def test_horizontal_planes_add_the_points_of_a_floor_seen_at_grazing_angles() ->
         assert (sample == 0).all()
         on_floor[horizontal] = int(((points[:, 2] - FLOOR_Z).abs() < 0.02).sum())
     assert on_floor[True] > 3 * on_floor[False] > 0, on_floor
+
+
+def test_kept_blocks_drop_whole_blocks_at_the_drawn_share() -> None:
+    from genrecon.models.point_depth import kept_blocks
+
+    r, block = 16, 4
+    idx = torch.stack(torch.meshgrid(*[torch.arange(r)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    points = (idx.float() + 0.5) / r - 0.5  # every voxel centre, twice: two samples
+    points, batch_idx = torch.cat([points, points]), torch.cat([torch.zeros(len(idx)), torch.ones(len(idx))]).long()
+    gen = torch.Generator().manual_seed(0)
+    kept = kept_blocks(points, batch_idx, 2, r, block, 0.2, gen)
+    blocks = (idx // block) @ torch.tensor([16, 4, 1])  # the block of each voxel
+    for b in range(2):
+        mine = kept[batch_idx == b]
+        per_block = torch.zeros(64).index_add_(0, blocks, mine.float()) / block**3
+        assert ((per_block == 0) | (per_block == 1)).all()  # a block keeps all its points or none
+        assert 0.05 < per_block.mean() <= 1.0
+    assert not torch.equal(kept[batch_idx == 0], kept[batch_idx == 1])  # each sample draws its own blocks
+    assert kept_blocks(points, batch_idx, 2, r, block, 1.0, gen).all()  # a share of 1 keeps every block
+    shares = torch.stack([kept_blocks(points, batch_idx, 2, r, block, 0.5, gen).float().mean() for _ in range(200)])
+    assert abs(shares.mean() - 0.75) < 0.03  # uniform in [0.5, 1]: three quarters on average
+    with pytest.raises(ValueError, match="block_keep"):
+        SimulatedPoints(block_keep=1.5)

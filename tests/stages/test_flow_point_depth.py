@@ -191,3 +191,14 @@ def test_evaluation_sweeps_a_batch_once_and_training_every_time(monkeypatch) -> 
     stage.stereo_points(other)
     stage.stereo_points(other)
     assert len(calls) == 7 + flow_module.STEREO_CACHE_BATCHES  # training never reuses points
+
+
+def test_block_keep_leaves_whole_blocks_without_points_in_training_only() -> None:
+    batch = _batch()
+    exact, _ = _stage().eval().simulated_points(batch, 2)
+    stage = _stage(dict(EXACT, block_keep=0.0, block_size=2))
+    assert stage.point_depth.block_keep == 0.0
+    torch.testing.assert_close(stage.eval().simulated_points(batch, 2)[0], exact)  # evaluation keeps every block
+    stage.train()
+    counts = [len(stage.simulated_points(batch, 2)[0]) for _ in range(8)]
+    assert all(c <= len(exact) for c in counts) and min(counts) < len(exact) and len(set(counts)) > 1

@@ -235,15 +235,32 @@ def colour_psnr_split(coords: np.ndarray, rgb: np.ndarray, chunk: Chunk, seen: n
     return {"psnr_db": array_psnr(pred, truth), "psnr_seen_db": part(seen), "psnr_hidden_db": part(~seen)}
 
 
+# Named point sources for --point-depth=preset=NAME (the settings session 27 scored on the device; CPU quality in
+# benchmarks/stereo_quality.py): stereo over 192 fronto-parallel depths and 192 horizontal planes at 128 px, NCC
+# ≥ 0.5, refined, confirmed by two (stereo_h2) or one (stereo_h1) other views.
+POINT_PRESETS: dict[str, dict[str, Any]] = {
+    "stereo_h2": {"source": "stereo", "stereo_refine": True, "stereo_consistent": 2, "stereo_size": 128,
+                  "stereo_min_score": 0.5, "stereo_depths": 192, "stereo_horizontal": True},
+    "stereo_h1": {"source": "stereo", "stereo_refine": True, "stereo_consistent": 1, "stereo_size": 128,
+                  "stereo_min_score": 0.5, "stereo_depths": 192, "stereo_horizontal": True},
+}
+
+
 def point_depth_for_scoring(config: Any, keep: float | None, overrides: list[str]) -> Any:
     """A point-depth flow's :class:`~genrecon.models.point_depth.SimulatedPoints` for scoring: ``keep`` as its
     ``eval_keep`` and each ``FIELD=VALUE`` of ``overrides`` set (``source=stereo``: a flow trained on simulated
     points scored on the stereo points of the evaluation views alone). Values take the type of the field's
-    current value (``true``/``false`` for booleans); an unknown field or a value of the wrong type raises."""
+    current value (``true``/``false`` for booleans); an unknown field or a value of the wrong type raises.
+    ``preset=NAME`` sets the fields of :data:`POINT_PRESETS` ``[NAME]`` (later items may change them)."""
     changes: dict[str, Any] = {} if keep is None else {"eval_keep": keep}
     fields = {f.name for f in dataclasses.fields(config)}
     for item in overrides:
         name, sep, text = item.partition("=")
+        if name == "preset" and sep:
+            if text not in POINT_PRESETS:
+                raise ValueError(f"--point-depth {item!r}: unknown preset, expected one of {sorted(POINT_PRESETS)}")
+            changes.update(POINT_PRESETS[text])
+            continue
         if not sep or name not in fields:
             raise ValueError(f"--point-depth {item!r}: expected FIELD=VALUE with FIELD one of {sorted(fields)}")
         current = getattr(config, name)
@@ -973,7 +990,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="an ss_flow trained with point_depth: score with this field of its SimulatedPoints changed "
                         "(repeatable), e.g. source=stereo stereo_consistent=1 stereo_refine=true: the stereo points "
                         "of the evaluation views in place of the simulated ones; source=none: no points, the "
-                        "views alone")
+                        f"views alone; preset=NAME: the fields of one of {sorted(POINT_PRESETS)}")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16", help="sampling autocast on CUDA")
     p.add_argument("--out", help="also write the JSON here")

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from datamodules.chunks import collate  # noqa: E402
-from flow_quality import load_chunks  # noqa: E402
+from flow_quality import POINT_PRESETS, load_chunks  # noqa: E402
 from genrecon.models.point_depth import SimulatedPoints, stereo_points_of_views  # noqa: E402
 from genrecon.utils.jsonl import emit_json  # noqa: E402
 
@@ -52,11 +52,10 @@ SETTINGS: dict[str, dict[str, Any]] = {
                                              "stereo_min_score": 0.5, "stereo_depths": 192},
     "depths192_score0.5_consistent1_128px": {"stereo_refine": True, "stereo_consistent": 1, "stereo_size": 128,
                                              "stereo_min_score": 0.5, "stereo_depths": 192},
-    # + as many horizontal planes (floors seen at grazing angles); session 27's device scorings st2 and st1
-    "horizontal_consistent2": {"stereo_refine": True, "stereo_consistent": 2, "stereo_size": 128,
-                               "stereo_min_score": 0.5, "stereo_depths": 192, "stereo_horizontal": True},
-    "horizontal_consistent1": {"stereo_refine": True, "stereo_consistent": 1, "stereo_size": 128,
-                               "stereo_min_score": 0.5, "stereo_depths": 192, "stereo_horizontal": True},
+    # + as many horizontal planes (floors seen at grazing angles): flow_quality.py's --point-depth=preset=...,
+    # session 27's device scorings st2 and st1
+    "horizontal_consistent2": {k: v for k, v in POINT_PRESETS["stereo_h2"].items() if k != "source"},
+    "horizontal_consistent1": {k: v for k, v in POINT_PRESETS["stereo_h1"].items() if k != "source"},
 }
 MAX_DEPTH = 4.0  # the depth cue's range in chunk units (preset.flow.depth_cue.max_depth), the sweep's candidates
 

@@ -447,3 +447,9 @@ def test_point_depth_overrides_score_a_flow_on_other_points():
         fq.point_depth_for_scoring(trained, None, ["stereo_refine=yes"])
     with pytest.raises(ValueError, match="source"):  # the dataclass's own check of the value
         fq.point_depth_for_scoring(trained, None, ["source=lidar"])
+    preset = fq.point_depth_for_scoring(trained, None, ["preset=stereo_h2", "stereo_consistent=1"])
+    assert preset == SimulatedPoints(keep=(0.1, 1.0), eval_keep=0.25, **dict(fq.POINT_PRESETS["stereo_h2"],
+                                                                              stereo_consistent=1))
+    assert preset == fq.point_depth_for_scoring(trained, None, ["preset=stereo_h1"])
+    with pytest.raises(ValueError, match="unknown preset"):
+        fq.point_depth_for_scoring(trained, None, ["preset=stereo_h9"])

@@ -75,9 +75,10 @@ def sweep_stereo(images: Tensor, w2c: Tensor, K: Tensor, view_mask: Tensor, dept
     intrinsics, view_mask ``[B, N]`` (padded views are neither references nor targets), depths ``[D]`` the
     candidates, ascending: camera depths of planes parallel to the image (fronto-parallel), or with ``normal`` (a
     unit vector of the world frame) the offsets ``c`` of the world planes ``normal · X = c``, e.g. horizontal ones,
-    whose warp is exact for a window on a floor seen at a grazing angle, where a fronto-parallel window is sheared; max_targets: match each reference with only its nearest other views (camera centres;
-    None: all); refine: move each depth towards a neighbouring candidate, to the vertex of the parabola through the
-    three scores (sub-candidate precision).
+    whose warp is exact for a window on a floor seen at a grazing angle, where a fronto-parallel window is sheared;
+    max_targets: match each reference with only its nearest other views (camera centres; None: all); refine: move
+    each depth towards a neighbouring candidate, to the vertex of the parabola through the three scores
+    (sub-candidate precision).
     Memory: ``B · 3 · D · H · W`` floats a few times over, per (reference, target) pair.
     """
     if window % 2 == 0:

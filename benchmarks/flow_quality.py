@@ -400,11 +400,15 @@ class Benchmark:
                 self.warnings.append(f"{name}: its latent normalisation differs from {self.args.latents}/"
                                      f"stats.json by {diff:.3g} (trained on other latents?)")
         s = stage.sampler
-        return {"checkpoint": str(path), "projection_conditioning": proj, "latent_std_floor": floor,
+        meta = {"checkpoint": str(path), "projection_conditioning": proj, "latent_std_floor": floor,
                 "load_seconds": round(load_s, 2),
                 "sampler": {"steps": s.steps, "guidance_strength": s.guidance_strength,
                             "guidance_rescale": s.guidance_rescale,
                             "guidance_interval": list(s.guidance_interval), "rescale_t": s.rescale_t}}
+        points = getattr(stage, "point_depth", None)
+        if points is not None:  # the points it was scored with, as resolved (presets and overrides applied)
+            meta["point_depth"] = dataclasses.asdict(points)
+        return meta
 
     def sample(self, stage, batch: dict[str, Any], k: int, decoder=None,
                draw_mean: str = "latent") -> tuple[torch.Tensor, float]:

@@ -430,6 +430,20 @@ def test_point_keep_sets_the_share_of_a_point_depth_flows_points(monkeypatch):
     bench.args.point_keep = 0.8  # a flow without point depths is left as it is
     assert not hasattr(fq.Benchmark.load(bench, "ss_flow.ckpt", "ss_flow")[0], "point_depth")
 
+    # The result records the points a flow was scored with, presets resolved; a flow without points records none.
+    bench.args.point_depth = ["preset=stereo_h2"]
+    monkeypatch.setattr(fq, "load_stage", lambda path, expected_stage, device: SimpleNamespace(point_depth=trained))
+    scored = fq.Benchmark.load(bench, "ss_flow.ckpt", "ss_flow")[0]
+    scored.hparams, scored.latent = {}, "ss"
+    scored.sampler = SimpleNamespace(steps=12, guidance_strength=7.5, guidance_rescale=0.7,
+                                     guidance_interval=(0.6, 1.0), rescale_t=5.0)
+    bench.args.steps, bench.stats, bench.warnings = None, None, []
+    meta = fq.Benchmark.flow_meta(bench, "ss_flow", scored, "ss_flow.ckpt", 0.0, False)
+    assert meta["point_depth"]["stereo_horizontal"] is True and meta["point_depth"]["stereo_consistent"] == 2
+    assert meta["point_depth"]["eval_keep"] == 0.8 and meta["point_depth"]["keep"] == (0.1, 1.0)
+    del scored.point_depth
+    assert "point_depth" not in fq.Benchmark.flow_meta(bench, "ss_flow", scored, "ss_flow.ckpt", 0.0, False)
+
 
 def test_point_depth_overrides_score_a_flow_on_other_points():
     from genrecon.models.point_depth import SimulatedPoints

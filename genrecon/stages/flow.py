@@ -45,6 +45,7 @@ ENCODE_CHUNK = 64
 # evaluation batches whose stereo points the SS stage keeps (SparseStructureFlowStage.stereo_points)
 STEREO_CACHE_BATCHES = 8
 
+
 def load_latent_stats(path: str | Path | None, name: str, channels: int,
                       std_floor: float = 0.0) -> tuple[Tensor, Tensor]:
     """Per-channel mean/std of one latent from the dataset's ``stats.json`` (identity when ``path`` is None).

@@ -354,7 +354,7 @@ class Pipeline:
         gpu = {s: self.gpu_of(s, g) for s, g in defaults.items()}
         jobs = [Job(s, self.train_args(s, a.vae_minutes, [
             f"stage.val_every_n_steps={a.val_every}", "stage.val_batches=3", *extra[s]], devices=_count(gpu[s])),
-            gpu=gpu[s], env={"GENRECON_RUN_NAME": s}) for s in VAES]
+            gpu=gpu[s], env={"GENRECON_RUN_NAME": s}) for s in a.vaes]
         # --tex-vae-variant runs train beside the main texture VAE on its GPU (the same share each): an A/B of
         # the VAE the latents are encoded with against variants with only their own overrides.
         jobs += [self.tex_variant_job(name, overrides, gpu=1, common=[]) for name, *overrides in a.tex_vae_variant]
@@ -367,7 +367,7 @@ class Pipeline:
         # The pretraining's time budget starts after it has decoded every render, so it ends after the VAEs:
         # the encoding starts without it (session 11: it ended 109 s after them, and the rest waited).
         self.run(jobs, detach=("view_pretrain",))
-        for s in VAES:
+        for s in a.vaes:
             self.collect_metrics(s)
         self.score_tex_variants()
 
@@ -396,17 +396,21 @@ class Pipeline:
                   for i, (name, *overrides) in enumerate(a.tex_vae_variant)])
         self.score_tex_variants()
 
+    def vae_flags(self, *names: str) -> list[str]:
+        """``--ss-vae PATH ...`` of those of ``names`` this run has (``--vaes``), for the scoring scripts."""
+        flag = {"ss_vae": "--ss-vae", "shape_vae": "--shape-vae", "tex_vae": "--tex-vae"}
+        return [x for s in names if s in self.args.vaes for x in (flag[s], str(self.ckpt(s)))]
+
     def encode(self) -> None:
-        ckpts = {s: self.ckpt(s) for s in VAES}
+        ckpts = {s: self.ckpt(s) for s in self.args.vaes}
         self.run([
             Job("encode", self.python("prepare.py", "steps=[encode]", *self.common(),
                                       f"shards.samples_per_shard={self.args.samples_per_shard}",
                                       *(f"encode.{s}_ckpt={p}" for s, p in ckpts.items())),
                 gpu=0, env={"GENRECON_RUN_NAME": "encode"}),
             Job("vae_quality", self.python(
-                "benchmarks/vae_quality.py", "--shards", str(self.dataset / "shards"),
-                "--ss-vae", str(ckpts["ss_vae"]), "--shape-vae", str(ckpts["shape_vae"]),
-                "--tex-vae", str(ckpts["tex_vae"]), "--out", str(self.results / "vae_quality.json")), gpu=1),
+                "benchmarks/vae_quality.py", "--shards", str(self.dataset / "shards"), *self.vae_flags(*VAES),
+                "--out", str(self.results / "vae_quality.json")), gpu=1),
         ], detach=("vae_quality",))  # scoring only: the next phase joins it
         stats = self.dataset / "latents" / "stats.json"
         if stats.is_file():
@@ -543,8 +547,8 @@ class Pipeline:
 
     def flow_quality(self) -> None:
         """Held-out chunk metrics of the trained flows: the published design with its ablations, and (when
-        trained) each variant family (photo, aux, depth, dsup, vis, visphoto, pre) against the same ablation, one job per
-        GPU."""
+        trained) each variant family (photo, aux, depth, dsup, vis, visphoto, pre) against the same ablation, one job
+        per GPU."""
         a = self.args
         device = ["--device", "cpu"] if a.cpu else ["--device", "cuda"]
         have = lambda run: self.ckpt(run).is_file()  # noqa: E731
@@ -587,9 +591,8 @@ class Pipeline:
             if not ckpts:
                 continue
             # The shape VAE only where a shape flow is scored (its round trip meshes every chunk).
-            shape = ["--shape-vae", str(self.ckpt("shape_vae"))] if "--shape-flow" in ckpts else []
-            scored[name] = (["--ss-vae", str(self.ckpt("ss_vae")), *shape, "--tex-vae", str(self.ckpt("tex_vae")),
-                             *ckpts], [])
+            vaes = self.vae_flags("ss_vae", *(["shape_vae"] if "--shape-flow" in ckpts else []), "tex_vae")
+            scored[name] = ([*vaes, *ckpts], [])
         # --flow-quality-extra: a family's checkpoints scored once more, with other arguments (e.g. --split train).
         for name, (family, extra) in self.scoring_extras.items():
             if family in scored:
@@ -690,7 +693,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "them")
     p.add_argument("--val-every", type=int, default=300)
     p.add_argument("--flow-val-every", type=int, default=1000)
-    p.add_argument("--flows", nargs="+", default=list(FLOWS), choices=FLOWS, help="flow runs of the flow phase")
+    p.add_argument("--flows", nargs="*", default=list(FLOWS), choices=FLOWS,
+                   help="flow runs of the flow phase (none: only the --flow-variant runs)")
+    p.add_argument("--vaes", nargs="+", default=list(VAES), choices=VAES,
+                   help="the VAEs this run trains, encodes with and scores (ss_vae alone: a run of SS flows only)")
     p.add_argument("--flow-batch", default="none",
                    help="'auto': per-flow batch size, attention backend and checkpointing from the probe; "
                         "an integer: that batch size for every flow; 'none': the stage configs' own")
@@ -730,7 +736,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="also score family FAMILY's checkpoints as NAME with these extra flow_quality.py arguments, "
                         "one more job (GPU), e.g. flow_quality_cell_train=flow_quality_cell:--split=train")
     p.add_argument("--ddp-args", action="append", default=[])
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    problem = missing_vae(args.vaes, [*args.flows, *(v.split("=", 1)[0] for v in args.flow_variant)])
+    if problem:
+        p.error(problem)
+    return args
+
+
+def missing_vae(vaes: list[str], flow_runs: list[str]) -> str | None:
+    """What ``--vaes`` leaves out that these flow runs (or the encoding) need, or None."""
+    if "tex_vae" in vaes and "shape_vae" not in vaes:
+        return "--vaes: tex_vae needs shape_vae (texture latents live on the shape latent's voxels)"
+    needs = {"ss_flow": ("ss_vae",), "shape_flow": ("shape_vae",), "tex_flow": ("shape_vae", "tex_vae")}
+    for run in flow_runs:
+        stage = next((s for s in needs if run.startswith(s)), "")  # a malformed variant is named later
+        lacking = [v for v in needs.get(stage, ()) if v not in vaes]
+        if lacking:
+            return f"--vaes: flow run {run} needs the latents of {', '.join(lacking)}"
+    return None
 
 
 if __name__ == "__main__":

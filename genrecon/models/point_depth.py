@@ -26,7 +26,7 @@ from genrecon.models.depth_cue import cell_index, cell_zbuffer
 
 
 # Where a point-depth flow's points come from (SimulatedPoints.source).
-SOURCES = ("occupancy", "stereo", "mixed", "none")
+SOURCES = ("occupancy", "stereo", "mixed", "none", "stereo_oracle")
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,10 @@ class SimulatedPoints:
             ``"mixed"``: in training a share ``stereo_share`` of each batch's chunks takes stereo points, the rest
             simulated ones (stereo halves the step rate); in evaluation every chunk takes stereo points.
             ``"none"``: no points at all, for scoring a point-trained flow on its views alone (training with it
-            would only teach the point pathways to stay silent).
+            would only teach the point pathways to stay silent). ``"stereo_oracle"``: a diagnostic that needs the
+            occupancy: each stereo point moved to the nearest occupied voxel within one voxel of it, or dropped
+            (:func:`snap_to_occupancy`), so the points are where stereo finds them but exact: what stereo's
+            coverage alone is worth to the flow.
         stereo_share: the share of a training batch's chunks (rounded, at least one) with stereo points, for
             ``source: mixed``.
         stereo_size: image edge (pixels) the views are resized to for stereo.
@@ -155,6 +158,23 @@ def kept_blocks(points: Tensor, batch_idx: Tensor, num_samples: int, resolution:
     draw = torch.rand(num_samples * per_edge**3, device=points.device, generator=generator)
     kept = draw.view(num_samples, -1) < share[:, None]
     return kept.flatten()[index]
+
+
+def snap_to_occupancy(points: Tensor, batch_idx: Tensor, occupancy: Tensor) -> tuple[Tensor, Tensor]:
+    """Each point ``[M, 3]`` (chunk frame) moved to the centre of the nearest occupied voxel among the 27 around
+    its own, or dropped where none is: ``occupancy [B, 1, R, R, R]`` → points ``[M', 3]``, batch_idx ``[M']``."""
+    r = occupancy.shape[-1]
+    offsets = torch.stack(torch.meshgrid(*[torch.arange(-1, 2, device=points.device)] * 3, indexing="ij"), -1)
+    cell = ((points + 0.5) * r).floor().long()  # [M, 3]
+    candidates = cell[:, None] + offsets.view(1, 27, 3)  # [M, 27, 3]
+    inside = ((candidates >= 0) & (candidates < r)).all(-1)
+    c = candidates.clamp(0, r - 1)
+    occupied = occupancy[batch_idx[:, None], 0, c[..., 0], c[..., 1], c[..., 2]] > 0.5
+    centres = (candidates.to(points.dtype) + 0.5) / r - 0.5
+    dist = (centres - points[:, None]).norm(dim=-1).masked_fill(~(occupied & inside), float("inf"))
+    nearest = dist.argmin(dim=1)
+    found = torch.isfinite(dist.gather(1, nearest[:, None]))[:, 0]
+    return centres[torch.arange(len(points), device=points.device), nearest][found], batch_idx[found]
 
 
 def draw_keep(config: SimulatedPoints, num_samples: int, training: bool,

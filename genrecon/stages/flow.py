@@ -29,6 +29,7 @@ from genrecon.models.point_depth import (
     kept_blocks,
     seen_points,
     simulate_sfm_points,
+    snap_to_occupancy,
     stereo_points_of_views,
 )
 from genrecon.models.projection import Projection, coords_to_points
@@ -560,13 +561,19 @@ class SparseStructureFlowStage(FlowStage):
         occupied voxels that some view sees, jittered (``point_depth``; in evaluation its ``eval_keep`` share,
         drawn with seed 0 so every scoring sees the same points), or with ``source: stereo`` :meth:`stereo_points`;
         ``source: mixed`` takes stereo points for the first ``stereo_share`` of a training batch (every chunk in
-        evaluation) and simulated ones for the rest; ``source: none`` gives none (the views alone)."""
+        evaluation) and simulated ones for the rest; ``source: none`` gives none (the views alone);
+        ``source: stereo_oracle`` moves the stereo points onto the true surface (a diagnostic)."""
         cfg = self.point_depth
         if cfg.source == "none":
             device = batch["w2c"].device
             return torch.zeros(0, 3, device=device), torch.zeros(0, dtype=torch.long, device=device)
         if cfg.source == "stereo" or (cfg.source == "mixed" and not self.training):
             return self.stereo_points(batch)
+        if cfg.source == "stereo_oracle":
+            if "occupancy" not in batch:
+                raise KeyError("point_depth.source stereo_oracle needs the 'occupancy' field in "
+                               "stage.datamodule.fields")
+            return snap_to_occupancy(*self.stereo_points(batch), batch["occupancy"])
         points, batch_idx = self.occupancy_points(batch, num_samples)
         if cfg.source != "mixed":
             return points, batch_idx

@@ -457,3 +457,46 @@ def test_the_flows_start_while_the_vae_scoring_goes_on_and_the_scoring_phase_wai
     pipe.main()
     assert order == [("flow", ["vae_quality"]), ("flow_quality", [])]
     assert '"job": "vae_quality", "rc": 0' in (pipe.results / "progress.jsonl").read_text()
+
+
+def test_a_run_of_ss_flows_only_trains_encodes_and_scores_with_the_ss_vae_alone(tmp_path, monkeypatch):
+    """``--vaes ss_vae --flows`` (nothing) with two SS variants: the one-call form of an SS-flow A/B, where the
+    shape and texture VAEs would only take GPU time; nothing asks for their checkpoints afterwards."""
+    fp = load_script("benchmarks/full_pipeline.py")
+    pvb = "ss_flow_cell_pvb=ss_flow_cell:stage.module.point_depth={block_keep:0.0}"
+    args = fp.parse_args(["--root", str(tmp_path), "--gpus", "2", "--phases", "vae", "encode", "flow", "flow_quality",
+                          "--vaes", "ss_vae", "--view-pretrain-minutes", "2", "--flows",
+                          "--flow-variant", "ss_flow_cell_pvs=ss_flow_cell:a=1", "--flow-variant", pvb,
+                          "--place", "ss_flow_cell_pvs=0", "--place", "ss_flow_cell_pvb=1"])
+    pipe, batches = flow_phase(fp, args, monkeypatch)
+    assert {j.name: j.gpu for j in batches[0]} == {"ss_flow_cell_pvs": 0, "ss_flow_cell_pvb": 1}
+    n = len(batches)
+    pipe.vae()
+    assert sorted(j.name for j in batches[n]) == ["ss_vae", "view_pretrain"]
+    pipe.encode()
+    jobs = {j.name: j.argv for j in batches[-1]}
+    assert f"encode.ss_vae_ckpt={pipe.ckpt('ss_vae')}" in jobs["encode"]
+    assert not any(x.startswith(("encode.shape_vae_ckpt", "encode.tex_vae_ckpt")) for x in jobs["encode"])
+    assert jobs["vae_quality"][jobs["vae_quality"].index("--ss-vae") + 1] == str(pipe.ckpt("ss_vae"))
+    assert "--shape-vae" not in jobs["vae_quality"] and "--tex-vae" not in jobs["vae_quality"]
+    pipe.flow_quality()
+    scored = {j.name: j.argv for j in batches[-1]}
+    assert sorted(scored) == ["flow_quality_cell_pvb", "flow_quality_cell_pvs"]
+    for name, argv in scored.items():
+        assert argv[argv.index("--ss-vae") + 1] == str(pipe.ckpt("ss_vae")) and "--tex-vae" not in argv, name
+    assert scored["flow_quality_cell_pvb"][scored["flow_quality_cell_pvb"].index("--ss-flow") + 1] == str(
+        pipe.ckpt("ss_flow_cell_pvb"))
+
+
+@pytest.mark.parametrize("argv, problem", [
+    (["--vaes", "ss_vae", "--flows", "tex_flow_pre"], "flow run tex_flow_pre needs the latents of shape_vae, tex_vae"),
+    (["--vaes", "ss_vae", "shape_vae", "--flows", "ss_flow", "--flow-variant", "tex_flow_x=tex_flow:a=1"],
+     "flow run tex_flow_x needs the latents of tex_vae"),
+    (["--vaes", "shape_vae", "--flows", "ss_flow_cell"], "flow run ss_flow_cell needs the latents of ss_vae"),
+    (["--vaes", "ss_vae", "tex_vae", "--flows"], "tex_vae needs shape_vae"),
+])
+def test_vaes_that_a_flow_run_needs_cannot_be_left_out(tmp_path, capsys, argv, problem):
+    fp = load_script("benchmarks/full_pipeline.py")
+    with pytest.raises(SystemExit):
+        fp.parse_args(["--root", str(tmp_path), *argv])
+    assert problem in capsys.readouterr().err

@@ -11,7 +11,13 @@ import torch
 
 from genrecon.models.depth_cue import histogram_logits, patch_depth_targets
 from genrecon.models.flow_transformer import DenseFlowTransformer
-from genrecon.models.point_depth import SimulatedPoints, draw_keep, seen_points, simulate_sfm_points
+from genrecon.models.point_depth import (
+    SimulatedPoints,
+    draw_keep,
+    seen_points,
+    simulate_sfm_points,
+    snap_to_occupancy,
+)
 from genrecon.models.projection import Projection
 
 CELLS = 8
@@ -177,3 +183,22 @@ def test_kept_blocks_drop_whole_blocks_at_the_drawn_share() -> None:
     assert abs(shares.mean() - 0.75) < 0.03  # uniform in [0.5, 1]: three quarters on average
     with pytest.raises(ValueError, match="block_keep"):
         SimulatedPoints(block_keep=1.5)
+
+
+def test_points_snap_to_the_nearest_occupied_voxel_next_to_theirs_or_are_dropped() -> None:
+    r = 4
+    occ = torch.zeros(2, 1, r, r, r)
+    occ[1, 0, 1, 2, 3] = 1.0
+    occ[1, 0, 0, 0, 0] = occ[1, 0, 0, 0, 1] = 1.0
+    centre = lambda i, j, k: (torch.tensor([i, j, k], dtype=torch.float32) + 0.5) / r - 0.5  # noqa: E731
+    points = torch.stack([
+        centre(1, 2, 2) + 0.1 / r,  # sample 1: next to (1, 2, 3)
+        centre(1, 2, 2),  # sample 0: nothing occupied there
+        centre(3, 0, 3),  # sample 1: two voxels from anything occupied
+        centre(0, 0, 0) + torch.tensor([0.0, 0.0, 0.4 / r]),  # sample 1: between (0,0,0) and (0,0,1), nearer 0
+    ])
+    out, idx = snap_to_occupancy(points, torch.tensor([1, 0, 1, 1]), occ)
+    torch.testing.assert_close(out, torch.stack([centre(1, 2, 3), centre(0, 0, 0)]))
+    assert idx.tolist() == [1, 1]
+    empty, empty_idx = snap_to_occupancy(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long), occ)
+    assert empty.shape == (0, 3) and empty_idx.shape == (0,)

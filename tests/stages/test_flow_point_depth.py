@@ -202,3 +202,24 @@ def test_block_keep_leaves_whole_blocks_without_points_in_training_only() -> Non
     stage.train()
     counts = [len(stage.simulated_points(batch, 2)[0]) for _ in range(8)]
     assert all(c <= len(exact) for c in counts) and min(counts) < len(exact) and len(set(counts)) > 1
+
+
+def test_stereo_oracle_points_lie_on_the_true_surface_where_stereo_finds_points() -> None:
+    """``source: stereo_oracle`` (a diagnostic): the stereo points, each moved onto the nearest occupied voxel
+    within one voxel of it (or dropped), so the points have stereo's coverage and the truth's positions."""
+    batch = _stereo_batch()
+    config = {"stereo_size": 32, "stereo_depths": 48, "stereo_min_score": 0.8}
+    stereo, _ = _stage({"source": "stereo", **config}).eval().stereo_points(batch)
+    r = 16
+    centres = (torch.stack(torch.meshgrid(*[torch.arange(r)] * 3, indexing="ij"), -1).float() + 0.5) / r - 0.5
+    shell = ((centres.norm(dim=-1) - 0.45).abs() < 1.0 / r).float()  # the sphere's surface voxels
+    stage = _stage({"source": "stereo_oracle", **config}).eval()
+    points, idx = stage.simulated_points(dict(batch, occupancy=shell[None, None]), 1)
+    assert 0 < len(points) <= len(stereo) and (idx == 0).all()
+    cell = ((points + 0.5) * r).floor().long()
+    assert (shell[cell[:, 0], cell[:, 1], cell[:, 2]] == 1).all()  # occupied voxels' centres
+    torch.testing.assert_close(points, (cell.float() + 0.5) / r - 0.5)
+    nearest = torch.cdist(points, stereo).min(dim=1).values
+    assert (nearest <= 3**0.5 * 1.5 / r).all()  # each from a stereo point at most a voxel away
+    with pytest.raises(KeyError, match="occupancy"):
+        stage.simulated_points(batch, 1)

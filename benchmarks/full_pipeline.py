@@ -738,6 +738,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ddp-args", action="append", default=[])
     args = p.parse_args(argv)
     problem = missing_vae(args.vaes, [*args.flows, *(v.split("=", 1)[0] for v in args.flow_variant)])
+    if "tex_vae" not in args.vaes and (args.tex_vae_extend_minutes > 0 or args.tex_vae_variant):
+        problem = "--vaes: --tex-vae-extend-minutes and --tex-vae-variant need tex_vae"
     if problem:
         p.error(problem)
     return args

@@ -494,6 +494,7 @@ def test_a_run_of_ss_flows_only_trains_encodes_and_scores_with_the_ss_vae_alone(
      "flow run tex_flow_x needs the latents of tex_vae"),
     (["--vaes", "shape_vae", "--flows", "ss_flow_cell"], "flow run ss_flow_cell needs the latents of ss_vae"),
     (["--vaes", "ss_vae", "tex_vae", "--flows"], "tex_vae needs shape_vae"),
+    (["--vaes", "ss_vae", "--flows", "--tex-vae-extend-minutes", "2"], "--tex-vae-extend-minutes and"),
 ])
 def test_vaes_that_a_flow_run_needs_cannot_be_left_out(tmp_path, capsys, argv, problem):
     fp = load_script("benchmarks/full_pipeline.py")

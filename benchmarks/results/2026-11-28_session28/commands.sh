@@ -24,3 +24,8 @@ R=benchmarks/results; S=$R/2026-11-27_session24/cpu_sparse_points; O=$R/2026-11-
 python benchmarks/compare_quality.py $O/fq_vsparse_oracle_h1.json $R/2026-11-28_session27/cpu_stereo_horizontal.json --entries ss_flow ss_flow@x0pavg16 --metrics iou iou_32 --out $O/compare_oracle_vs_stereo.json
 python benchmarks/compare_quality.py $O/fq_vsparse_oracle_h1.json $S/fq_vsparse_none.json --entries ss_flow ss_flow@x0pavg16 --metrics iou iou_32 --out $O/compare_oracle_vs_none.json
 python benchmarks/compare_quality.py $S/fq_vsparse_sim.json $O/fq_vsparse_oracle_h1.json --entries ss_flow ss_flow@x0pavg16 --metrics iou iou_32 --out $O/compare_sim_vs_oracle.json
+# The same for stereo_h2 (plain and moved onto the surface), both at once with OMP_NUM_THREADS=1, 2,090 s:
+python benchmarks/flow_quality.py ... --point-depth=preset=stereo_h2 --out cpu_stereo_oracle/fq_vsparse_h2.json
+python benchmarks/flow_quality.py ... --point-depth=preset=stereo_h2 --point-depth=source=stereo_oracle --out cpu_stereo_oracle/fq_vsparse_oracle_h2.json
+python benchmarks/compare_quality.py $O/fq_vsparse_oracle_h2.json $O/fq_vsparse_h2.json --entries ss_flow ss_flow@x0pavg16 --metrics iou --out $O/compare_oracle_h2_vs_h2.json
+python benchmarks/compare_quality.py $O/fq_vsparse_h2.json $S/fq_vsparse_none.json --entries ss_flow ss_flow@x0pavg16 --metrics iou --out $O/compare_h2_vs_none.json

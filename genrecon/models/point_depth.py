@@ -23,6 +23,7 @@ from torch import Tensor
 
 from genrecon.geometry.stereo import stereo_points, sweep_stereo
 from genrecon.models.depth_cue import cell_index, cell_zbuffer
+from genrecon.models.projection import coords_to_points
 
 
 # Where a point-depth flow's points come from (SimulatedPoints.source).
@@ -170,10 +171,10 @@ def snap_to_occupancy(points: Tensor, batch_idx: Tensor, occupancy: Tensor) -> t
     inside = ((candidates >= 0) & (candidates < r)).all(-1)
     c = candidates.clamp(0, r - 1)
     occupied = occupancy[batch_idx[:, None], 0, c[..., 0], c[..., 1], c[..., 2]] > 0.5
-    centres = (candidates.to(points.dtype) + 0.5) / r - 0.5
+    centres = coords_to_points(candidates, r)
     dist = (centres - points[:, None]).norm(dim=-1).masked_fill(~(occupied & inside), float("inf"))
-    nearest = dist.argmin(dim=1)
-    found = torch.isfinite(dist.gather(1, nearest[:, None]))[:, 0]
+    best, nearest = dist.min(dim=1)
+    found = best.isfinite()
     return centres[torch.arange(len(points), device=points.device), nearest][found], batch_idx[found]
 
 

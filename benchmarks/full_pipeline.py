@@ -21,6 +21,7 @@ reuse earlier outputs under ``--root``):
 5. ``flow``     the flows of ``--flows`` (ss_flow, shape_flow, tex_flow and the ablations without projection
    conditioning) side by side for ``--flow-minutes``; with ``--tex-vae-extend-minutes`` the texture VAE
    resumes beside them for that much longer (run ``tex_vae_long``; the latents keep the encode-time VAE).
+   With ``--resume-flows`` flows that have a checkpoint continue from it (a machine kept across calls).
 6. ``flow_quality``  the flows' held-out chunk metrics (``benchmarks/flow_quality.py``) and the extended
    texture VAE's held-out quality.
 7. ``quality``  held-out rooms reconstructed end to end by both variants + the TSDF reference
@@ -205,6 +206,19 @@ def variant_family(name: str) -> str:
 def _max_time(minutes: float) -> str:
     seconds = int(round(minutes * 60))
     return f"00:{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def timer_minutes(ckpt: Path) -> float:
+    """Minutes of fitting that Lightning's ``Timer`` saved in checkpoint ``ckpt`` (memory-mapped: the weights are
+    not read)."""
+    import torch
+
+    state = torch.load(ckpt, map_location="cpu", mmap=True, weights_only=False)
+    timer = next((v for k, v in state.get("callbacks", {}).items() if k.startswith("Timer")), None)
+    if timer is None:
+        raise SystemExit(f"--resume-flows: {ckpt} has no Timer state (callbacks.Timer), so the time already trained "
+                         "is unknown; was it written by a run with trainer.max_time?")
+    return timer["time_elapsed"]["train"] / 60
 
 
 class Pipeline:
@@ -500,12 +514,14 @@ class Pipeline:
                     f"ckpt_path={self.ckpt('tex_vae')}", "+callbacks.time_budget.refit_on_resume=true"])
             else:
                 stage = flow_stage(run)
+                total, resume = self.flow_resume(run, minutes)
                 # A flow and its ablation train with the same configuration: both follow the main flow's probe.
                 # Every step's wall time (rank 0's log is enough): the start-up ramp, measured (step_rate.py).
-                argv = self.train_args(stage, minutes, [
+                argv = self.train_args(stage, total, [
                     f"stage.val_every_n_steps={a.flow_val_every}", "stage.val_batches=2",
                     "callbacks.run_stats.step_log=true",
-                    *self.flow_overrides(stage, sharing[run]), *a.flow_args, *extra[run]], devices=_count(gpu[run]))
+                    *self.flow_overrides(stage, sharing[run]), *a.flow_args, *extra[run], *resume],
+                    devices=_count(gpu[run]))
             jobs.append(Job(run, argv, gpu=gpu[run], env={"GENRECON_RUN_NAME": run}))
         self.run(jobs)
         for run in runs:
@@ -515,6 +531,21 @@ class Pipeline:
             self.run([Job("step_rate", self.python(
                 "benchmarks/step_rate.py", *map(str, logs), "--out", str(self.results / "step_rate.json"),
                 "--plot", str(self.results / "step_rate.png")))])
+
+    def flow_resume(self, run: str, minutes: float) -> tuple[float, list[str]]:
+        """The ``max_time`` (minutes) of flow ``run`` and the overrides that resume it.
+
+        With ``--resume-flows`` a run that has a checkpoint continues from it for ``minutes`` more. Lightning's
+        timer restores the time already spent, which can exceed the earlier budget (the timer is checked between
+        steps and validations), so the total is that saved time plus ``minutes``; the learning-rate decay is
+        refitted to it. A lent machine that stays up across calls thus trains one flow over several calls, each
+        ending with scores."""
+        if not (self.args.resume_flows and self.ckpt(run).is_file()):
+            return minutes, []
+        before = timer_minutes(self.ckpt(run))
+        total = round(before + minutes, 1)
+        self.log(f"{run}: resumes after {before:.1f} min for {minutes} min more ({total} in all)")
+        return total, [f"ckpt_path={self.ckpt(run)}", "+callbacks.time_budget.refit_on_resume=true"]
 
     def checkpoint_dirs(self) -> dict[str, Path]:
         """``ckpt/genrecon`` and ``ckpt/noproj``: the six files infer.py reads, as links to the runs."""
@@ -702,6 +733,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "an integer: that batch size for every flow; 'none': the stage configs' own")
     p.add_argument("--tex-vae-extend-minutes", type=float, default=0.0,
                    help="resume the texture VAE beside the flows for this many more minutes (run tex_vae_long)")
+    p.add_argument("--resume-flows", action="store_true",
+                   help="flow runs with a checkpoint under --root resume from it and train this call's budget "
+                        "more (a lent machine kept across calls: each call ends with scores)")
     p.add_argument("--probe", action="store_true", help="run benchmarks/flow_step.py beside prepare")
     p.add_argument("--probe-batches", type=int, nargs="+", default=[4, 8, 16])
     p.add_argument("--probe-budget", type=float, default=150.0, help="seconds of probing (no new config after)")

@@ -501,3 +501,34 @@ def test_vaes_that_a_flow_run_needs_cannot_be_left_out(tmp_path, capsys, argv, p
     with pytest.raises(SystemExit):
         fp.parse_args(["--root", str(tmp_path), *argv])
     assert problem in capsys.readouterr().err
+
+
+def test_resumed_flows_continue_from_their_checkpoint_for_the_total_budget(tmp_path, monkeypatch):
+    """A second call with ``--resume-flows`` on a machine that kept ``--root``: each flow loads its last checkpoint
+    and trains for the time its timer saved plus this call's minutes, the decay refitted; a new arm starts fresh."""
+    import torch
+
+    fp = load_script("benchmarks/full_pipeline.py")
+    first = ["--root", str(tmp_path), "--gpus", "1", "--phases", "flow", "--flows", "--flow-variant",
+             "ss_flow_cell_a=ss_flow_cell:a=1", "--flow-minutes", "3"]
+    pipe, batches = flow_phase(fp, fp.parse_args(first), monkeypatch)
+    assert "+trainer.max_time=00:00:03:00" in batches[0][0].argv
+    assert not any(x.startswith("ckpt_path=") for x in batches[0][0].argv)
+    # the timer overshot its 3 minutes (it is checked between steps): the resumed budget counts what was spent
+    torch.save({"callbacks": {"Timer": {"time_elapsed": {"train": 200.0, "validate": 50.0}}}}, pipe.ckpt(
+        "ss_flow_cell_a"))
+    second = [*first[:-1], "7", "--resume-flows", "--flow-variant", "ss_flow_cell_b=ss_flow_cell:b=1"]
+    pipe = fp.Pipeline(fp.parse_args(second))
+    batches = []
+    monkeypatch.setattr(pipe, "run", lambda jobs, detach=(): batches.append(jobs) or {j.name: 0 for j in jobs})
+    pipe.flow()
+    jobs = {j.name: j.argv for j in batches[0]}
+    assert f"ckpt_path={pipe.ckpt('ss_flow_cell_a')}" in jobs["ss_flow_cell_a"]
+    assert "+callbacks.time_budget.refit_on_resume=true" in jobs["ss_flow_cell_a"]
+    assert "+trainer.max_time=00:00:10:18" in jobs["ss_flow_cell_a"]  # 3.3 + 7 minutes
+    assert "+trainer.max_time=00:00:07:00" in jobs["ss_flow_cell_b"]
+    assert not any(x.startswith("ckpt_path=") for x in jobs["ss_flow_cell_b"])
+    assert "ss_flow_cell_a: resumes after 3.3 min" in (pipe.results / "progress.log").read_text()
+    torch.save({"callbacks": {}}, pipe.ckpt("ss_flow_cell_a"))
+    with pytest.raises(SystemExit, match="has no Timer state"):
+        pipe.flow()

@@ -133,7 +133,12 @@ class TimeBudgetDecay(Callback):
         if self._timer(trainer) is None or ckpt is None or not getattr(ckpt, "dirpath", None):
             return
         if trainer.global_step > 0 and getattr(ckpt, "_last_global_step_saved", -1) != trainer.global_step:
-            trainer.save_checkpoint(Path(ckpt.dirpath) / "last.ckpt")
+            if getattr(ckpt, "save_last", False) and hasattr(ckpt, "_save_last_checkpoint"):
+                # Through ModelCheckpoint's own bookkeeping: it then skips its save at train end (Lightning >= 2.5),
+                # which would otherwise write the same 1-GB state again as last-v1.ckpt beside this last.ckpt.
+                ckpt._save_last_checkpoint(trainer, ckpt._monitor_candidates(trainer))
+            else:
+                trainer.save_checkpoint(Path(ckpt.dirpath) / "last.ckpt")
             log.info(f"time budget: final checkpoint at step {trainer.global_step}")
 
     def state_dict(self) -> dict[str, Any]:

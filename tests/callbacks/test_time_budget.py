@@ -118,6 +118,27 @@ def test_the_final_step_is_checkpointed_when_the_budget_ends(tmp_path):
     trainer.fit(module)
     saved = torch.load(tmp_path / "last.ckpt", weights_only=False)
     assert saved["global_step"] == trainer.global_step > 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # not again as last-v1.ckpt
+
+
+def test_a_resumed_budget_keeps_one_last_checkpoint_with_the_final_step(tmp_path):
+    """A run resumed to extend its budget overwrites last.ckpt (the file the pipeline resumes from) instead of
+    leaving the final state in a versioned last-v1.ckpt beside a stale one."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def fit(seconds: float, ckpt_path: str | None) -> L.Trainer:
+        trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                            callbacks=[TimeBudgetDecay(measure_steps=5, refit_on_resume=True),
+                                       ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=10**6, save_last=True)],
+                            max_time=timedelta(seconds=seconds), max_steps=10**7)
+        trainer.fit(_Regression(lr=1e-2, grad_clip_max=None), ckpt_path=ckpt_path)
+        return trainer
+
+    first = fit(1, None).global_step
+    second = fit(2, str(tmp_path / "last.ckpt")).global_step
+    assert second > first > 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+    assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == second
 
 
 def test_a_changed_rate_moves_the_end_and_keeps_the_rate_continuous(monkeypatch):

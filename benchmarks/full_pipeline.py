@@ -21,7 +21,8 @@ reuse earlier outputs under ``--root``):
 5. ``flow``     the flows of ``--flows`` (ss_flow, shape_flow, tex_flow and the ablations without projection
    conditioning) side by side for ``--flow-minutes``; with ``--tex-vae-extend-minutes`` the texture VAE
    resumes beside them for that much longer (run ``tex_vae_long``; the latents keep the encode-time VAE).
-   With ``--resume-flows`` flows that have a checkpoint continue from it (a machine kept across calls).
+   With ``--resume-flows`` flows that have a checkpoint continue from it (a machine kept across calls);
+   ``--resume`` also skips the phases an earlier call finished (``<root>/phases/<phase>.done``).
 6. ``flow_quality``  the flows' held-out chunk metrics (``benchmarks/flow_quality.py``) and the extended
    texture VAE's held-out quality.
 7. ``quality``  held-out rooms reconstructed end to end by both variants + the TSDF reference
@@ -96,6 +97,9 @@ BATCH16 = "stage.datamodule.batch_size=16"
 VAES = ("ss_vae", "shape_vae", "tex_vae")
 # Phases that may start while detached jobs of the phase before still run (see Pipeline.run).
 OVERLAPS = ("encode",)
+# Phases that --resume skips once done: their outputs (data, VAEs, latents, timings) stay valid; the flows resume
+# from their checkpoints instead (--resume-flows) and every scoring runs again on the newer weights.
+RESUMABLE = ("prepare", "vae", "vae_variants", "encode", "ddp")
 # Detached scoring jobs the flow phase does not wait for: they only read checkpoints and write a JSON (session 14:
 # the VAE scoring held the flows back 45 s after the encoding had ended).
 SCORING_JOBS = ("vae_quality",)
@@ -243,6 +247,10 @@ class Pipeline:
         self.variants = parse_flow_variants(args.flow_variant)
         self.scoring_extras = parse_scoring_extras(args.flow_quality_extra)
         self.pending: list[Running] = []  # detached jobs (see run)
+        # --resume: a phase whose jobs all ended with 0 leaves phases/<phase>.done, and a later call skips it
+        self.phase: str | None = None
+        self.phase_jobs: dict[str, list[str]] = {}
+        self.codes: dict[str, int] = {}
         self.t0 = time.time()
 
     def gpu_of(self, name: str, default: int) -> int | tuple[int, ...]:
@@ -262,6 +270,7 @@ class Pipeline:
 
         Detached jobs go on beside the next phase and are waited for by :meth:`join`, which every phase but
         ``encode`` calls first: the encoding needs the VAEs only, not the view pretraining beside them."""
+        self.phase_jobs.setdefault(self.phase, []).extend(job.name for job in jobs)
         running = [self._start(job) for job in jobs]
         self.pending += [r for r in running if r.job.name in detach]
         return self._wait([r for r in running if r.job.name not in detach])
@@ -296,7 +305,7 @@ class Pipeline:
         codes = {}
         for r in running:
             rc, end = r.wait()
-            codes[r.job.name] = rc
+            codes[r.job.name] = self.codes[r.job.name] = rc
             self.log(f"{'done' if rc == 0 else 'FAILED'} {r.job.name}: rc {rc}, {end - r.start:.0f} s "
                      f"(ended at {end - self.t0:.1f} s)")
             with open(self.results / "progress.jsonl", "a") as f:
@@ -654,14 +663,35 @@ class Pipeline:
             "--log-dir", str(self.root / "ddp"), "--out", str(self.results), "--preset", a.preset,
             "--timeout", str(a.ddp_timeout), *(["--cpu"] if a.cpu else []), *(f"--extra={x}" for x in a.ddp_args)))])
 
+    def phase_marker(self, phase: str) -> Path:
+        return self.root / "phases" / f"{phase}.done"
+
+    def mark_finished_phases(self, finished: list[str]) -> None:
+        """Leave ``phases/<phase>.done`` for each finished phase of :data:`RESUMABLE` whose jobs, detached ones
+        included, all ended with exit code 0."""
+        for phase in finished:
+            jobs = self.phase_jobs.get(phase, [])
+            marker = self.phase_marker(phase)
+            if phase in RESUMABLE and jobs and not marker.is_file() and all(self.codes.get(j) == 0 for j in jobs):
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.write_text(json.dumps({"jobs": jobs, "end_s": round(time.time() - self.t0, 1)}) + "\n")
+
     def main(self) -> None:
         self.log(f"phases {self.args.phases}; {self.gpus} GPU(s); root {self.root}")
+        finished = []
         for phase in self.args.phases:
+            if self.args.resume and self.phase_marker(phase).is_file():
+                self.log(f"=== {phase}: done by an earlier call ({self.phase_marker(phase)}), skipped")
+                continue
             if phase not in OVERLAPS:
                 self.join(keep=SCORING_JOBS if phase == "flow" else ())
+                self.mark_finished_phases(finished)
             self.log(f"=== {phase}")
+            self.phase = phase
             getattr(self, phase)()
+            finished.append(phase)
         self.join()
+        self.mark_finished_phases(finished)
         (self.results / "DONE").write_text(f"{time.time() - self.t0:.0f}\n")
         self.log("all phases done")
 
@@ -733,6 +763,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "an integer: that batch size for every flow; 'none': the stage configs' own")
     p.add_argument("--tex-vae-extend-minutes", type=float, default=0.0,
                    help="resume the texture VAE beside the flows for this many more minutes (run tex_vae_long)")
+    p.add_argument("--resume", action="store_true",
+                   help="go on from an earlier call under --root (a lent machine kept across calls): phases done "
+                        "then (phases/<phase>.done) are skipped, the flows resume (--resume-flows), the scorings "
+                        "run again")
     p.add_argument("--resume-flows", action="store_true",
                    help="flow runs with a checkpoint under --root resume from it and train this call's budget "
                         "more (a lent machine kept across calls: each call ends with scores)")
@@ -776,6 +810,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         problem = "--vaes: --tex-vae-extend-minutes and --tex-vae-variant need tex_vae"
     if problem:
         p.error(problem)
+    args.resume_flows = args.resume_flows or args.resume
     return args
 
 

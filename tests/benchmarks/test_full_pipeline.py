@@ -532,3 +532,31 @@ def test_resumed_flows_continue_from_their_checkpoint_for_the_total_budget(tmp_p
     torch.save({"callbacks": {}}, pipe.ckpt("ss_flow_cell_a"))
     with pytest.raises(SystemExit, match="has no Timer state"):
         pipe.flow()
+
+
+def test_resume_skips_the_phases_an_earlier_call_finished_and_reruns_a_failed_one(tmp_path, monkeypatch):
+    """Real subprocesses: the first call's prepare and vae succeed (their detached job too) and leave markers, its
+    encode fails and leaves none; the second call with ``--resume`` runs only encode and the flows (resumed)."""
+    import sys
+
+    fp = load_script("benchmarks/full_pipeline.py")
+    argv = ["--root", str(tmp_path), "--cpu", "--phases", "prepare", "vae", "encode", "flow", "--flows"]
+    calls = []
+
+    def phases(pipe, encode_rc):
+        ok, fail = [sys.executable, "-c", "pass"], [sys.executable, "-c", f"raise SystemExit({encode_rc})"]
+        monkeypatch.setattr(pipe, "prepare", lambda: calls.append("prepare") or pipe.run([fp.Job("prep", ok)]))
+        monkeypatch.setattr(pipe, "vae", lambda: calls.append("vae") or pipe.run(
+            [fp.Job("ss_vae", ok), fp.Job("view_pretrain", ok)], detach=("view_pretrain",)))
+        monkeypatch.setattr(pipe, "encode", lambda: calls.append("encode") or pipe.run([fp.Job("encode", fail)]))
+        monkeypatch.setattr(pipe, "flow", lambda: calls.append(("flow", pipe.args.resume_flows)))
+        return pipe
+
+    phases(fp.Pipeline(fp.parse_args(argv)), encode_rc=1).main()
+    assert calls == ["prepare", "vae", "encode", ("flow", False)]
+    assert sorted(p.name for p in (tmp_path / "phases").iterdir()) == ["prepare.done", "vae.done"]
+    calls.clear()
+    phases(fp.Pipeline(fp.parse_args([*argv, "--resume"])), encode_rc=0).main()
+    assert calls == ["encode", ("flow", True)]
+    assert (tmp_path / "phases" / "encode.done").is_file() and not (tmp_path / "phases" / "flow.done").exists()
+    assert "=== vae: done by an earlier call" in (tmp_path / "results" / "progress.log").read_text()

@@ -49,3 +49,11 @@ python benchmarks/compare_quality.py $R/flow_quality_cell_pvs.json \
   --metrics iou --out $R/compare_pvs_1163_vs_232.json
 for f in pvs pvb pvs_st2 pvb_st2; do
   python benchmarks/occupancy_placement.py $R/flow_quality_cell_${f}_occupancy.npz > $R/occupancy_placement_$f.json; done
+# CPU dry run of --resume (the same command twice, 304 s then 228 s):
+# | cd /work/main
+# | V1='ss_flow_cell_pvs=ss_flow_cell:stage.module.point_depth={keep:[0.005,1.0],outliers:0.15};preset.flow.point_grid={subdivisions:2}'
+# | A=(--root /tmp/dry29 --cpu --preset tiny --workers 2 --scenes 6 --loader-workers 1 --phases prepare vae encode flow flow_quality --resume --vaes ss_vae --vae-minutes 0.6 --view-pretrain-minutes 0.6 --flows ss_flow_cell --flow-variant "$V1" --flow-minutes 1 --flow-val-every 1000 --flow-quality-chunks 2 --flow-batch none --flow-args stage.module.warmup_steps=20 --flow-quality-args=--x0-estimate)
+# | /work/venv/bin/python benchmarks/full_pipeline.py "${A[@]}" > /tmp/dry29_1.out 2>&1; echo "call1 rc $?"
+# | /work/venv/bin/python benchmarks/full_pipeline.py "${A[@]}" > /tmp/dry29_2.out 2>&1; echo "call2 rc $?"
+# CPU dry run of --resume-flows on session 28's tiny pipeline (/tmp/dry28b), after its first run:
+python benchmarks/full_pipeline.py --root /tmp/dry28b --cpu --preset tiny --workers 2 --scenes 6 --loader-workers 1 --phases flow flow_quality --resume-flows --vaes ss_vae --flows --flow-variant "ss_flow_cell_pvs=ss_flow_cell:stage.module.point_depth={keep:[0.005,1.0],outliers:0.15};preset.flow.point_grid={subdivisions:2}" --flow-variant "ss_flow_cell_pvb=ss_flow_cell:stage.module.point_depth={keep:[0.005,1.0],outliers:0.15,block_keep:0.0};preset.flow.point_grid={subdivisions:2}" --place ss_flow_cell_pvs=0 --place ss_flow_cell_pvb=1 --flow-minutes 1 --flow-val-every 4 --flow-quality-chunks 2 --flow-batch none --flow-args stage.module.warmup_steps=200 --flow-quality-args=--x0-estimate --flow-quality-args=--x0-average=2

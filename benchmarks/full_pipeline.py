@@ -764,9 +764,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tex-vae-extend-minutes", type=float, default=0.0,
                    help="resume the texture VAE beside the flows for this many more minutes (run tex_vae_long)")
     p.add_argument("--resume", action="store_true",
-                   help="go on from an earlier call under --root (a lent machine kept across calls): phases done "
-                        "then (phases/<phase>.done) are skipped, the flows resume (--resume-flows), the scorings "
-                        "run again")
+                   help="go on from an earlier call of the same command under --root (a lent machine kept across "
+                        "calls): phases done then (phases/<phase>.done) are skipped, the flows resume "
+                        "(--resume-flows), the scorings run again")
     p.add_argument("--resume-flows", action="store_true",
                    help="flow runs with a checkpoint under --root resume from it and train this call's budget "
                         "more (a lent machine kept across calls: each call ends with scores)")

@@ -27,8 +27,13 @@ from typing import Any
 def read_steps(path: Path) -> list[tuple[int, float]]:
     """(global step, wall time) of one rank's log, in order. The log is appended to, so a step at or below the one
     before starts a resumed (or restarted) run: the earlier records from that step on are dropped, repeated steps
-    keep the last time, and a restart that stops short leaves none of the first run's later steps behind."""
+    keep the last time, and a restart that stops short leaves none of the first run's later steps behind.
+
+    Where the records name their process (``pid``, as ``RunStats`` writes), a new process is a resume, possibly in
+    a later device call: the pause before its first step is cut out (that step follows the last kept one by the
+    last step interval), so rates and durations count training time only, as they do for the first process."""
     steps: list[tuple[int, float]] = []
+    offset, pid = 0.0, None
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
@@ -39,7 +44,12 @@ def read_steps(path: Path) -> list[tuple[int, float]]:
             raise ValueError(f"{path}: line {n} is not a step record with 'step' and 'time' ({exc})") from exc
         while steps and steps[-1][0] >= step:
             steps.pop()
-        steps.append((step, when))
+        if record.get("pid") != pid:
+            if pid is not None and steps:
+                interval = steps[-1][1] - steps[-2][1] if len(steps) > 1 else 0.0
+                offset = when - (steps[-1][1] + interval)
+            pid = record.get("pid")
+        steps.append((step, when - offset))
     return steps
 
 

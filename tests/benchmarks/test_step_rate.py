@@ -61,3 +61,22 @@ def test_resumed_steps_keep_their_last_time_and_bad_lines_name_the_file(tmp_path
     path.write_text('{"step": 1, "time": 1.0}\n{"step": 2}\n')
     with pytest.raises(ValueError, match=r"steps_x.jsonl: line 2"):
         SR.read_steps(path)
+
+
+def test_a_run_resumed_by_a_new_process_counts_training_time_only(tmp_path, capsys):
+    """Session 29: a flow trained 233 steps in one device call and went on from step 234 in a later one, 172 s on.
+    The pause between the processes is cut out, so the mean rate is the training rate, not diluted by the gap."""
+    path = tmp_path / "steps_resumed.jsonl"
+    first = [{"step": k, "time": 100.0 + 0.5 * k, "pid": 7} for k in range(1, 101)]
+    second = [{"step": k, "time": 400.0 + 0.5 * (k - 101), "pid": 9} for k in range(101, 201)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in first + second))
+    steps = SR.read_steps(path)
+    assert steps[100] == (101, pytest.approx(150.5)) and steps[-1] == (200, pytest.approx(200.0))
+    run = SR.main([str(path), "--window", "20"])["runs"]["resumed"]
+    capsys.readouterr()
+    assert run["seconds"] == pytest.approx(99.5) and run["mean_rate"] == pytest.approx(2.0)
+    # a resume from an earlier checkpoint in the new process: the first process's later steps are dropped
+    again = [{"step": k, "time": 900.0 + 0.5 * (k - 51), "pid": 11} for k in range(51, 61)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in first + again))
+    steps = SR.read_steps(path)
+    assert [k for k, _ in steps] == list(range(1, 61)) and steps[50][1] == pytest.approx(125.5)

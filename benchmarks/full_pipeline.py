@@ -524,6 +524,8 @@ class Pipeline:
             else:
                 stage = flow_stage(run)
                 total, resume = self.flow_resume(run, minutes)
+                if a.flow_horizon_minutes:
+                    resume.append(f"+callbacks.time_budget.horizon_minutes={a.flow_horizon_minutes}")
                 # A flow and its ablation train with the same configuration: both follow the main flow's probe.
                 # Every step's wall time (rank 0's log is enough): the start-up ramp, measured (step_rate.py).
                 argv = self.train_args(stage, total, [
@@ -770,6 +772,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume-flows", action="store_true",
                    help="flow runs with a checkpoint under --root resume from it and train this call's budget "
                         "more (a lent machine kept across calls: each call ends with scores)")
+    p.add_argument("--flow-horizon-minutes", type=float, default=None,
+                   help="the flows' learning rate decays over this much training in all, over resumed calls "
+                        "(callbacks.time_budget horizon_minutes), not over each call's budget")
     p.add_argument("--probe", action="store_true", help="run benchmarks/flow_step.py beside prepare")
     p.add_argument("--probe-batches", type=int, nargs="+", default=[4, 8, 16])
     p.add_argument("--probe-budget", type=float, default=150.0, help="seconds of probing (no new config after)")

@@ -13,7 +13,9 @@ broadcast, so every DDP rank follows the same schedule; the value is saved in ch
 run resumed to *extend* its budget (a larger ``max_time``) sets ``refit_on_resume`` and re-measures, so its cosine
 restarts part-way and decays over the new budget instead of staying at its floor. When the budget ends the run
 between two periodic checkpoints, it also writes ``last.ckpt`` of the final step, so the minutes since the last
-checkpoint are not lost. Without ``max_time`` it does nothing.
+checkpoint are not lost. With ``horizon_minutes`` the decay spans that much training time over all resumed runs
+(a run spread over several device calls, each with its own ``max_time``) instead of ending with this run's budget.
+Without ``max_time`` it does nothing.
 """
 
 from __future__ import annotations
@@ -44,12 +46,18 @@ class TimeBudgetDecay(Callback):
         refit_seconds: about how often (wall clock, converted to steps at the first fit) the end is predicted
             again from the latest rate; None: fit once.
         refit_tolerance: relative change of the remaining decay steps that moves the end.
+        horizon_minutes: the training time, counted over the resumed runs too (the timer's saved elapsed time),
+            that the decay spans; None: this run's ``max_time``. A run that stops earlier stops above the floor.
     """
 
     def __init__(self, measure_steps: int = 50, margin: float = 0.9, refit_on_resume: bool = False,
-                 refit_seconds: float | None = 60.0, refit_tolerance: float = 0.1) -> None:
+                 refit_seconds: float | None = 60.0, refit_tolerance: float = 0.1,
+                 horizon_minutes: float | None = None) -> None:
         if measure_steps < 1 or not 0 < margin <= 1:
             raise ValueError("measure_steps must be >= 1 and margin in (0, 1]")
+        if horizon_minutes is not None and horizon_minutes <= 0:
+            raise ValueError("horizon_minutes must be positive or None")
+        self.horizon_minutes = horizon_minutes
         if refit_seconds is not None and refit_seconds <= 0:
             raise ValueError("refit_seconds must be positive or None")
         self.measure_steps = measure_steps
@@ -66,6 +74,13 @@ class TimeBudgetDecay(Callback):
     @staticmethod
     def _timer(trainer: L.Trainer) -> Timer | None:
         return next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+
+    def _remaining(self, trainer: L.Trainer) -> float:
+        """Seconds of training the decay still spans: to ``horizon_minutes`` when set, else to ``max_time``."""
+        timer = self._timer(trainer)
+        if self.horizon_minutes is None:
+            return timer.time_remaining("train") or 0.0
+        return max(0.0, self.horizon_minutes * 60 - (timer.time_elapsed("train") or 0.0))
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.decay_steps is None:
@@ -93,7 +108,7 @@ class TimeBudgetDecay(Callback):
             return
         now = time.monotonic()
         rate = (step - s0) / max(now - t0, 1e-6)
-        remaining = self._timer(trainer).time_remaining("train") or 0.0
+        remaining = self._remaining(trainer)
         decay = int(step + rate * remaining * self.margin)
         every = max(1, int(rate * self.refit_seconds)) if self.refit_seconds is not None else 0
         decay, every = trainer.strategy.broadcast((decay, every), src=0)
@@ -119,7 +134,7 @@ class TimeBudgetDecay(Callback):
         if progress >= 1.0 or step <= s0:
             return
         rate = (step - s0) / max(now - t0, 1e-6)
-        remaining = self._timer(trainer).time_remaining("train") or 0.0
+        remaining = self._remaining(trainer)
         decay = int(trainer.strategy.broadcast(int(step + rate * remaining * self.margin), src=0))
         if abs(decay - self.decay_steps) <= self.refit_tolerance * max(self.decay_steps - step, 1):
             return

@@ -529,6 +529,10 @@ def test_resumed_flows_continue_from_their_checkpoint_for_the_total_budget(tmp_p
     assert "+trainer.max_time=00:00:07:00" in jobs["ss_flow_cell_b"]
     assert not any(x.startswith("ckpt_path=") for x in jobs["ss_flow_cell_b"])
     assert "ss_flow_cell_a: resumes after 3.3 min" in (pipe.results / "progress.log").read_text()
+    horizon = fp.Pipeline(fp.parse_args([*second, "--flow-horizon-minutes", "20"]))
+    monkeypatch.setattr(horizon, "run", lambda jobs, detach=(): batches.append(jobs) or {j.name: 0 for j in jobs})
+    horizon.flow()
+    assert all("+callbacks.time_budget.horizon_minutes=20.0" in j.argv for j in batches[-1])
     torch.save({"callbacks": {}}, pipe.ckpt("ss_flow_cell_a"))
     with pytest.raises(SystemExit, match="has no Timer state"):
         pipe.flow()

@@ -4,6 +4,7 @@ end of the budget, the estimate survives a checkpoint, and runs without ``max_ti
 from datetime import timedelta
 
 import lightning as L
+import pytest
 import torch
 from torch import nn
 
@@ -175,3 +176,23 @@ def test_a_changed_rate_moves_the_end_and_keeps_the_rate_continuous(monkeypatch)
     fresh = _Regression(lr=1e-2, grad_clip_max=None)
     restored.on_train_start(None, fresh)
     assert fresh.decay_steps == budget.decay_steps and fresh.decay_anchor == budget.anchor
+
+
+def test_a_horizon_spreads_the_decay_over_resumed_runs(monkeypatch):
+    """``horizon_minutes``: the decay ends when the training time of all runs reaches the horizon, not when this
+    run's ``max_time`` does. 10 steps in 10 s, 110 s of training in all (100 before this resumed run), a 400-s
+    horizon: 290 s left -> the end at step 11 + 290 x 0.9, whatever this run's own budget."""
+    import callbacks.time_budget as tb
+
+    trainer = _fake_trainer(lambda: 50.0)  # this call's own budget: 50 s left
+    trainer.callbacks[0].time_elapsed = lambda stage: 110.0
+    clock = iter([0.0, 10.0])
+    monkeypatch.setattr(tb.time, "monotonic", lambda: next(clock))
+    module = _Regression(lr=1e-2, warmup_steps=2, min_lr_ratio=0.1, grad_clip_max=None)
+    budget = TimeBudgetDecay(measure_steps=10, margin=0.9, refit_seconds=None, horizon_minutes=400 / 60)
+    budget.on_train_batch_end(trainer, module, None, None, 0)
+    trainer.global_step = 11
+    budget.on_train_batch_end(trainer, module, None, None, 0)
+    assert budget.decay_steps == module.decay_steps == int(11 + 1.0 * 290.0 * 0.9)
+    with pytest.raises(ValueError, match="horizon_minutes"):
+        TimeBudgetDecay(horizon_minutes=0)

@@ -212,6 +212,12 @@ def _max_time(minutes: float) -> str:
     return f"00:{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+def resume_overrides(ckpt: Path) -> list[str]:
+    """``train.py`` overrides that continue a time-budgeted run from ``ckpt`` with a larger ``max_time``: its
+    learning-rate decay is fitted again to the extended budget (``callbacks.time_budget``)."""
+    return [f"ckpt_path={ckpt}", "+callbacks.time_budget.refit_on_resume=true"]
+
+
 def timer_minutes(ckpt: Path) -> float:
     """Minutes of fitting that Lightning's ``Timer`` saved in checkpoint ``ckpt`` (memory-mapped: the weights are
     not read)."""
@@ -520,18 +526,18 @@ class Pipeline:
                 # latents were encoded with); the timer's elapsed time is restored, so the budget is the total.
                 argv = self.train_args("tex_vae", a.vae_minutes + a.tex_vae_extend_minutes, [
                     f"stage.val_every_n_steps={a.val_every}", "stage.val_batches=3", *a.tex_vae_args,
-                    f"ckpt_path={self.ckpt('tex_vae')}", "+callbacks.time_budget.refit_on_resume=true"])
+                    *resume_overrides(self.ckpt("tex_vae"))])
             else:
                 stage = flow_stage(run)
                 total, resume = self.flow_resume(run, minutes)
-                if a.flow_horizon_minutes:
-                    resume.append(f"+callbacks.time_budget.horizon_minutes={a.flow_horizon_minutes}")
+                horizon = ([f"+callbacks.time_budget.horizon_minutes={a.flow_horizon_minutes}"]
+                           if a.flow_horizon_minutes else [])
                 # A flow and its ablation train with the same configuration: both follow the main flow's probe.
                 # Every step's wall time (rank 0's log is enough): the start-up ramp, measured (step_rate.py).
                 argv = self.train_args(stage, total, [
                     f"stage.val_every_n_steps={a.flow_val_every}", "stage.val_batches=2",
                     "callbacks.run_stats.step_log=true",
-                    *self.flow_overrides(stage, sharing[run]), *a.flow_args, *extra[run], *resume],
+                    *self.flow_overrides(stage, sharing[run]), *a.flow_args, *extra[run], *resume, *horizon],
                     devices=_count(gpu[run]))
             jobs.append(Job(run, argv, gpu=gpu[run], env={"GENRECON_RUN_NAME": run}))
         self.run(jobs)
@@ -556,7 +562,7 @@ class Pipeline:
         before = timer_minutes(self.ckpt(run))
         total = round(before + minutes, 1)
         self.log(f"{run}: resumes after {before:.1f} min for {minutes} min more ({total} in all)")
-        return total, [f"ckpt_path={self.ckpt(run)}", "+callbacks.time_budget.refit_on_resume=true"]
+        return total, resume_overrides(self.ckpt(run))
 
     def checkpoint_dirs(self) -> dict[str, Path]:
         """``ckpt/genrecon`` and ``ckpt/noproj``: the six files infer.py reads, as links to the runs."""

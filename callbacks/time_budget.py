@@ -48,6 +48,7 @@ class TimeBudgetDecay(Callback):
         refit_tolerance: relative change of the remaining decay steps that moves the end.
         horizon_minutes: the training time, counted over the resumed runs too (the timer's saved elapsed time),
             that the decay spans; None: this run's ``max_time``. A run that stops earlier stops above the floor.
+            A run resumed with the horizon it was fitted to keeps its schedule whatever ``refit_on_resume`` says.
     """
 
     def __init__(self, measure_steps: int = 50, margin: float = 0.9, refit_on_resume: bool = False,
@@ -70,6 +71,7 @@ class TimeBudgetDecay(Callback):
         self.refit_every: int | None = None  # steps between refits, fixed at the first fit
         self._start: tuple[float, int] | None = None
         self._last: tuple[float, int] | None = None  # clock and step of the latest fit
+        self._saved_horizon: float | None = None  # the horizon of the schedule restored from a checkpoint
 
     @staticmethod
     def _timer(trainer: L.Trainer) -> Timer | None:
@@ -88,7 +90,10 @@ class TimeBudgetDecay(Callback):
         # Resumed. Until the refit (measure_steps later) the old schedule holds, at its floor if it had ended.
         pl_module.decay_steps, pl_module.decay_anchor = self.decay_steps, self.anchor
         self._last = None  # the clock of the old run means nothing now
-        if self.refit_on_resume:
+        # A schedule fitted to this same horizon already spans the resumed runs: it holds (the periodic refits
+        # still follow the rate); fitting it afresh would drop the refits' anchor and make the rate jump.
+        same_horizon = self.horizon_minutes is not None and self._saved_horizon == self.horizon_minutes
+        if self.refit_on_resume and not same_horizon:
             self.decay_steps, self.anchor, self._start = None, None, None
 
     def on_train_batch_end(
@@ -157,10 +162,12 @@ class TimeBudgetDecay(Callback):
             log.info(f"time budget: final checkpoint at step {trainer.global_step}")
 
     def state_dict(self) -> dict[str, Any]:
-        return {"decay_steps": self.decay_steps, "anchor": self.anchor, "refit_every": self.refit_every}
+        return {"decay_steps": self.decay_steps, "anchor": self.anchor, "refit_every": self.refit_every,
+                "horizon_minutes": self.horizon_minutes}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.decay_steps = state_dict.get("decay_steps")
         anchor = state_dict.get("anchor")
         self.anchor = (int(anchor[0]), float(anchor[1])) if anchor is not None else None
         self.refit_every = state_dict.get("refit_every")
+        self._saved_horizon = state_dict.get("horizon_minutes")

@@ -196,3 +196,22 @@ def test_a_horizon_spreads_the_decay_over_resumed_runs(monkeypatch):
     assert budget.decay_steps == module.decay_steps == int(11 + 1.0 * 290.0 * 0.9)
     with pytest.raises(ValueError, match="horizon_minutes"):
         TimeBudgetDecay(horizon_minutes=0)
+
+
+def test_a_resumed_run_with_its_horizon_keeps_its_anchored_schedule():
+    """Resumed with the horizon its schedule was fitted to, the saved end and anchor stay, even with
+    ``refit_on_resume`` (which full_pipeline passes to every resumed flow): the learning rate goes on where it was.
+    A schedule fitted without that horizon (or to another) is fitted afresh."""
+    saved = TimeBudgetDecay(horizon_minutes=15)
+    saved.load_state_dict({"decay_steps": 3000, "anchor": (800, 0.3), "refit_every": 200})
+    state = saved.state_dict()
+    budget = TimeBudgetDecay(refit_on_resume=True, horizon_minutes=15)
+    budget.load_state_dict(state)
+    module = _Regression(lr=1e-2, grad_clip_max=None)
+    budget.on_train_start(None, module)
+    assert budget.decay_steps == module.decay_steps == 3000 and budget.anchor == module.decay_anchor == (800, 0.3)
+    for horizon in (None, 20):
+        other = TimeBudgetDecay(refit_on_resume=True, horizon_minutes=15)
+        other.load_state_dict({**state, "horizon_minutes": horizon})
+        other.on_train_start(None, _Regression(lr=1e-2, grad_clip_max=None))
+        assert other.decay_steps is None and other.anchor is None

@@ -92,6 +92,22 @@ def two_gpu_flows(tmp_path, monkeypatch, *argv: str):
     return (fp, *flow_phase(fp, args, monkeypatch))
 
 
+def test_one_family_of_flows_spreads_evenly_over_the_gpus(tmp_path, monkeypatch):
+    """SS arms alone on a two-GPU machine take a GPU each (session 30 ran both on GPU 0 while GPU 1 idled), and the
+    view pretraining takes the texture VAE's GPU when that VAE does not train; arms that cannot share the GPUs
+    equally stay together on GPU 0."""
+    fp, pipe, batches = two_gpu_flows(tmp_path, monkeypatch, "--vaes", "ss_vae", "--view-pretrain-minutes", "2",
+                                      "--flows", "ss_flow_cell",
+                                      "--flow-variant", "ss_flow_cell_pvs=ss_flow_cell:a=1")
+    assert {j.name: j.gpu for j in batches[0]} == {"ss_flow_cell": 0, "ss_flow_cell_pvs": 1}
+    pipe.vae()
+    assert {j.name: j.gpu for j in batches[1]} == {"ss_vae": 0, "view_pretrain": 1}
+    assert fp.default_flow_gpus(["ss_a", "ss_b", "ss_c"], 2) == {"ss_a": 0, "ss_b": 0, "ss_c": 0}
+    assert fp.default_flow_gpus(["ss_a", "ss_b", "ss_c", "ss_d"], 2) == {"ss_a": 0, "ss_b": 1, "ss_c": 0, "ss_d": 1}
+    assert fp.default_flow_gpus(["ss_a", "tex_b"], 4) == {"ss_a": 0, "tex_b": 1}
+    assert fp.default_flow_gpus(["ss_a", "ss_b"], 1) == {"ss_a": 0, "ss_b": 0}
+
+
 def test_flow_phase_places_the_aux_runs_beside_their_baselines(tmp_path, monkeypatch):
     fp, pipe, batches = two_gpu_flows(
         tmp_path, monkeypatch, "--flows", "ss_flow", "ss_flow_noproj", "ss_flow_aux", "tex_flow", "tex_flow_aux")
@@ -157,11 +173,12 @@ def test_flow_quality_extra_scores_a_family_again_with_its_arguments_on_a_gpu_of
             fp.parse_scoring_extras([bad])
 
 
-def test_visibility_runs_train_beside_the_texture_flow_and_are_scored_in_their_own_families(tmp_path, monkeypatch):
+def test_visibility_runs_share_the_gpus_equally_with_the_texture_flow_and_are_scored_in_their_own_families(tmp_path, monkeypatch):
     fp, pipe, batches = two_gpu_flows(
         tmp_path, monkeypatch, "--flows", "tex_flow", "tex_flow_aux", "tex_flow_vis", "tex_flow_visphoto")
     by_name = {j.name: j for j in batches[0]}
-    assert {n: j.gpu for n, j in by_name.items()} == {"tex_flow": 1, "tex_flow_aux": 1, "tex_flow_vis": 1,
+    # one family, four runs on two GPUs: two a GPU
+    assert {n: j.gpu for n, j in by_name.items()} == {"tex_flow": 0, "tex_flow_aux": 1, "tex_flow_vis": 0,
                                                       "tex_flow_visphoto": 1}
     vis, visphoto = by_name["tex_flow_vis"].argv, by_name["tex_flow_visphoto"].argv
     # tex_flow_vis is tex_flow_aux plus visibility; visphoto adds the photo cue at 2 sub-points per edge.

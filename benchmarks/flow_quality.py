@@ -243,6 +243,9 @@ POINT_PRESETS: dict[str, dict[str, Any]] = {
                   "stereo_min_score": 0.5, "stereo_depths": 192, "stereo_horizontal": True},
     "stereo_h1": {"source": "stereo", "stereo_refine": True, "stereo_consistent": 1, "stereo_size": 128,
                   "stereo_min_score": 0.5, "stereo_depths": 192, "stereo_horizontal": True},
+    # + vertical planes in four orientations (walls and furniture sides at grazing angles; session 30)
+    "stereo_hv2": {"source": "stereo", "stereo_refine": True, "stereo_consistent": 2, "stereo_size": 128,
+                   "stereo_min_score": 0.5, "stereo_depths": 192, "stereo_horizontal": True, "stereo_vertical": 4},
 }
 
 

@@ -8,6 +8,9 @@ For the first held-out chunks of a shard directory (raw ``prepare.py`` shards or
 - ``points_in_chunk``: the confident points inside the chunk cube;
 - ``within_vox``: the share of them in an occupied voxel, within one voxel (26-neighbourhood) and within two;
 - ``truth_covered``: the share of the occupied voxels with a point within one voxel;
+- ``seen_covered_<class>``: the same share among the occupied voxels some of the chunk's views see, per kind of
+  surface (:func:`genrecon.metrics.occupancy.surface_classes`: floor, other horizontal, vertical), and
+  ``seen_share_<class>``: how many of that kind's voxels the views see;
 - ``seconds`` of the sweep on this machine.
 
 The first setting is the stage's default (``baseline``); the JSON compares each with it.
@@ -30,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from datamodules.chunks import collate  # noqa: E402
-from flow_quality import POINT_PRESETS, load_chunks  # noqa: E402
+from flow_quality import POINT_PRESETS, load_chunks, occupancy_visibility  # noqa: E402
+from genrecon.metrics.occupancy import surface_classes  # noqa: E402
 from genrecon.models.point_depth import SimulatedPoints, stereo_points_of_views  # noqa: E402
 from genrecon.utils.jsonl import emit_json  # noqa: E402
 
@@ -56,13 +60,19 @@ SETTINGS: dict[str, dict[str, Any]] = {
     # session 27's device scorings st2 and st1
     "horizontal_consistent2": {k: v for k, v in POINT_PRESETS["stereo_h2"].items() if k != "source"},
     "horizontal_consistent1": {k: v for k, v in POINT_PRESETS["stereo_h1"].items() if k != "source"},
+    # + vertical planes in 2 / 4 orientations: walls and furniture sides seen at grazing angles (session 30)
+    "hv2orient_consistent2": {k: v for k, v in {**POINT_PRESETS["stereo_h2"], "stereo_vertical": 2}.items()
+                              if k != "source"},
+    "hv4orient_consistent2": {k: v for k, v in POINT_PRESETS["stereo_hv2"].items() if k != "source"},
 }
 MAX_DEPTH = 4.0  # the depth cue's range in chunk units (preset.flow.depth_cue.max_depth), the sweep's candidates
 
 
-def score_points(points: torch.Tensor, sample: torch.Tensor, occ: torch.Tensor) -> dict[str, list[float | None]]:
+def score_points(points: torch.Tensor, sample: torch.Tensor, occ: torch.Tensor,
+                 seen: torch.Tensor | None = None) -> dict[str, list[float | None]]:
     """Per chunk: points inside the cube, their distance to the occupancy ``[B, R, R, R]`` bool (None: no point),
-    its coverage."""
+    its coverage, and with ``seen [B, R, R, R]`` (the occupied voxels the views see) the coverage of the seen
+    voxels of each kind of surface."""
     b, r = occ.shape[0], occ.shape[-1]
     grids = [occ.float()[:, None]]
     for _ in range(2):
@@ -82,6 +92,14 @@ def score_points(points: torch.Tensor, sample: torch.Tensor, occ: torch.Tensor) 
             on = g[k, 0, idx[mine, 0], idx[mine, 1], idx[mine, 2]] > 0
             out[f"within_vox_{d}"].append(round(on.float().mean().item(), 4) if mine.any() else None)
         out["truth_covered"].append(round(((near[k] & occ[k]).sum() / occ[k].sum().clamp(min=1)).item(), 4))
+        if seen is None:
+            continue
+        for name, voxels in surface_classes(occ[k]).items():
+            shown = voxels & seen[k]
+            out.setdefault(f"seen_share_{name}", []).append(
+                round((shown.sum() / voxels.sum()).item(), 4) if voxels.any() else None)
+            out.setdefault(f"seen_covered_{name}", []).append(
+                round(((near[k] & shown).sum() / shown.sum()).item(), 4) if shown.any() else None)
     return out
 
 
@@ -99,6 +117,7 @@ def main() -> None:
     views = batch["views"].float()
     b = views.shape[0]
     occ = batch["occupancy"][:, 0] > 0.5
+    seen = torch.stack([occupancy_visibility(o, item) for o, item in zip(occ, items)])
     results: dict[str, Any] = {}
     names = ["baseline", *[s for s in args.settings if s != "baseline"]]
     for name in names:
@@ -106,7 +125,7 @@ def main() -> None:
         start = time.perf_counter()
         points, sample = stereo_points_of_views(views, batch["w2c"], batch["intrinsics"], batch["view_mask"], cfg,
                                                 MAX_DEPTH)  # as the SS stage finds them
-        per_chunk = score_points(points, sample, occ)
+        per_chunk = score_points(points, sample, occ, seen)
         means = {k: round(sum(x for x in v if x is not None) / max(1, sum(x is not None for x in v)), 4)
                  for k, v in per_chunk.items()}  # over the chunks with points
         results[name] = {"setting": SETTINGS[name], "seconds": round(time.perf_counter() - start, 2),

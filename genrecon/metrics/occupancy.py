@@ -94,3 +94,21 @@ def top_fraction_mask(logits: Tensor, fraction: float | Tensor) -> Tensor:
         if k > 0:
             mask[i, flat[i].topk(k).indices] = True
     return mask.view_as(logits)
+
+
+SURFACE_CLASSES = ("floor", "horizontal", "vertical")
+
+
+def surface_classes(occ: Tensor, floor_layers: int = 2) -> dict[str, Tensor]:
+    """The occupied voxels of ``occ [..., R, R, R]`` (bool; the chunk frame's z, up, is the last axis) split by
+    the surface they lie on: ``floor`` (the lowest ``floor_layers`` layers, where training chunks stand on the
+    floor), ``horizontal`` (no occupied voxel directly above or below: a one-voxel-thick horizontal surface such
+    as a table top or a ceiling) and ``vertical`` (the rest: walls and the sides of furniture). Each ``[..., R, R,
+    R]`` bool; together they partition ``occ``. Which kinds of surface a cue or a sample finds."""
+    occ = occ.bool()
+    stacked = torch.zeros_like(occ)
+    stacked[..., 1:] |= occ[..., :-1]
+    stacked[..., :-1] |= occ[..., 1:]
+    floor = torch.zeros_like(occ)
+    floor[..., :floor_layers] = True
+    return {"floor": occ & floor, "horizontal": occ & ~floor & ~stacked, "vertical": occ & ~floor & stacked}

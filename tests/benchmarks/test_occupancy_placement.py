@@ -90,3 +90,22 @@ def test_view_bound_counts_the_true_voxels_within_reach_of_the_seen_ones():
     corner = np.zeros((1, R, R, R), dtype=bool)
     corner[0, 5, 5, 5] = corner[0, 6, 6, 6] = True
     assert _script().view_bound(corner, corner & ~_wall(6)[None], (1,))["mean"]["d1"] == 1.0
+
+
+def test_surface_recall_splits_floor_and_walls_seen_and_hidden():
+    floor = np.zeros((R, R, R), dtype=bool)
+    floor[:, :, 0] = True
+    truth = (floor | _wall(2) | _wall(13))[None]  # walls stand on the floor (x = 2 and x = 13)
+    seen = (floor | _wall(2))[None]  # the wall at 13 is hidden
+    pred = (floor | _wall(2))[None]  # floor and the seen wall found, the hidden one not
+    script = _script()
+    rec = script.surface_recall(pred, truth, seen)
+    # the hidden wall's voxels one above the floor count as floor
+    assert rec["floor"] == {"seen": 1.0, "hidden": 0.0} and rec["vertical"] == {"seen": 1.0, "hidden": 0.0}
+    assert rec["horizontal"] == {"seen": None, "hidden": None}
+    share = script.surface_share(truth, seen)
+    n_floor, n_walls = R * R + 2 * R, 2 * R * (R - 2)  # the walls' two lowest layers count as floor
+    assert share["floor"]["of_truth"] == pytest.approx(n_floor / (n_floor + n_walls), abs=1e-5)
+    assert share["vertical"]["of_truth"] == pytest.approx(n_walls / (n_floor + n_walls), abs=1e-5)
+    assert share["vertical"]["seen"] == pytest.approx(0.5)
+    assert share["floor"]["seen"] == pytest.approx((R * R + R) / n_floor, abs=1e-5)

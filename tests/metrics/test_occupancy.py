@@ -79,3 +79,22 @@ def test_top_fraction_mask_occupies_exactly_the_largest_logits():
     assert not top_fraction_mask(logits, 0.0).any()
     with pytest.raises(ValueError, match="fraction"):
         top_fraction_mask(logits, 1.5)
+
+
+def test_surface_classes_split_a_room_corner_into_floor_table_top_and_walls() -> None:
+    from genrecon.metrics.occupancy import SURFACE_CLASSES, surface_classes
+
+    r = 16
+    occ = torch.zeros(r, r, r, dtype=torch.bool)
+    occ[:, :, 0] = True  # floor
+    occ[0, :, :] = True  # a wall (normal x)
+    occ[:, r - 1, :] = True  # another (normal y)
+    occ[5:9, 5:9, 6] = True  # a table top, in the air
+    classes = surface_classes(occ)
+    assert tuple(classes) == SURFACE_CLASSES
+    total = sum(c.long() for c in classes.values())
+    assert torch.equal(total.bool(), occ) and int(total.max()) == 1  # a partition of the occupied voxels
+    assert int(classes["horizontal"].sum()) == 16 and classes["horizontal"][5:9, 5:9, 6].all()
+    assert classes["floor"][3, 3, 0] and classes["floor"][3, 3, 1] == occ[3, 3, 1]
+    assert classes["vertical"][0, 4, 8] and classes["vertical"][7, r - 1, 8]
+    assert not classes["vertical"][7, 7, 6] and not classes["horizontal"][0, 4, 8]

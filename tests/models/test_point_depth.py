@@ -162,6 +162,35 @@ def test_horizontal_planes_add_the_points_of_a_floor_seen_at_grazing_angles() ->
     assert on_floor[True] > 3 * on_floor[False] > 0, on_floor
 
 
+def test_vertical_planes_add_the_points_of_a_wall_seen_at_grazing_angles() -> None:
+    """The floor scene turned on its side (world z -> x): the floor becomes a wall x = FLOOR_Z that the cameras
+    see at grazing angles, which only the vertical planes warp exactly. The images do not change."""
+    from genrecon.models.point_depth import stereo_points_of_views, swept_planes
+    from tests.geometry.test_stereo import FLOOR_Z, SIZE, _floor_views
+
+    images, (w2c, K, mask), _, _ = _floor_views()
+    turn = torch.eye(4)
+    turn[:3, :3] = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]])  # new = turn · old: z -> x
+    w2c = w2c @ torch.linalg.inv(turn)
+    cfg = SimulatedPoints(source="stereo", stereo_size=SIZE, stereo_depths=96, stereo_min_score=0.8,
+                          stereo_refine=True, stereo_horizontal=True)
+    on_wall = {}
+    for orientations in (0, 4):
+        points, _ = stereo_points_of_views(images, w2c, K, mask, replace(cfg, stereo_vertical=orientations), 4.0)
+        on_wall[orientations] = int(((points[:, 0] - FLOOR_Z).abs() < 0.02).sum())
+    assert on_wall[4] > 3 * on_wall[0] > 0, on_wall
+    # the families: horizontal, then vertical normals 45° apart, each reaching past the (rotated) chunk
+    families = swept_planes(replace(cfg, stereo_vertical=4))
+    normals = torch.stack([n for n, _ in families])
+    torch.testing.assert_close(normals[1:] @ normals[1:].T, torch.tensor(
+        [[1.0, 0.5**0.5, 0.0, -(0.5**0.5)], [0.5**0.5, 1.0, 0.5**0.5, 0.0], [0.0, 0.5**0.5, 1.0, 0.5**0.5],
+         [-(0.5**0.5), 0.0, 0.5**0.5, 1.0]]), atol=1e-6, rtol=0)
+    assert (normals[:, 2] == torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0])).all()
+    assert float(families[2][1].max()) == pytest.approx(0.5 * 2**0.5 + 0.1, abs=1e-6)  # the cube's diagonal
+    with pytest.raises(ValueError, match="stereo_vertical"):
+        SimulatedPoints(stereo_vertical=-1)
+
+
 def test_kept_blocks_drop_whole_blocks_at_the_drawn_share() -> None:
     from genrecon.models.point_depth import kept_blocks
 

@@ -19,7 +19,8 @@ sampling again:
 - ``surface_recall``: the recall of the true voxels on each kind of surface (``surface_classes``: the floor, other
   horizontal surfaces, vertical ones), apart for those an evaluation view sees and the rest, pooled over the chunks,
   and ``surface_share`` (of the file): each kind's share of the true voxels and the share of it the views see.
-  Session 30: vertical surfaces are 63 % of the true voxels, and stereo-scored samples found 10 % of the seen ones;
+  Session 30: vertical surfaces were 63 % of the true voxels, and samples scored with stereo's points found 10 % of
+  the seen ones;
 - ``view_bound`` (of the file, not of an entry): what the evaluation views allow at best. Per chunk the share of
   the true voxels within d voxels (Chebyshev: d dilations by the 26-neighbourhood) of a voxel the views see, for
   d = 0, 1, 2, 3: the IoU of an oracle that places every seen voxel exactly (exact depth) and adds exactly the

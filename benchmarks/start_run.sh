@@ -6,8 +6,9 @@
 # call, and a job importing meanwhile fails), starts COMMAND there under setsid with its output in
 # ROOT/pipeline.out, and watches ROOT/results for SECONDS, leaving results.tar.gz (past 15 MB: its parts) in $OUT
 # (default ROOT/out). Later calls: `bash /tmp/repo/benchmarks/watch_run.sh ROOT/results $OUT SECONDS`, issued at
-# once (an idle machine is released after 30 s). A second start while the first command still runs is refused
-# (exit status 3). The device tool copies at most 64 MiB of working tree: move benchmarks/results/ (earlier runs'
+# once (an idle machine is released after 30 s; in sessions 26-30 the next call often came later than that and
+# found a fresh machine, so plan each experiment to end within one call). A second start while the first command
+# still runs is refused (exit status 3). The device tool copies at most 64 MiB of working tree: move benchmarks/results/ (earlier runs'
 # files, not needed there) out of the checkout for the calls and back afterwards.
 set -u
 ROOT=$1; T=$2; shift 2

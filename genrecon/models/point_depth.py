@@ -71,8 +71,9 @@ class SimulatedPoints:
             at grazing angles (63 % of the true voxels of session 30's held-out chunks). Chunks have any yaw, so no
             orientation is known in advance; a wall lies at most 90°/n from a swept one. 0: none. Off: on 4
             synthetic chunks (stereo_h2's settings) 4 orientations covered 9.6 % of the seen vertical voxels
-            against 7.1 %, but only 70 % of the points lay within a voxel of a surface against 99.5 %: most seen
-            walls have no texture to match (session 30, ``stereo_quality.py``).
+            against 7.1 %, but only 70 % of the points lay within a voxel of a surface against 99.5 %, likely
+            because most seen walls are plain and no plane family can match them (session 30,
+            ``stereo_quality.py``).
         depth_cue: whether the points replace the depth cue's depths where they land (False: they only feed the
             model's ``point_grid``).
         outliers: share of the simulated points moved further, as stereo's mismatches are (refined stereo confirmed

@@ -19,3 +19,9 @@ for f in cell cell_pvs cell_pvs_st2; do python benchmarks/occupancy_placement.py
 # CPU: stereo over vertical planes on 4 held-out chunks of session 24's small rooms (/tmp/loc40), 1,110 s:
 python benchmarks/stereo_quality.py /tmp/loc40/data/synthetic_small/shards --chunks 4 --settings baseline horizontal_consistent2 hv2orient_consistent2 hv4orient_consistent2 --out benchmarks/results/2026-11-28_session30/stereo_vertical_cpu.json
 python benchmarks/compare_quality.py $R/flow_quality_cell_pvs.json benchmarks/results/2026-11-28_session29/call2_fresh_onecall/flow_quality_cell_pvs.json --entries ss_flow --metrics iou --out $R/compare_pvs_605_vs_s29_232.json
+# CPU: the same reduced points-trained model as session 28 scored with stereo_hv2 (cpu_stereo_vertical/, 1,893 s),
+# against session 28's stereo_h2 scoring (its cpu_stereo_oracle/fq_vsparse_h2.json); '.prob' keys stripped
+D=/tmp/loc40; C=benchmarks/results/2026-11-28_session30/cpu_stereo_vertical
+python benchmarks/flow_quality.py --latents $D/data/synthetic_small/latents --ss-vae $D/logs/train/runs/ss_vae/checkpoints/last.ckpt --ss-flow $D/logs/train/runs/ss_pgrid_vsparse/checkpoints/last.ckpt --max-chunks 12 --batch-size 4 --device cpu --x0-estimate --x0-average 16 --save-occupancy --point-depth=preset=stereo_hv2 --out $C/fq_vsparse_hv2.json
+python benchmarks/compare_quality.py $C/fq_vsparse_hv2.json benchmarks/results/2026-11-28_session28/cpu_stereo_oracle/fq_vsparse_h2.json --entries ss_flow ss_flow@x0pavg16 --metrics iou iou_32 --out $C/compare_hv2_vs_h2.json
+python benchmarks/occupancy_placement.py $C/fq_vsparse_hv2_occupancy.npz > $C/occupancy_placement_hv2.json

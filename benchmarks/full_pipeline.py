@@ -115,10 +115,11 @@ def default_flow_gpus(runs: list[str], gpus: int) -> dict[str, int]:
     (session 30: two SS arms on a two-GPU machine shared GPU 0 at 3.5 steps/s each while GPU 1 idled)."""
     if gpus < 2 or not runs:
         return {r: 0 for r in runs}
+    by_family = {r: 0 if r.startswith("ss_") else 1 for r in runs}
     used = min(gpus, len(runs))
-    if len({r.startswith("ss_") for r in runs}) == 1 and len(runs) % used == 0:
+    if len(set(by_family.values())) == 1 and len(runs) % used == 0:
         return {r: i % used for i, r in enumerate(runs)}
-    return {r: 0 if r.startswith("ss_") else 1 for r in runs}
+    return by_family
 
 
 @dataclass
@@ -529,6 +530,8 @@ class Pipeline:
         defaults = default_flow_gpus(runs, self.gpus)
         gpu = {r: self.gpu_of(r, defaults[r]) for r in runs}
         sharing = {r: sum(1 for o in runs if set(_gpu_set(gpu[o])) & set(_gpu_set(gpu[r]))) for r in runs}
+        horizon = ([f"+callbacks.time_budget.horizon_minutes={a.flow_horizon_minutes}"]
+                   if a.flow_horizon_minutes else [])
         jobs = []
         for run in runs:
             if run == "tex_vae_long":
@@ -540,8 +543,6 @@ class Pipeline:
             else:
                 stage = flow_stage(run)
                 total, resume = self.flow_resume(run, minutes)
-                horizon = ([f"+callbacks.time_budget.horizon_minutes={a.flow_horizon_minutes}"]
-                           if a.flow_horizon_minutes else [])
                 # A flow and its ablation train with the same configuration: both follow the main flow's probe.
                 # Every step's wall time (rank 0's log is enough): the start-up ramp, measured (step_rate.py).
                 argv = self.train_args(stage, total, [

@@ -215,10 +215,9 @@ def swept_planes(config: SimulatedPoints, device: torch.device | str = "cpu") ->
     if config.stereo_horizontal:
         families.append((UP, torch.linspace(-0.5 - PLANE_MARGIN, 0.5 + PLANE_MARGIN, config.stereo_depths)))
     for k in range(config.stereo_vertical):
-        theta = torch.tensor(math.pi * k / config.stereo_vertical, dtype=torch.float64)
-        normal = torch.stack([theta.cos(), theta.sin(), torch.zeros((), dtype=torch.float64)]).float()
-        reach = 0.5 * float(normal[0].abs() + normal[1].abs()) + PLANE_MARGIN  # the cube's half extent along it
-        families.append((normal, torch.linspace(-reach, reach, config.stereo_depths)))
+        c, s = math.cos(math.pi * k / config.stereo_vertical), math.sin(math.pi * k / config.stereo_vertical)
+        reach = 0.5 * (abs(c) + abs(s)) + PLANE_MARGIN  # the cube's half extent along the normal, and the margin
+        families.append((torch.tensor([c, s, 0.0]), torch.linspace(-reach, reach, config.stereo_depths)))
     return [(n.to(device), c.to(device)) for n, c in families]
 
 

@@ -403,8 +403,8 @@ class Benchmark:
                 self.warnings.append(f"{name}: its latent normalisation differs from {self.args.latents}/"
                                      f"stats.json by {diff:.3g} (trained on other latents?)")
         s = stage.sampler
-        meta = {"checkpoint": str(path), "projection_conditioning": proj, "latent_std_floor": floor,
-                "load_seconds": round(load_s, 2),
+        meta = {"checkpoint": str(path), "checkpoint_step": getattr(stage, "checkpoint_step", None),
+                "projection_conditioning": proj, "latent_std_floor": floor, "load_seconds": round(load_s, 2),
                 "sampler": {"steps": s.steps, "guidance_strength": s.guidance_strength,
                             "guidance_rescale": s.guidance_rescale,
                             "guidance_interval": list(s.guidance_interval), "rescale_t": s.rescale_t}}

@@ -1,4 +1,5 @@
-"""Label-preserving augmentation of batched sparse voxel grids, for the autoencoders.
+"""Label-preserving augmentation: batched sparse voxel grids for the autoencoders, and whole chunk batches
+(occupancy, latent, views and cameras) for the sparse-structure flow.
 
 A texture autoencoder's job does not change when its input chunk is turned about the vertical axis, mirrored,
 or painted in swapped colour channels, so these make new training chunks out of the few hundred a synthetic
@@ -10,10 +11,14 @@ Only turns about ``z`` and mirrors of ``x``/``y`` are used: chunks are z-up, and
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
+
+from genrecon.geometry.chunk_symmetry import transform_cameras, transform_grid, transform_views
 
 
 @dataclass(frozen=True)
@@ -75,3 +80,41 @@ def augment_voxels(
         cols = perms.to(device)[batch]  # [K, 3]
         out_feats[:, :3] = torch.gather(feats[:, :3], 1, cols)
     return out_coords, out_feats
+
+
+def augment_chunk_batch(batch: dict[str, Any], turns: Sequence[int], mirror: Sequence[bool],
+                        encode: Callable[[Tensor], Tensor] | None = None) -> dict[str, Any]:
+    """The batch with chunk ``i`` turned ``turns[i]`` times by 90° about z, then mirrored in x if ``mirror[i]``
+    (:mod:`genrecon.geometry.chunk_symmetry`): its ``occupancy [B, 1, R, R, R]``, ``views [B, N, 3, S, S]``,
+    ``w2c`` and ``intrinsics`` (where present) change together, so every view still shows the chunk where its
+    camera says. A latent is not a grid that can be turned (the encoder is not equivariant), so ``ss_latent``
+    of each changed chunk is encoded again from its new occupancy by ``encode`` (``[M, 1, R, R, R]`` →
+    ``[M, C, r, r, r]``). Unchanged chunks keep every tensor as it was. Returns a new dict.
+    """
+    n = len(turns)
+    if len(mirror) != n:
+        raise ValueError(f"turns ({n}) and mirror ({len(mirror)}) must give one element per chunk")
+    changed = [i for i in range(n) if turns[i] % 4 or mirror[i]]
+    out = dict(batch)
+    if not changed:
+        return out
+    if "ss_latent" in batch and (encode is None or "occupancy" not in batch):
+        raise ValueError("turning a batch with ss_latent needs its occupancy and the SS-VAE encoder to re-encode "
+                         "the latent")
+    for key in ("occupancy", "views", "w2c", "intrinsics"):
+        if key in batch:
+            out[key] = batch[key].clone()
+    for i in changed:
+        t, m = int(turns[i]), bool(mirror[i])
+        if "occupancy" in batch:
+            out["occupancy"][i] = transform_grid(batch["occupancy"][i], t, m)
+        if "views" in batch:
+            out["views"][i] = transform_views(batch["views"][i], m)
+        if "w2c" in batch:
+            out["w2c"][i], out["intrinsics"][i] = transform_cameras(batch["w2c"][i], batch["intrinsics"][i], t, m)
+    if "ss_latent" in batch:
+        idx = torch.tensor(changed, device=batch["ss_latent"].device)
+        latent = batch["ss_latent"].clone()
+        latent[idx] = encode(out["occupancy"][idx]).to(latent.dtype)
+        out["ss_latent"] = latent
+    return out

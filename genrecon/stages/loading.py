@@ -32,7 +32,8 @@ def read_stage_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def load_stage(path: str | Path, expected_stage: str | None = None, device: str | torch.device = "cpu"):
-    """The stage module of ``path`` in eval mode; ``expected_stage`` (e.g. ``"ss_flow"``) is checked."""
+    """The stage module of ``path`` in eval mode; ``expected_stage`` (e.g. ``"ss_flow"``) is checked. The module's
+    ``checkpoint_step`` is the training step it was saved at (None for a checkpoint without one)."""
     ckpt = read_stage_checkpoint(path)
     meta = ckpt["genrecon"]
     if expected_stage is not None and meta.get("stage") != expected_stage:
@@ -50,4 +51,6 @@ def load_stage(path: str | Path, expected_stage: str | None = None, device: str 
             f"unexpected {result.unexpected_keys[:5]}",
         )
     module.build_config = meta
+    # Optimiser steps behind these weights (Lightning's own field), so scores can be placed on a learning curve.
+    module.checkpoint_step = int(ckpt["global_step"]) if "global_step" in ckpt else None
     return module.to(device).eval()

@@ -97,6 +97,9 @@ def test_scores_all_three_flows_and_their_ablations(tiny_pipeline, tmp_path, cap
 
     for name in ("ss_flow", "shape_flow", "tex_flow"):
         assert r[name]["sampler"]["steps"] == 2 and r[name]["sample_seconds"] >= 0
+        # the training step each flow was saved at, read from its checkpoint (for learning curves)
+        saved = torch.load(ck[name], map_location="cpu", weights_only=True, mmap=True)["global_step"]
+        assert r[name]["checkpoint_step"] == saved and saved > 0
     # the stored latents were written by these VAEs, and the flows were trained on these statistics
     assert set(result["latent_check"]) == {"ss", "shape", "tex"}
     assert all(v < 1e-4 for v in result["latent_check"].values())

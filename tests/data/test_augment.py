@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from genrecon.data.augment import VoxelAugmentation, augment_voxels
@@ -72,3 +73,53 @@ def test_same_generator_seed_gives_same_result_and_inputs_are_untouched() -> Non
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert torch.equal(coords, before[0]) and torch.equal(feats, before[1])
     assert _as_dict(*a) != _as_dict(coords, feats)
+
+
+def _chunk_batch(b: int = 3, r: int = 8, n: int = 2, size: int = 6) -> dict:
+    g = torch.Generator().manual_seed(1)
+    w2c = torch.eye(4).repeat(b, n, 1, 1)
+    w2c[..., :3, 3] = torch.randn(b, n, 3, generator=g)
+    K = torch.tensor([[0.9, 0.01, 0.45], [0.0, 0.9, 0.52], [0.0, 0.0, 1.0]]).repeat(b, n, 1, 1)
+    occ = (torch.rand(b, 1, r, r, r, generator=g) > 0.7).float()
+    return {"occupancy": occ, "views": torch.rand(b, n, 3, size, size, generator=g), "w2c": w2c,
+            "intrinsics": K, "ss_latent": torch.randn(b, 2, r // 2, r // 2, r // 2, generator=g),
+            "view_counts": (n,) * b}
+
+
+def _encode(occ: torch.Tensor) -> torch.Tensor:
+    """A stand-in for the SS-VAE encoder that is not equivariant: its output changes when the chunk turns."""
+    pooled = torch.nn.functional.avg_pool3d(occ, 2)  # [M, 1, r/2, r/2, r/2]
+    ramp = torch.arange(pooled.shape[-3], dtype=occ.dtype).view(1, 1, -1, 1, 1)
+    return torch.cat([pooled, pooled * ramp], dim=1)
+
+
+def test_chunk_batch_moves_grids_views_and_cameras_together_and_re_encodes_the_latent() -> None:
+    from genrecon.data.augment import augment_chunk_batch
+    from genrecon.geometry.chunk_symmetry import transform_cameras, transform_grid
+
+    batch = _chunk_batch()
+    before = {k: v.clone() for k, v in batch.items() if torch.is_tensor(v)}
+    out = augment_chunk_batch(batch, turns=[0, 1, 2], mirror=[False, False, True], encode=_encode)
+    # the identity element leaves chunk 0 exactly as it was, the stored latent included
+    for key in ("occupancy", "views", "w2c", "intrinsics", "ss_latent"):
+        assert torch.equal(out[key][0], batch[key][0]), key
+    for i, (t, m) in ((1, (1, False)), (2, (2, True))):
+        assert torch.equal(out["occupancy"][i], transform_grid(batch["occupancy"][i], t, m))
+        assert torch.equal(out["ss_latent"][i], _encode(out["occupancy"][i:i + 1])[0])
+        assert not torch.equal(out["ss_latent"][i], batch["ss_latent"][i])
+        w2c, K = transform_cameras(batch["w2c"][i], batch["intrinsics"][i], t, m)
+        assert torch.equal(out["w2c"][i], w2c) and torch.equal(out["intrinsics"][i], K)
+    assert torch.equal(out["views"][1], batch["views"][1])  # a turn moves no pixel
+    assert torch.equal(out["views"][2], batch["views"][2].flip(-1))  # a mirror mirrors every image
+    assert out["view_counts"] == batch["view_counts"]
+    for key, value in before.items():  # the input batch is not modified
+        assert torch.equal(batch[key], value), key
+
+
+def test_chunk_batch_refuses_a_latent_it_cannot_re_encode() -> None:
+    from genrecon.data.augment import augment_chunk_batch
+
+    batch = _chunk_batch()
+    with pytest.raises(ValueError, match="re-encode"):
+        augment_chunk_batch(batch, turns=[1, 0, 0], mirror=[False] * 3)
+    assert augment_chunk_batch(batch, turns=[0, 4, 0], mirror=[False] * 3)["ss_latent"] is batch["ss_latent"]

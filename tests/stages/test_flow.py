@@ -95,7 +95,9 @@ def test_ss_flow_scores_samples_with_a_vae_it_does_not_save(tiny_pipeline, tmp_p
     assert 0.0 <= metrics["val/sample_iou"] <= 1.0 and 0.0 <= metrics["val/x0_iou"] <= 1.0
     saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert not [k for k in saved["state_dict"] if "ss_decoder" in k]
-    assert load_stage(tmp_path / "checkpoints" / "last.ckpt", expected_stage="ss_flow").ss_decoder is None
+    loaded = load_stage(tmp_path / "checkpoints" / "last.ckpt", expected_stage="ss_flow")
+    assert loaded.ss_decoder is None
+    assert loaded.checkpoint_step == saved["global_step"] == 2  # the step the weights were saved at
 
 
 def test_ss_draws_are_averaged_as_latents_or_as_decoded_occupancy(tiny_pipeline):
@@ -189,3 +191,43 @@ def test_ss_flow_with_the_depth_cue_and_aux_heads_trains_and_reloads(tiny_latent
     assert module.model.depth_cue is not None and module.model.depth_cue.bins == 16
     assert module.model.depth_cue.to_feature.weight.abs().sum() > 0
     assert module.occupancy_head is not None and module.latent_head is not None
+
+
+def test_ss_flow_symmetry_augment_turns_chunks_and_re_encodes_their_latents(tiny_pipeline, tmp_path):
+    """The stage re-encodes a turned chunk with the encode step's own function (the stored latent of an
+    unturned chunk is reproduced), draws the same elements at the same step, and trains with it."""
+    import hydra
+
+    from datamodules.chunks import ChunkDataModule
+    from genrecon.geometry.chunk_symmetry import transform_grid
+    from genrecon.tasks.train import train
+    from tests.conftest import PIPELINE_DATA, compose_config
+
+    root, ckpts = tiny_pipeline
+    overrides = PIPELINE_DATA + [
+        "stage=ss_flow", "hardware=cpu", "logger=none", "stage.max_steps=2", "stage.val_every_n_steps=2",
+        "stage.val_batches=1", "stage.datamodule.batch_size=4", "callbacks.model_summary=null",
+        "callbacks.lr_monitor=null", "callbacks.progress_bar=null", "stage.module.sample_batches=1",
+        "stage.module.sampler.steps=2", f"stage.module.ss_vae_ckpt={ckpts / 'ss_vae.ckpt'}",
+        "stage.module.symmetry_augment=true", f"dataset.root={root}", f"paths.output_dir={tmp_path}",
+    ]
+    cfg = compose_config("train", overrides)
+    stage = hydra.utils.instantiate(cfg.stage.module)
+    dm = ChunkDataModule(str(root / "latents"), ["views", "ss_latent", "occupancy"], batch_size=4, eval_views=4,
+                         seed=0, val_batches=1)
+    batch = next(iter(dm.val_dataloader()))
+    torch.testing.assert_close(stage.encode_occupancy(batch["occupancy"]), batch["ss_latent"], atol=1e-5, rtol=1e-5)
+    out = stage.augment(batch)
+    assert torch.equal(stage.augment(batch)["w2c"], out["w2c"])  # the same step draws the same elements
+    changed = [i for i in range(4) if not torch.equal(out["occupancy"][i], batch["occupancy"][i])]
+    assert changed, "four chunks all drew the identity"
+    for i in changed:
+        element = next((t, m) for t in range(4) for m in (False, True)
+                       if torch.equal(transform_grid(batch["occupancy"][i], t, m), out["occupancy"][i]))
+        assert element != (0, False)
+        torch.testing.assert_close(out["ss_latent"][i], stage.encode_occupancy(out["occupancy"][i:i + 1])[0])
+    # trains (the encoder stays out of the checkpoint, as the decoder does)
+    metrics = train(compose_config("train", overrides))
+    assert np.isfinite(metrics["train/loss"])
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert not [k for k in saved["state_dict"] if "ss_encoder" in k or "ss_decoder" in k]

@@ -1,0 +1,16 @@
+# Session 31. Device calls from the repository root with carry [".whl"] (benchmarks/results moved out first),
+# kind nvidia-h200-x4, timeout 598. The same command three times, each sent as soon as the last returned; all three
+# found the same machine (call 1: 529 s, call 2: 519 s, call 3: 534 s; 1,657 device-seconds held).
+# call1/: prepare, SS VAE, view pretraining, encode, then the flow for 3.7 budgeted minutes and scoring;
+# call2/ and call3/: phases skipped by --resume, the flow resumed for 7.2 more minutes each, scored again.
+bash benchmarks/start_run.sh /tmp/gr 578 -- python3 benchmarks/full_pipeline.py --root /tmp/gr --resume --workers 60 --scenes 160 --loader-workers 10 --phases prepare vae encode flow flow_quality --vaes ss_vae --vae-minutes 1.5 --view-pretrain-minutes 1.5 --view-pretrain-args stage.datamodule.batch_size=256 --view-pretrain-args stage.datamodule.num_workers=16 --place ss_vae=0 --place view_pretrain=1 --flows ss_flow_cell --place ss_flow_cell=0,1,2,3 --flow-minutes 30 --flow-horizon-minutes 15 --deadline-minutes 9.6 --reserve-minutes 2.4 --flow-val-every 1000 --flow-batch none --flow-args stage.module.lr=9e-4 --flow-args stage.module.lr_new=3e-3 --flow-args stage.module.compile_blocks=true --flow-args stage.module.warmup_steps=200 --flow-args stage.module.ema_decay=0.995 --flow-args stage.module.ema_warmup=true --flow-args stage.module.objective.p_endpoint=0.1 --flow-quality-chunks 12 --flow-quality-args=--x0-estimate --flow-quality-args=--x0-average=8 --flow-quality-args=--save-occupancy; [ $? = 3 ] && bash /tmp/repo/benchmarks/watch_run.sh /tmp/gr/results $OUT 578
+# CPU, after the calls: each call's results.tar.gz extracted (call 3 whole, calls 1-2 their scoring and metrics),
+# npz '.prob' keys stripped, steps_*.jsonl gzipped; then paired differences, placement and the learning curve:
+R=benchmarks/results/2026-11-28_session31; S=benchmarks/results/2026-11-28_session30/one_call_x2
+python benchmarks/compare_quality.py $R/call3/flow_quality_cell.json $R/call1/flow_quality_cell.json --entries ss_flow ss_flow@x0 ss_flow@x0pavg8 --metrics iou iou_32 --out $R/compare_call3_vs_call1.json
+python benchmarks/compare_quality.py $R/call3/flow_quality_cell.json $R/call2/flow_quality_cell.json --entries ss_flow ss_flow@x0 ss_flow@x0pavg8 --metrics iou iou_32 --out $R/compare_call3_vs_call2.json
+python benchmarks/compare_quality.py $R/call3/flow_quality_cell.json $S/flow_quality_cell.json --entries ss_flow ss_flow@x0 ss_flow@x0pavg8 --metrics iou iou_32 --out $R/compare_x4_vs_s30_cell.json
+python benchmarks/compare_quality.py $R/call3/flow_quality_cell.json $S/flow_quality_cell_pvs_st2.json --entries ss_flow ss_flow@x0 ss_flow@x0pavg8 --metrics iou iou_32 --out $R/compare_x4_vs_s30_pvs_st2.json
+for i in 1 2 3; do python benchmarks/occupancy_placement.py $R/call$i/flow_quality_cell_occupancy.npz > $R/call$i/occupancy_placement_cell.json; done
+# steps from each call's "final checkpoint at step N" (scored before flow_quality.py recorded checkpoint_step)
+for e in ss_flow ss_flow@x0pavg8; do n=$(echo $e | tr '@' '_'); python benchmarks/learning_curve.py $R/call1/flow_quality_cell.json@951 $R/call2/flow_quality_cell.json@2838 $R/call3/flow_quality_cell.json@4638 --entry $e --global-batch 32 --target 0.7 --figure $R/learning_curve_$n.png --out $R/learning_curve_$n.json; done

@@ -488,8 +488,7 @@ class SparseStructureFlowStage(FlowStage):
     cameras (:func:`genrecon.data.augment.augment_chunk_batch`), and encodes its latent again with the frozen
     SS-VAE encoder: eight chunks out of each. Session 31 saw the views-only recipe on 4 GPUs overfit 432
     training chunks (training loss 0.18 → 0.08 over steps 1,000-4,600; the validation loss flat at 0.21 from step
-    2,800).
-    The draw depends only on ``augment_seed``, the step and the rank, so a resumed run repeats it.
+    2,800). The draw depends only on ``augment_seed``, the step and the rank, so a resumed run repeats it.
     """
 
     latent = "ss"

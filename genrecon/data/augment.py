@@ -21,6 +21,12 @@ from torch import Tensor
 from genrecon.geometry.chunk_symmetry import transform_cameras, transform_grid, transform_views
 
 
+def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
+    """The CPU generator of a training step's augmentation draws: it depends only on the seed, the step and the
+    rank, so a resumed run draws what an uninterrupted one did."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step * 1009 + rank)
+
+
 @dataclass(frozen=True)
 class VoxelAugmentation:
     """Which transforms :func:`augment_voxels` draws per sample.

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.profiler import record_function
 
-from genrecon.data.augment import augment_chunk_batch
+from genrecon.data.augment import augment_chunk_batch, step_generator
 from genrecon.metrics.occupancy import occupancy_iou
 from genrecon.models.aggregator import ViewAggregator
 from genrecon.models.depth_cue import DepthCue, histogram_logits, patch_depth_targets
@@ -541,8 +541,8 @@ class SparseStructureFlowStage(FlowStage):
 
             vae = SparseStructureVAEStage.load_from_checkpoint(ss_vae_ckpt, map_location="cpu")
             decoder = vae.decoder.eval().requires_grad_(False)
-            if self.symmetry_augment:  # re-encodes the turned chunks' latents, as the encode step did
-                encoder = vae.encoder.eval().requires_grad_(False)
+            if self.symmetry_augment:  # re-encodes the turned chunks' latents with the encode step's function
+                encoder = vae.eval().requires_grad_(False)
         object.__setattr__(self, "ss_decoder", decoder)
         object.__setattr__(self, "ss_encoder", encoder)
 
@@ -690,8 +690,7 @@ class SparseStructureFlowStage(FlowStage):
             return batch
         if "occupancy" not in batch:
             raise KeyError("symmetry_augment needs the 'occupancy' field in stage.datamodule.fields")
-        gen = torch.Generator().manual_seed(self.augment_seed * 1_000_003 + self.global_step * 1009
-                                            + self.global_rank)
+        gen = step_generator(self.augment_seed, self.global_step, self.global_rank)
         n = batch["occupancy"].shape[0]
         turns = torch.randint(0, 4, (n,), generator=gen).tolist()
         mirror = torch.randint(0, 2, (n,), generator=gen).bool().tolist()
@@ -703,9 +702,9 @@ class SparseStructureFlowStage(FlowStage):
         step stored it (``symmetry_augment``; needs ``ss_vae_ckpt``)."""
         if self.ss_encoder is None:
             raise ValueError("encoding occupancy needs the SS-VAE: set stage.module.ss_vae_ckpt")
-        encoder = self.ss_encoder.to(occupancy.device)
+        vae = self.ss_encoder.to(occupancy.device)
         with torch.autocast(occupancy.device.type, enabled=False):
-            return encoder(occupancy.float(), sample_posterior=False)[1]
+            return vae.encode(occupancy.float())
 
     def on_fit_start(self) -> None:
         self._check_decoder()

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from genrecon.data.augment import VoxelAugmentation, augment_voxels
+from genrecon.data.augment import VoxelAugmentation, augment_voxels, step_generator
 from genrecon.models.sc_vae import (
     ShapeLossWeights,
     ShapeVAEDecoder,
@@ -165,8 +165,7 @@ class TextureVAEStage(Stage):
     def _augmented(self, batch: dict[str, Any]) -> dict[str, Any]:
         """The batch with each chunk transformed by its own draw; the draw depends only on the seed, the step
         and the rank, so a resumed run sees the same augmentations as an uninterrupted one."""
-        seed = self.augment_seed * 1_000_003 + self.global_step * 1009 + self.global_rank
-        gen = torch.Generator().manual_seed(seed)
+        gen = step_generator(self.augment_seed, self.global_step, self.global_rank)
         coords, pbr = augment_voxels(batch["ovoxel_coords"], batch["ovoxel_pbr"], self.resolution, gen, self.augment)
         return {**batch, "ovoxel_coords": coords, "ovoxel_pbr": pbr}
 

@@ -368,6 +368,7 @@ class Pipeline:
         workers = max(1, a.workers - 2) if probe else a.workers  # leave the probe a core or two
         jobs = [Job("prepare", self.python(
             "prepare.py", *self.common(), f"dataset.num_scenes={a.scenes}", f"dataset.val_fraction={a.val_fraction}",
+            *([f"dataset.val_items='{a.val_items}'"] if a.val_items else []),
             f"num_workers={workers}", "render.scale=1", f"render.max_cameras={a.max_cameras}",
             f"shards.samples_per_shard={a.samples_per_shard}",
         ), env={"GENRECON_RUN_NAME": "prepare"})]
@@ -760,6 +761,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "several GPUs: DDP (repeatable)")
     p.add_argument("--scenes", type=int, default=80)
     p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--val-items", metavar="START:STOP",
+                   help="hold out these rooms instead of the last --val-fraction (dataset.val_items): the same "
+                        "held-out chunks at any --scenes, e.g. 144:160, session 29's, with --scenes 320")
     p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
     p.add_argument("--max-cameras", type=int, default=32)
     p.add_argument("--loader-workers", type=int, default=4)

@@ -13,6 +13,7 @@ for a fixed number of batches per rank: identical every time, and never uneven a
 from __future__ import annotations
 
 import json
+import tarfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,6 +147,16 @@ class ChunkStream(IterableDataset):
             yield collate(items)
 
 
+def count_shard_samples(urls: Sequence[str]) -> int:
+    """Samples in ``urls``: their distinct keys (a member's name up to its first dot, as WebDataset groups
+    them), read from the tar headers alone."""
+    keys = set()
+    for url in urls:
+        with tarfile.open(url) as tar:
+            keys.update((url, Path(name).name.split(".", 1)[0]) for name in tar.getnames())
+    return len(keys)
+
+
 def slot_shards(urls: Sequence[Any], slot: int, slots: int) -> list[Any]:
     """The training shards that slot ``slot`` of ``slots`` (rank × loader worker) resamples from: every
     ``slots``-th one, or all of them when there are fewer shards than slots (each slot's generator still
@@ -220,6 +231,8 @@ class ChunkDataModule(L.LightningDataModule):
         eval_views: if set, validation uses exactly this many views per sample (e.g. 8).
         min_voxel_share: also require the chunk's voxels on this share of a view's pixels (a deviation; 0 =
             published; see :class:`genrecon.data.batching.ViewSampling`). Training and validation alike.
+        train_shards: train on the first this many training shards only (a data-scaling ablation: shards hold
+            the chunks in item order, so the first shards are the first rooms); ``None`` = all.
     """
 
     def __init__(
@@ -236,6 +249,7 @@ class ChunkDataModule(L.LightningDataModule):
         eval_views: int | None = None,
         shuffle_buffer: int = 64,
         min_voxel_share: float = 0.0,
+        train_shards: int | None = None,
     ) -> None:
         super().__init__()
         self.shards = Path(shards)
@@ -250,6 +264,7 @@ class ChunkDataModule(L.LightningDataModule):
         self.val_views = ViewSampling(max_views=max_views, min_coverage=min_view_coverage, fixed_count=eval_views,
                                       min_voxel_share=min_voxel_share)
         self.shuffle_buffer = shuffle_buffer
+        self.train_shards = train_shards
 
     def manifest(self) -> dict[str, Any]:
         for path in (self.shards / "manifest.json", self.shards.parent / "manifest.json"):
@@ -268,11 +283,23 @@ class ChunkDataModule(L.LightningDataModule):
             return int(self.batches_per_epoch)
         _, world = _dist_info()
         n_train = int(self.manifest().get("samples", {}).get("train", 0))
+        if self.train_shards is not None:
+            n_train = count_shard_samples(self.train_urls())
         return max(1, n_train // (self.batch_size * world))
+
+    def train_urls(self) -> list[str]:
+        """The training shards read: all, or the first ``train_shards``."""
+        urls = shard_urls(self.shards, "train")
+        if self.train_shards is None:
+            return urls
+        if not 1 <= int(self.train_shards) <= len(urls):
+            raise ValueError(f"stage.datamodule.train_shards={self.train_shards}: {self.shards} holds "
+                             f"{len(urls)} training shards")
+        return urls[: int(self.train_shards)]
 
     def train_dataloader(self) -> EpochLoader:
         stream = ChunkStream(
-            shard_urls(self.shards, "train"), self.fields, self.batch_size, self._epoch_batches(),
+            self.train_urls(), self.fields, self.batch_size, self._epoch_batches(),
             self.seed, self.train_views, train=True, shuffle_buffer=self.shuffle_buffer,
         )
         return EpochLoader(stream, self.num_workers, self._progress)

@@ -63,10 +63,30 @@ def _run_job(args: tuple) -> tuple[str, list[tuple[str, SceneBuild]], dict[str, 
     return job.name, builds, skipped, None
 
 
-def _val_indices(n: int, fraction: float) -> set[int]:
-    """The last ``round(n * fraction)`` items (at least one when there are two or more) form the val split."""
-    n_val = min(n - 1, max(1, round(n * fraction))) if n >= 2 and fraction > 0 else 0
-    return set(range(n - n_val, n))
+def _val_indices(n: int, fraction: float, items: Any = None) -> set[int]:
+    """The items of the val split: ``items`` where given, else the last ``round(n * fraction)`` items (at least
+    one when there are two or more).
+
+    ``items`` (``dataset.val_items``) is a list of item indices or a ``"start:stop"`` range. It keeps one
+    held-out set while ``num_scenes`` grows: synthetic item ``i`` is the same room at any count (its seed is
+    its index), so rooms 144-159 of 160 are held out of 320 too, and scores stay comparable chunk by chunk.
+    """
+    if items is None:
+        n_val = min(n - 1, max(1, round(n * fraction))) if n >= 2 and fraction > 0 else 0
+        return set(range(n - n_val, n))
+    if isinstance(items, str):
+        start, sep, stop = items.partition(":")
+        try:
+            chosen = list(range(int(start), int(stop))) if sep else [int(items)]
+        except ValueError:
+            raise ValueError(f"dataset.val_items: expected 'start:stop' or a list of item indices, got {items!r}")
+    else:
+        chosen = [int(i) for i in items]
+    bad = [i for i in chosen if not 0 <= i < n]
+    if bad or not chosen or len(chosen) >= n:
+        raise ValueError(f"dataset.val_items: {items!r} must name 1 to {n - 1} of the {n} items (indices "
+                         f"0-{n - 1}){f'; out of range: {bad[:5]}' if bad else ''}")
+    return set(chosen)
 
 
 def _summary(values: list[float]) -> dict[str, float]:
@@ -102,7 +122,7 @@ def build_dataset(cfg: DictConfig, root: Path) -> dict[str, Any]:
     start = time.perf_counter()
     on_error = str(cfg.dataset.get("on_error", "raise"))
     jobs: list[SceneJob] = scene_jobs(cfg.dataset, on_error)
-    val = _val_indices(len(jobs), float(cfg.dataset.val_fraction))
+    val = _val_indices(len(jobs), float(cfg.dataset.val_fraction), cfg.dataset.get("val_items"))
     build_cfg = build_config(cfg)
     for stale in ("shards", "scenes"):
         shutil.rmtree(root / stale, ignore_errors=True)

@@ -581,3 +581,15 @@ def test_resume_skips_the_phases_an_earlier_call_finished_and_reruns_a_failed_on
     assert calls == ["encode", ("flow", True)]
     assert (tmp_path / "phases" / "encode.done").is_file() and not (tmp_path / "phases" / "flow.done").exists()
     assert "=== vae: done by an earlier call" in (tmp_path / "results" / "progress.log").read_text()
+
+
+def test_val_items_keep_the_held_out_rooms_as_the_dataset_grows(tmp_path, monkeypatch):
+    fp = load_script("benchmarks/full_pipeline.py")
+    for extra, expected in (([], None), (["--val-items", "144:160"], "dataset.val_items='144:160'")):
+        pipe = fp.Pipeline(fp.parse_args(["--root", str(tmp_path), "--gpus", "1", "--scenes", "320", *extra]))
+        batches = []
+        monkeypatch.setattr(pipe, "run", lambda jobs, detach=(): batches.append(jobs) or {j.name: 0 for j in jobs})
+        pipe.prepare()
+        argv = {j.name: j.argv for j in batches[0]}["prepare"]
+        assert "dataset.num_scenes=320" in argv
+        assert [x for x in argv if x.startswith("dataset.val_items")] == ([expected] if expected else [])

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from datamodules.chunks import ChunkDataModule, ChunkStream
@@ -106,3 +107,16 @@ def test_loaders_pin_batches_exactly_when_a_gpu_will_take_them(tmp_path, monkeyp
         next(iter(dm.val_dataloader()))
         assert requested == [cuda, cuda]
         requested.clear()
+
+
+def test_train_shards_keep_the_first_shards_and_size_the_epoch(tmp_path):
+    write_shards(tmp_path)  # 10 training samples in shards of 3, 3, 3, 1
+    dm = ChunkDataModule(str(tmp_path), fields=["occupancy"], batch_size=1, min_view_coverage=0.0, train_shards=2)
+    assert dm.train_urls() == sorted(str(p) for p in tmp_path.glob("train-*.tar"))[:2]
+    loader = dm.train_dataloader()
+    assert len(loader) == 6  # the 6 samples of the first two shards, one a batch
+    keys = {k for _ in range(3) for b in loader for k in b["keys"]}  # resampled: some may repeat
+    assert keys <= {f"trainroom_{i:05d}_000" for i in range(6)} and len(keys) >= 4
+    assert len(ChunkDataModule(str(tmp_path), fields=["occupancy"], batch_size=1).train_dataloader()) == 10
+    with pytest.raises(ValueError, match="train_shards=5.*4 training shards"):
+        ChunkDataModule(str(tmp_path), fields=["occupancy"], train_shards=5).train_dataloader()

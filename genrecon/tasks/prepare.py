@@ -79,11 +79,12 @@ def _val_indices(n: int, fraction: float, items: Any = None) -> set[int]:
         try:
             chosen = list(range(int(start), int(stop))) if sep else [int(items)]
         except ValueError:
-            raise ValueError(f"dataset.val_items: expected 'start:stop' or a list of item indices, got {items!r}")
+            raise ValueError(f"dataset.val_items: expected 'start:stop' or a list of item indices, "
+                             f"got {items!r}") from None
     else:
         chosen = [int(i) for i in items]
     bad = [i for i in chosen if not 0 <= i < n]
-    if bad or not chosen or len(chosen) >= n:
+    if bad or not chosen or len(set(chosen)) >= n:
         raise ValueError(f"dataset.val_items: {items!r} must name 1 to {n - 1} of the {n} items (indices "
                          f"0-{n - 1}){f'; out of range: {bad[:5]}' if bad else ''}")
     return set(chosen)

@@ -4,12 +4,15 @@ Two runs scored on the same chunks with the same seed differ by chunk far less t
 comparison is made chunk by chunk: the mean difference, its standard error and how many chunks the new run wins.
 
     python benchmarks/compare_quality.py NEW.json BASE.json [--entries ss_flow ss_flow@x0pavg16]
-        [--metrics iou iou_32] [--base-entry ss_flow] [--unpaired] [--out compare.json]
+        [--metrics iou iou_32] [--base-entry ss_flow] [--first N] [--unpaired] [--out compare.json]
 
 By default every entry and metric the two files share is compared. ``--base-entry`` compares the new file's
 entries against one entry of the base (``@x0pavg16`` against 12 steps in one file: pass the same file twice).
 Chunk lists that differ are refused, naming the files and the first differing chunk; ``--unpaired`` compares them
 anyway as two independent samples (means and Welch's standard error: e.g. training against held-out chunks).
+``--first N`` compares the first N chunks of each: ``flow_quality.py`` takes the first ``--max-chunks`` held-out
+chunks in shard order and draws its noise per batch of ``--batch-size``, so a run scored on 48 chunks holds the
+same first 12, with the same draws, as one scored on 12 (at the same batch size).
 Prints one JSON object.
 """
 
@@ -37,6 +40,19 @@ def load(path: str | Path) -> dict[str, Any]:
         if field not in data:
             raise SystemExit(f"compare_quality.py: {path} has no '{field}' field (not a flow_quality.py result?)")
     return data
+
+
+def first_chunks(data: dict[str, Any], n: int, path: str | Path = "RESULT") -> dict[str, Any]:
+    """``data`` cut to its first ``n`` chunks: the chunk list and every per-chunk metric (errors name the file)."""
+    if len(data["chunks"]) < n:
+        raise SystemExit(f"compare_quality.py: --first {n}: {path} has {len(data['chunks'])} chunks")
+    results = {}
+    for entry, result in data["results"].items():
+        result = dict(result)
+        if "per_chunk" in result:
+            result["per_chunk"] = {m: list(v)[:n] for m, v in result["per_chunk"].items()}
+        results[entry] = result
+    return {**data, "chunks": list(data["chunks"])[:n], "results": results}
 
 
 def paired_difference(new: Sequence[float], base: Sequence[float]) -> dict[str, float | int]:
@@ -106,13 +122,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--metrics", nargs="+", default=None, help="per-chunk metrics (default: all shared)")
     p.add_argument("--base-entry", default=None, help="compare every entry against this one entry of BASE")
     p.add_argument("--unpaired", action="store_true", help="different chunks: independent samples")
+    p.add_argument("--first", type=int, default=None, metavar="N",
+                   help="compare the first N chunks of each (a run scored on more chunks than the other)")
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
     new, base = load(a.new), load(a.base)
+    if a.first is not None:
+        new, base = first_chunks(new, a.first, a.new), first_chunks(base, a.first, a.base)
     warnings = []
     if not a.unpaired and new.get("seed") != base.get("seed"):
         warnings.append(f"seeds differ ({new.get('seed')} against {base.get('seed')}): the draws are not paired")
-    result = {"new": a.new, "base": a.base, "paired": not a.unpaired, "warnings": warnings,
+    result = {"new": a.new, "base": a.base, "paired": not a.unpaired, "first": a.first, "warnings": warnings,
               "comparisons": compare(new, base, a.new, a.base, a.entries, a.metrics, a.base_entry, a.unpaired)}
     emit_json(result, a.out)
     return result

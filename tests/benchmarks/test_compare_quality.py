@@ -78,3 +78,16 @@ def test_missing_entries_and_fields_are_named(tmp_path):
     with pytest.raises(SystemExit, match="c.json has no 'chunks' field"):
         _script().main([str(tmp_path / "c.json"), str(good)])
     assert "seeds differ" in _script().main([str(good), str(other)])["warnings"][0]
+
+
+def test_first_pairs_the_shared_first_chunks_of_runs_scored_on_more(tmp_path):
+    more = _result(tmp_path / "48.json", ["a", "b", "c", "d"], {"ss_flow": {"iou": [0.5, 0.3, 0.9, 0.9]}})
+    fewer = _result(tmp_path / "12.json", ["a", "b"], {"ss_flow": {"iou": [0.4, 0.4]}})
+    with pytest.raises(SystemExit, match="chunks differ"):
+        _script().main([str(more), str(fewer)])
+    r = _script().main([str(more), str(fewer), "--first", "2"])
+    row = r["comparisons"]["ss_flow"]["iou"]
+    assert row["n"] == 2 and row["diff"] == pytest.approx(0.0) and row["new"] == pytest.approx(0.4)
+    assert r["first"] == 2
+    with pytest.raises(SystemExit, match="--first 3: .*12.json has 2 chunks"):
+        _script().main([str(more), str(fewer), "--first", "3"])

@@ -470,3 +470,17 @@ def test_point_depth_overrides_score_a_flow_on_other_points():
     assert preset == fq.point_depth_for_scoring(trained, None, ["preset=stereo_h1"])
     with pytest.raises(ValueError, match="unknown preset"):
         fq.point_depth_for_scoring(trained, None, ["preset=stereo_h9"])
+
+
+def test_the_first_chunks_score_the_same_when_more_are_scored(tiny_pipeline):
+    """compare_quality.py --first relies on it: the chunks, their views and each batch's noise depend on the
+    chunk's place and the batch's index, not on how many chunks follow."""
+    root, ckpts = tiny_pipeline
+    fq = _flow_quality()
+    common = ["--latents", str(root / "latents"), "--batch-size", "1", "--steps", "2", "--device", "cpu",
+              "--x0-estimate", "--ss-vae", str(ckpts / "ss_vae.ckpt"), "--ss-flow", str(ckpts / "ss_flow.ckpt")]
+    one, two = fq.main([*common, "--max-chunks", "1"]), fq.main([*common, "--max-chunks", "2"])
+    assert len(two["chunks"]) == 2 and two["chunks"][:1] == one["chunks"]
+    for entry in ("ss_flow", "ss_flow@x0"):
+        for metric in ("iou", "fscore_1vox"):
+            assert two["results"][entry]["per_chunk"][metric][0] == one["results"][entry]["per_chunk"][metric][0]

@@ -282,8 +282,9 @@ class ChunkDataModule(L.LightningDataModule):
         if self.batches_per_epoch:
             return int(self.batches_per_epoch)
         _, world = _dist_info()
-        n_train = int(self.manifest().get("samples", {}).get("train", 0))
-        if self.train_shards is not None:
+        if self.train_shards is None:
+            n_train = int(self.manifest().get("samples", {}).get("train", 0))
+        else:  # the manifest counts every shard; only the kept ones are read
             n_train = count_shard_samples(self.train_urls())
         return max(1, n_train // (self.batch_size * world))
 

@@ -1,0 +1,19 @@
+# Session 33. Device calls from the repository root with carry [".whl"] (benchmarks/results moved out first),
+# kind nvidia-h200-x2 (nvidia-h200-x4 was not lent this session), timeout 598 each. The same command three times,
+# each sent within seconds of the last reply:
+#   call 1 (fresh machine, 405 s): prepare, SS VAE + view pretraining, encode; the flow skipped (0.6 min left
+#     before --deadline-minutes), so nothing scored;
+#   call 2 (call 1's machine, 540 s): the flow trained 7.2 minutes on both GPUs (1,453 steps) and was scored;
+#   call 3 (409 s): a fresh machine again (call 2's was taken back between the calls), so prepare, VAE and
+#     encode ran again and the flow was skipped: a replicate of call 1's data phases only.
+# 1,472 device-seconds held; the 299 s left could not hold a fresh machine's data phases, so the machine was
+# given back.
+bash benchmarks/start_run.sh /tmp/gr 578 -- python3 benchmarks/full_pipeline.py --root /tmp/gr --resume --workers 30 --scenes 320 --val-items 144:160 --loader-workers 10 --phases prepare vae encode flow flow_quality --vaes ss_vae --vae-minutes 3 --view-pretrain-minutes 3 --view-pretrain-args stage.datamodule.batch_size=256 --view-pretrain-args stage.datamodule.num_workers=12 --place ss_vae=0 --place view_pretrain=1 --flows ss_flow_cell --place ss_flow_cell=0,1 --flow-minutes 30 --flow-horizon-minutes 15 --deadline-minutes 9.6 --reserve-minutes 2.4 --flow-val-every 1000 --flow-batch none --flow-args stage.module.symmetry_augment=true --flow-args stage.module.lr=6e-4 --flow-args stage.module.lr_new=2e-3 --flow-args stage.module.compile_blocks=true --flow-args stage.module.warmup_steps=200 --flow-args stage.module.ema_decay=0.995 --flow-args stage.module.ema_warmup=true --flow-args stage.module.objective.p_endpoint=0.1 --flow-quality-chunks 48 --flow-quality-args=--x0-estimate --flow-quality-args=--x0-average=8 --flow-quality-args=--save-occupancy; [ $? = 3 ] && bash /tmp/repo/benchmarks/watch_run.sh /tmp/gr/results $OUT 578
+# CPU, after the calls: each results.tar.gz extracted into callN/, live/ and DONE dropped, npz '.prob' keys
+# stripped, steps_*.jsonl gzipped; call2/ keeps only the files that differ from call1/ (the same machine); then:
+R=benchmarks/results; S=$R/2026-11-28_session33; N=$S/call2/flow_quality_cell.json
+python benchmarks/compare_quality.py $N $R/2026-11-28_session32/call3/flow_quality_cell_sym.json --first 12 --entries ss_flow ss_flow@x0 ss_flow@x0pavg8 --metrics iou iou_32 fscore_1vox --out $S/compare_call2_vs_s32_call3_sym.json
+python benchmarks/compare_quality.py $N $R/2026-11-28_session32/call2/flow_quality_cell_sym.json --first 12 --entries ss_flow ss_flow@x0 ss_flow@x0pavg8 --metrics iou iou_32 fscore_1vox --out $S/compare_call2_vs_s32_call2_sym.json
+python benchmarks/compare_quality.py $N $R/2026-11-28_session31/call3/flow_quality_cell.json --first 12 --entries ss_flow ss_flow@x0 ss_flow@x0pavg8 --metrics iou iou_32 fscore_1vox --out $S/compare_call2_vs_s31_call3.json
+python benchmarks/compare_quality.py $N $R/2026-11-28_session31/call1/flow_quality_cell.json --first 12 --entries ss_flow ss_flow@x0 ss_flow@x0pavg8 --metrics iou iou_32 fscore_1vox --out $S/compare_call2_vs_s31_call1.json
+python benchmarks/occupancy_placement.py $S/call2/flow_quality_cell_occupancy.npz > $S/call2/occupancy_placement_cell.json

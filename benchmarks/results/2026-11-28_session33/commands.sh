@@ -17,3 +17,10 @@ python benchmarks/compare_quality.py $N $R/2026-11-28_session32/call2/flow_quali
 python benchmarks/compare_quality.py $N $R/2026-11-28_session31/call3/flow_quality_cell.json --first 12 --entries ss_flow ss_flow@x0 ss_flow@x0pavg8 --metrics iou iou_32 fscore_1vox --out $S/compare_call2_vs_s31_call3.json
 python benchmarks/compare_quality.py $N $R/2026-11-28_session31/call1/flow_quality_cell.json --first 12 --entries ss_flow ss_flow@x0 ss_flow@x0pavg8 --metrics iou iou_32 fscore_1vox --out $S/compare_call2_vs_s31_call1.json
 python benchmarks/occupancy_placement.py $S/call2/flow_quality_cell_occupancy.npz > $S/call2/occupancy_placement_cell.json
+# CPU: the across-run fit of @x0pavg8 (first 12 chunks) on log2(chunks seen, thousands) and the VAE round trip of
+# the same chunks, over the views-only scorings of sessions 30-33 (values from their flow_quality_cell*.json):
+python -c "
+import numpy as np
+d=np.array([(5.4,0.922,0.323),(30.4,0.962,0.335),(90.8,0.962,0.380),(148.4,0.962,0.393),(12.8,0.913,0.295),(14.4,0.913,0.311),(42.3,0.913,0.360),(12.1,0.913,0.300),(12.8,0.913,0.300),(37.6,0.913,0.366),(23.2,0.985,0.401)])
+X=np.c_[np.ones(len(d)),np.log2(d[:,0]),d[:,1]]; y=d[:,2]; b=np.linalg.lstsq(X,y,rcond=None)[0]; r=y-X@b; s2=r@r/(len(y)-3)
+print(b, np.sqrt(np.diag(s2*np.linalg.inv(X.T@X))), np.sqrt(s2))"

@@ -24,3 +24,6 @@ import numpy as np
 d=np.array([(5.4,0.922,0.323),(30.4,0.962,0.335),(90.8,0.962,0.380),(148.4,0.962,0.393),(12.8,0.913,0.295),(14.4,0.913,0.311),(42.3,0.913,0.360),(12.1,0.913,0.300),(12.8,0.913,0.300),(37.6,0.913,0.366),(23.2,0.985,0.401)])
 X=np.c_[np.ones(len(d)),np.log2(d[:,0]),d[:,1]]; y=d[:,2]; b=np.linalg.lstsq(X,y,rcond=None)[0]; r=y-X@b; s2=r@r/(len(y)-3)
 print(b, np.sqrt(np.diag(s2*np.linalg.inv(X.T@X))), np.sqrt(s2))"
+# CPU dry run of the next run's shape at test size (two arms on "GPUs" 0 and 1, the second on the first 2 shards;
+# symmetry_augment on; both scored): 272 s, every phase rc 0, train_shards: 2 in ss_flow_cell_r144's config only.
+python benchmarks/full_pipeline.py --root /tmp/dry33/gr --cpu --preset tiny --workers 2 --scenes 6 --val-items 3:4 --samples-per-shard 2 --loader-workers 1 --phases prepare vae encode flow flow_quality --vaes ss_vae --vae-minutes 0.7 --view-pretrain-minutes 0.5 --flows ss_flow_cell --flow-variant "ss_flow_cell_r144=ss_flow_cell:stage.datamodule.train_shards=2" --place ss_flow_cell=0 --place ss_flow_cell_r144=1 --flow-minutes 1 --flow-val-every 4 --flow-batch none --flow-args stage.module.symmetry_augment=true --flow-args stage.module.warmup_steps=20 --flow-quality-chunks 2 --flow-quality-args=--x0-estimate --flow-quality-args=--x0-average=2

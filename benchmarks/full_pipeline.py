@@ -11,11 +11,14 @@ reuse earlier outputs under ``--root``):
    ``--flow-batch auto`` picks each flow's batch size, attention backend and activation checkpointing.
 2. ``vae``      the three VAEs side by side for ``--vae-minutes`` of wall clock each (``train.py``), the learning
    rate decayed over the budget (``callbacks.time_budget``); ``--tex-vae-variant`` runs train beside the main
-   texture VAE on its GPU and are scored by ``vae_quality.py`` (an A/B measured in the same run). With
-   ``--view-pretrain-minutes`` the view encoder pretrains beside them (``stage=view_pretrain``) for the
-   ``*_pre`` flows; it goes on beside the encoding, and the phase after that waits for it.
-3. ``encode``   latent shards + statistics (``prepare.py steps=[encode]``), beside it the held-out VAE quality
-   (``benchmarks/vae_quality.py``), which the next phase waits for.
+   texture VAE on its GPU and are scored by ``vae_quality.py`` (an A/B measured in the same run);
+   ``--ss-vae-variant NAME`` runs ``ss_vae_NAME`` beside the main SS VAE, whose latents the encoding writes to
+   ``latents_ss_vae_NAME`` and on which a ``--flow-variant`` with ``ss_vae=NAME`` trains and is scored (an SS-VAE
+   A/B through the flow it feeds). With ``--view-pretrain-minutes`` the view encoder pretrains beside them
+   (``stage=view_pretrain``) for the ``*_pre`` flows; it goes on beside the encoding, and the phase after that
+   waits for it.
+3. ``encode``   latent shards + statistics (``prepare.py steps=[encode]``, and once more for each SS-VAE
+   variant), beside it the held-out VAE quality (``benchmarks/vae_quality.py``), which the next phase waits for.
 4. ``ddp``      shape-flow DDP scaling over all GPUs, resumed on N and on 1 GPU (``benchmarks/ddp_scaling.py``),
    alone on the machine so the timings are clean.
 5. ``flow``     the flows of ``--flows`` (ss_flow, shape_flow, tex_flow and the ablations without projection
@@ -215,6 +218,30 @@ def variant_family(name: str) -> str:
     return "flow_quality_" + name.removeprefix(flow_stage(name) + "_")
 
 
+def parse_ss_vae_variants(entries: list[list[str]], vae_minutes: float) -> dict[str, tuple[float, list[str]]]:
+    """``[["short", "minutes=1.5", "a=1"]]`` -> ``{"short": (1.5, ["a=1"])}``: SS VAE run ``ss_vae_<NAME>``
+    trained for its own ``minutes=`` (else ``vae_minutes``) with ``--ss-vae-args`` and these overrides."""
+    parsed: dict[str, tuple[float, list[str]]] = {}
+    for name, *overrides in entries:
+        if not name.isidentifier() or name in parsed:
+            raise SystemExit(f"--ss-vae-variant {name!r}: NAME must be a new identifier, e.g. --ss-vae-variant "
+                             "short minutes=1.5")
+        minutes = [o for o in overrides if o.startswith("minutes=")]
+        try:
+            budget = float(minutes[-1].split("=", 1)[1]) if minutes else vae_minutes
+        except ValueError:
+            raise SystemExit(f"--ss-vae-variant {name}: {minutes[-1]!r} is not minutes=NUMBER") from None
+        parsed[name] = (budget, [o for o in overrides if not o.startswith("minutes=")])
+    return parsed
+
+
+def ss_vae_binding(overrides: list[str]) -> tuple[str | None, list[str]]:
+    """A flow variant's ``ss_vae=NAME`` (it trains on ``--ss-vae-variant NAME``'s latents) and its other
+    overrides."""
+    bound = [o.split("=", 1)[1] for o in overrides if o.startswith("ss_vae=")]
+    return (bound[-1] if bound else None), [o for o in overrides if not o.startswith("ss_vae=")]
+
+
 def _max_time(minutes: float) -> str:
     seconds = int(round(minutes * 60))
     return f"00:{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
@@ -259,6 +286,7 @@ class Pipeline:
         self.env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
         self.place = parse_placement(args.place)
         self.variants = parse_flow_variants(args.flow_variant)
+        self.ss_vae_variants = parse_ss_vae_variants(args.ss_vae_variant, args.vae_minutes)
         self.scoring_extras = parse_scoring_extras(args.flow_quality_extra)
         self.pending: list[Running] = []  # detached jobs (see run)
         # --resume: a phase whose jobs all ended with 0 leaves phases/<phase>.done, and a later call skips it
@@ -354,6 +382,17 @@ class Pipeline:
     def ckpt(self, run: str) -> Path:
         return self.runs / run / "checkpoints" / "last.ckpt"
 
+    def latents(self, ss_vae: str | None = None) -> Path:
+        """The latent shards: the encode-time VAEs' (``latents``), or ``--ss-vae-variant ss_vae``'s."""
+        return self.dataset / ("latents" if ss_vae is None else f"latents_ss_vae_{ss_vae}")
+
+    def ss_vae_overrides(self, name: str) -> list[str]:
+        """``train.py`` overrides that put a flow on ``--ss-vae-variant name``: its VAE, latents and their
+        statistics."""
+        latents = self.latents(name)
+        return [f"stage.module.ss_vae_ckpt={self.ckpt(f'ss_vae_{name}')}", f"stage.datamodule.shards={latents}",
+                f"stage.module.latent_stats={latents / 'stats.json'}"]
+
     def collect_metrics(self, run: str) -> None:
         for path in sorted((self.runs / run / "csv").glob("version_*/metrics.csv"))[-1:]:
             shutil.copy(path, self.results / f"metrics_{run}.csv")
@@ -398,6 +437,13 @@ class Pipeline:
         # --tex-vae-variant runs train beside the main texture VAE on its GPU (the same share each): an A/B of
         # the VAE the latents are encoded with against variants with only their own overrides.
         jobs += [self.tex_variant_job(name, overrides, gpu=1, common=[]) for name, *overrides in a.tex_vae_variant]
+        # --ss-vae-variant runs: the main SS VAE's arguments plus their own, by default on the second GPU.
+        for name, (minutes, overrides) in self.ss_vae_variants.items():
+            run = f"ss_vae_{name}"
+            where = self.gpu_of(run, 1 if self.gpus >= 2 else 0)
+            jobs.append(Job(run, self.train_args("ss_vae", minutes, [
+                f"stage.val_every_n_steps={a.val_every}", "stage.val_batches=3", *a.ss_vae_args, *overrides],
+                devices=_count(where)), gpu=where, env={"GENRECON_RUN_NAME": run}))
         if a.view_pretrain_minutes > 0:
             argv = self.train_args("view_pretrain", a.view_pretrain_minutes, [
                 f"stage.val_every_n_steps={a.val_every}", "stage.val_batches=4", *a.view_pretrain_args],
@@ -407,7 +453,7 @@ class Pipeline:
         # The pretraining's time budget starts after it has decoded every render, so it ends after the VAEs:
         # the encoding starts without it (session 11: it ended 109 s after them, and the rest waited).
         self.run(jobs, detach=("view_pretrain",))
-        for s in a.vaes:
+        for s in [*a.vaes, *(f"ss_vae_{name}" for name in self.ss_vae_variants)]:
             self.collect_metrics(s)
         self.score_tex_variants()
 
@@ -443,18 +489,32 @@ class Pipeline:
 
     def encode(self) -> None:
         ckpts = {s: self.ckpt(s) for s in self.args.vaes}
-        self.run([
-            Job("encode", self.python("prepare.py", "steps=[encode]", *self.common(),
-                                      f"shards.samples_per_shard={self.args.samples_per_shard}",
-                                      *(f"encode.{s}_ckpt={p}" for s, p in ckpts.items())),
+        shards = str(self.dataset / "shards")
+        encode = ["prepare.py", "steps=[encode]", *self.common(),
+                  f"shards.samples_per_shard={self.args.samples_per_shard}"]
+        jobs = [
+            Job("encode", self.python(*encode, *(f"encode.{s}_ckpt={p}" for s, p in ckpts.items())),
                 gpu=0, env={"GENRECON_RUN_NAME": "encode"}),
             Job("vae_quality", self.python(
-                "benchmarks/vae_quality.py", "--shards", str(self.dataset / "shards"), *self.vae_flags(*VAES),
+                "benchmarks/vae_quality.py", "--shards", shards, *self.vae_flags(*VAES),
                 "--out", str(self.results / "vae_quality.json")), gpu=1),
-        ], detach=("vae_quality",))  # scoring only: the next phase joins it
-        stats = self.dataset / "latents" / "stats.json"
-        if stats.is_file():
-            shutil.copy(stats, self.results / "latent_stats.json")
+        ]
+        # Each --ss-vae-variant's SS latents in a folder of their own; its round trip scored like the main one's.
+        for i, name in enumerate(self.ss_vae_variants, start=1):
+            run, gpu = f"ss_vae_{name}", i % max(self.gpus, 1)
+            jobs.append(Job(f"encode_{run}", self.python(
+                *encode, f"encode.ss_vae_ckpt={self.ckpt(run)}", f"encode.out_dir={self.latents(name).name}"),
+                gpu=gpu, env={"GENRECON_RUN_NAME": f"encode_{run}"}))
+            jobs.append(Job(f"vae_quality_{run}", self.python(
+                "benchmarks/vae_quality.py", "--shards", shards, "--ss-vae", str(self.ckpt(run)),
+                "--out", str(self.results / f"vae_quality_{run}.json")), gpu=(gpu + 1) % max(self.gpus, 1)))
+        scoring = tuple(j.name for j in jobs if j.name.startswith("vae_quality"))
+        self.run(jobs, detach=scoring)  # scoring only: the next phase joins it
+        for name in [None, *self.ss_vae_variants]:
+            stats = self.latents(name) / "stats.json"
+            if stats.is_file():
+                suffix = "" if name is None else f"_ss_vae_{name}"
+                shutil.copy(stats, self.results / f"latent_stats{suffix}.json")
 
     @property
     def probe_json(self) -> Path:
@@ -524,7 +584,9 @@ class Pipeline:
                       "tex_flow_pre_patch2": extra["tex_flow_pre"] + [PATCH2],
                       "tex_flow_pre_patch2_b16": extra["tex_flow_pre"] + [PATCH2, BATCH16]})
         for name, (base, overrides) in self.variants.items():
-            extra[name] = extra[base] + overrides
+            bound, rest = ss_vae_binding(overrides)
+            # ss_vae=NAME: after the main SS VAE's overrides, so that the variant's VAE and latents win
+            extra[name] = extra[base] + (self.ss_vae_overrides(bound) if bound else []) + rest
         runs = [f for f in FLOWS if f in a.flows] + list(self.variants)
         if a.tex_vae_extend_minutes > 0:
             runs.append("tex_vae_long")
@@ -639,8 +701,8 @@ class Pipeline:
                     "flow_quality_pre_patch2_b16": {"tex_flow": "tex_flow_pre_patch2_b16"}}
         # Each --flow-variant scores as a family of its own: tex_flow_pre_ln -> flow_quality_pre_ln.
         families.update({variant_family(name): {flow_stage(name): name} for name in self.variants})
-        # family -> (its VAEs and checkpoints, extra flow_quality.py arguments after --flow-quality-args)
-        scored: dict[str, tuple[list[str], list[str]]] = {}
+        # family -> (its VAEs and checkpoints, extra flow_quality.py arguments after --flow-quality-args, latents)
+        scored: dict[str, tuple[list[str], list[str], Path]] = {}
         for name, runs in families.items():
             # A variant family is scored only when one of its variant runs (a run not named after its slot) exists,
             # the base family only when a main flow does: ablations alone are scored within the variant families.
@@ -652,18 +714,23 @@ class Pipeline:
                 continue
             # The shape VAE only where a shape flow is scored (its round trip meshes every chunk).
             vaes = self.vae_flags("ss_vae", *(["shape_vae"] if "--shape-flow" in ckpts else []), "tex_vae")
-            scored[name] = ([*vaes, *ckpts], [])
+            # A flow on an --ss-vae-variant's latents is scored on those latents and decoded by that VAE.
+            bound = next((ss_vae_binding(self.variants[r][1])[0] for r in runs.values() if r in self.variants),
+                         None)
+            if bound:
+                vaes = ["--ss-vae", str(self.ckpt(f"ss_vae_{bound}"))]
+            scored[name] = ([*vaes, *ckpts], [], self.latents(bound))
         # --flow-quality-extra: a family's checkpoints scored once more, with other arguments (e.g. --split train).
         for name, (family, extra) in self.scoring_extras.items():
             if family in scored:
-                scored[name] = (scored[family][0], extra)
+                scored[name] = (scored[family][0], extra, scored[family][2])
             else:
                 self.log(f"flow_quality: {name} skipped, its family {family} is not scored in this run")
         jobs = [Job(name, self.python(
-            "benchmarks/flow_quality.py", "--latents", str(self.dataset / "latents"), *inputs, *device,
+            "benchmarks/flow_quality.py", "--latents", str(latents), *inputs, *device,
             "--max-chunks", str(a.flow_quality_chunks), "--out", str(self.results / f"{name}.json"),
             "--figure", str(self.results / f"{name}.png"), *a.flow_quality_args, *extra), gpu=gpu)
-            for gpu, (name, (inputs, extra)) in enumerate(scored.items())]
+            for gpu, (name, (inputs, extra, latents)) in enumerate(scored.items())]
         if have("tex_vae_long"):
             jobs.append(Job("vae_quality_long", self.python(
                 "benchmarks/vae_quality.py", "--shards", str(self.dataset / "shards"),
@@ -817,6 +884,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="a texture VAE run named NAME with these overrides (repeatable). Phase vae_variants: "
                         "the variants alone, one per GPU, each also with --tex-vae-args; phase vae: beside the "
                         "main texture VAE on its GPU, with their own overrides only")
+    p.add_argument("--ss-vae-variant", nargs="+", action="append", default=[], metavar="NAME [OVERRIDE ...]",
+                   help="also train SS VAE run ss_vae_NAME in phase vae (--ss-vae-args plus these overrides; "
+                        "minutes=M: its own budget; --place ss_vae_NAME=GPU, default the second GPU), encode its "
+                        "latents into latents_ss_vae_NAME and score its round trip; a flow variant with "
+                        "ss_vae=NAME among its overrides trains and is scored on them (repeatable)")
     p.add_argument("--flow-args", action="append", default=[])
     p.add_argument("--flow-variant", action="append", default=[], metavar="NAME=BASE:OVERRIDE[;OVERRIDE...]",
                    help="also train flow run NAME: run BASE plus these overrides, scored as family "
@@ -834,10 +906,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     problem = missing_vae(args.vaes, [*args.flows, *(v.split("=", 1)[0] for v in args.flow_variant)])
     if "tex_vae" not in args.vaes and (args.tex_vae_extend_minutes > 0 or args.tex_vae_variant):
         problem = "--vaes: --tex-vae-extend-minutes and --tex-vae-variant need tex_vae"
+    problem = problem or ss_vae_variant_problem(args)
     if problem:
         p.error(problem)
     args.resume_flows = args.resume_flows or args.resume
     return args
+
+
+def ss_vae_variant_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with ``--ss-vae-variant`` and the flow variants bound to one (``ss_vae=NAME``), or None."""
+    if args.ss_vae_variant and "ss_vae" not in args.vaes:
+        return "--vaes: --ss-vae-variant needs ss_vae (it trains beside it)"
+    names = {entry[0] for entry in args.ss_vae_variant}
+    for entry in args.flow_variant:
+        run, _, rest = entry.partition("=")
+        bound, _ = ss_vae_binding(rest.partition(":")[2].split(";"))
+        if bound is not None and not run.startswith("ss_flow"):
+            return f"--flow-variant {entry!r}: ss_vae=NAME is for SS flows only (their latents are the SS VAE's)"
+        if bound is not None and bound not in names:
+            known = ", ".join(sorted(names))
+            return f"--flow-variant {entry!r}: ss_vae={bound} names no --ss-vae-variant ({known})"
+    return None
 
 
 def missing_vae(vaes: list[str], flow_runs: list[str]) -> str | None:

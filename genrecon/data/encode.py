@@ -1,6 +1,6 @@
 """The encode step: chunk shards + trained VAEs -> latent shards and per-channel latent statistics.
 
-Every chunk sample is copied unchanged into ``<root>/latents/`` with one more member,
+Every chunk sample is copied unchanged into ``<root>/latents/`` (``encode.out_dir``) with one more member,
 ``latents.safetensors``: ``ss_latent [8, r, r, r]`` (SS-VAE posterior mean), ``shape_coords [L, 3]`` and
 ``shape_feats [L, 32]`` (shape VAE), ``tex_feats [L, 32]`` on the same coordinates (texture VAE), for the VAEs
 that were given. ``stats.json`` next to the shards holds each latent's per-channel mean and std over the
@@ -101,8 +101,16 @@ def encode_dataset(
     device: str = "auto",
     batch_size: int = 8,
     samples_per_shard: int = 32,
+    out_dir: str = "latents",
 ) -> dict[str, Any]:
-    """Write ``<root>/latents/{train,val}-*.tar`` and ``stats.json`` from ``<root>/shards``."""
+    """Write ``<root>/<out_dir>/{train,val}-*.tar`` and ``stats.json`` from ``<root>/shards``.
+
+    ``out_dir`` (a folder name inside ``root``): latents of another VAE beside the default ``latents``, so two
+    VAEs' flows can be compared on the same chunks.
+    """
+    if Path(out_dir).name != out_dir or out_dir in ("", ".", "..", "shards", "scenes"):
+        raise ValueError(f"encode.out_dir: {out_dir!r} is not a folder name inside the dataset root other than "
+                         "shards and scenes")
     if not any((ss_vae_ckpt, shape_vae_ckpt)):
         raise ValueError("encode: give at least encode.ss_vae_ckpt or encode.shape_vae_ckpt")
     if tex_vae_ckpt and not shape_vae_ckpt:
@@ -112,12 +120,13 @@ def encode_dataset(
     ss_vae = _load_stage("ss_vae", ss_vae_ckpt, dev)
     shape_vae = _load_stage("shape_vae", shape_vae_ckpt, dev)
     tex_vae = _load_stage("tex_vae", tex_vae_ckpt, dev)
-    shutil.rmtree(root / "latents", ignore_errors=True)
+    out = root / out_dir
+    shutil.rmtree(out, ignore_errors=True)
     stats = {name: ChannelStats() for name in ("ss", "shape", "tex")}
     counts = {}
     for split in ("train", "val"):
         urls = shard_urls(root / "shards", split)
-        with AtomicShardWriter(root / "latents", split, samples_per_shard) as writer:
+        with AtomicShardWriter(out, split, samples_per_shard) as writer:
             for raws in tqdm(_batches(urls, batch_size), desc=f"encode {split}", unit="batch"):
                 for raw, latents in zip(raws, encode_batch(raws, ss_vae, shape_vae, tex_vae, dev)):
                     if split == "train":
@@ -134,9 +143,9 @@ def encode_dataset(
                     writer.write(sample)
             counts[split] = writer.count
     result = {name: s.result() for name, s in stats.items() if s.n}
-    (root / "latents" / "stats.json").write_text(json.dumps(result, indent=1))
+    (out / "stats.json").write_text(json.dumps(result, indent=1))
     manifest_path = root / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     manifest["latents"] = {"samples": counts, "vaes": {"ss": ss_vae_ckpt, "shape": shape_vae_ckpt, "tex": tex_vae_ckpt}}
-    (root / "latents" / "manifest.json").write_text(json.dumps({**manifest, "samples": counts}, indent=1))
+    (out / "manifest.json").write_text(json.dumps({**manifest, "samples": counts}, indent=1))
     return {"samples": counts, "stats": result}

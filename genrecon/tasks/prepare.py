@@ -114,7 +114,7 @@ def prepare(cfg: DictConfig, ctx: TaskContext) -> dict[str, Any]:
         from genrecon.data.encode import encode_dataset
 
         result["encode"] = encode_dataset(root, samples_per_shard=int(cfg.shards.samples_per_shard), **cfg.encode)
-        log.info(f"encoded latents: {result['encode']['samples']} -> {root / 'latents'}")
+        log.info(f"encoded latents: {result['encode']['samples']} -> {root / cfg.encode.out_dir}")
     return result
 
 

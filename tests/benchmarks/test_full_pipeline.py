@@ -593,3 +593,87 @@ def test_val_items_keep_the_held_out_rooms_as_the_dataset_grows(tmp_path, monkey
         argv = {j.name: j.argv for j in batches[0]}["prepare"]
         assert "dataset.num_scenes=320" in argv
         assert [x for x in argv if x.startswith("dataset.val_items")] == ([expected] if expected else [])
+
+
+def test_an_ss_vae_variant_feeds_a_flow_variant_that_trains_and_is_scored_on_its_latents(tmp_path, monkeypatch):
+    """``--ss-vae-variant``: an SS-VAE A/B through the flow it feeds. The variant trains beside the main SS VAE
+    with the main one's arguments plus its own (and its own minutes), the encoding writes its latents to a folder
+    of their own, and a flow variant with ``ss_vae=NAME`` trains and is scored on them and decoded by that VAE
+    while the base flow keeps the main latents."""
+    fp = load_script("benchmarks/full_pipeline.py")
+    args = fp.parse_args([
+        "--root", str(tmp_path), "--gpus", "2", "--phases", "vae", "encode", "flow", "flow_quality",
+        "--vaes", "ss_vae", "--vae-minutes", "3", "--ss-vae-args", "stage.module.lr=1e-3",
+        "--ss-vae-variant", "short", "minutes=1.5", "seed=4", "--flows", "ss_flow_cell",
+        "--flow-variant", "ss_flow_cell_short=ss_flow_cell:ss_vae=short;a=1",
+        "--place", "ss_flow_cell=0", "--place", "ss_flow_cell_short=1"])
+    pipe, batches = flow_phase(fp, args, monkeypatch)
+    latents = pipe.dataset / "latents_ss_vae_short"
+    flows = {j.name: j.argv for j in batches[0]}
+    main, variant = flows["ss_flow_cell"], flows["ss_flow_cell_short"]
+    assert f"stage.module.ss_vae_ckpt={pipe.ckpt('ss_vae')}" in main
+    assert not any(x.startswith("stage.datamodule.shards=") or "latents_ss_vae" in x for x in main)
+    # The variant's VAE, latents and their statistics come after the main SS VAE's (the last override wins).
+    own = variant.index(f"stage.module.ss_vae_ckpt={pipe.ckpt('ss_vae_short')}")
+    assert variant.index(f"stage.module.ss_vae_ckpt={pipe.ckpt('ss_vae')}") < own
+    assert variant[own + 1:own + 4] == [f"stage.datamodule.shards={latents}",
+                                        f"stage.module.latent_stats={latents / 'stats.json'}", "a=1"]
+    assert "ss_vae=short" not in variant
+
+    n = len(batches)
+    pipe.vae()
+    vaes = {j.name: j for j in batches[n]}
+    assert {name: j.gpu for name, j in vaes.items()} == {"ss_vae": 0, "ss_vae_short": 1}
+    short = vaes["ss_vae_short"].argv
+    assert "stage=ss_vae" in short and "stage.module.lr=1e-3" in short and "seed=4" in short
+    assert "+trainer.max_time=00:00:01:30" in short and "+trainer.max_time=00:00:03:00" in vaes["ss_vae"].argv
+    assert "seed=4" not in vaes["ss_vae"].argv and not any(x.startswith("minutes=") for x in short)
+    assert vaes["ss_vae_short"].env["GENRECON_RUN_NAME"] == "ss_vae_short"
+
+    pipe.encode()
+    jobs = {j.name: j for j in batches[-1]}
+    assert sorted(jobs) == ["encode", "encode_ss_vae_short", "vae_quality", "vae_quality_ss_vae_short"]
+    assert f"encode.ss_vae_ckpt={pipe.ckpt('ss_vae_short')}" in jobs["encode_ss_vae_short"].argv
+    assert "encode.out_dir=latents_ss_vae_short" in jobs["encode_ss_vae_short"].argv
+    assert not any(x.startswith("encode.out_dir") for x in jobs["encode"].argv)
+    assert jobs["encode"].gpu == 0 and jobs["encode_ss_vae_short"].gpu == 1
+    quality = jobs["vae_quality_ss_vae_short"].argv
+    assert quality[quality.index("--ss-vae") + 1] == str(pipe.ckpt("ss_vae_short"))
+
+    pipe.flow_quality()
+    scored = {j.name: j.argv for j in batches[-1]}
+    value = lambda argv, flag: argv[argv.index(flag) + 1]  # noqa: E731
+    assert sorted(scored) == ["flow_quality_cell", "flow_quality_cell_short"]
+    assert value(scored["flow_quality_cell"], "--latents") == str(pipe.dataset / "latents")
+    assert value(scored["flow_quality_cell"], "--ss-vae") == str(pipe.ckpt("ss_vae"))
+    assert value(scored["flow_quality_cell_short"], "--latents") == str(latents)
+    assert value(scored["flow_quality_cell_short"], "--ss-vae") == str(pipe.ckpt("ss_vae_short"))
+    assert value(scored["flow_quality_cell_short"], "--ss-flow") == str(pipe.ckpt("ss_flow_cell_short"))
+
+
+@pytest.mark.parametrize("argv, problem", [
+    (["--vaes", "shape_vae", "--flows", "--ss-vae-variant", "short"], "--ss-vae-variant needs ss_vae"),
+    (["--vaes", "ss_vae", "--flows", "ss_flow_cell", "--ss-vae-variant", "short",
+      "--flow-variant", "ss_flow_cell_x=ss_flow_cell:ss_vae=long"],
+     "ss_vae=long names no --ss-vae-variant (short)"),
+    (["--ss-vae-variant", "short", "--flow-variant", "tex_flow_x=tex_flow:ss_vae=short"], "for SS flows only"),
+])
+def test_a_flow_bound_to_a_missing_or_foreign_ss_vae_is_refused(tmp_path, capsys, argv, problem):
+    fp = load_script("benchmarks/full_pipeline.py")
+    with pytest.raises(SystemExit):
+        fp.parse_args(["--root", str(tmp_path), *argv])
+    assert problem in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("entry, problem", [
+    (["9lives"], "NAME must be a new identifier"),
+    (["short", "minutes=soon"], "'minutes=soon' is not minutes=NUMBER"),
+])
+def test_a_malformed_ss_vae_variant_is_refused_naming_it(entry, problem):
+    fp = load_script("benchmarks/full_pipeline.py")
+    with pytest.raises(SystemExit, match=problem):
+        fp.parse_ss_vae_variants([entry], 3.0)
+    with pytest.raises(SystemExit, match="NAME must be a new identifier"):
+        fp.parse_ss_vae_variants([["a"], ["a", "seed=1"]], 3.0)
+    parsed = fp.parse_ss_vae_variants([["a", "minutes=2", "x=1"], ["b"]], 3.0)
+    assert parsed == {"a": (2.0, ["x=1"]), "b": (3.0, [])}

@@ -115,3 +115,44 @@ def test_val_items_hold_one_set_out_as_the_dataset_grows(tiny_dataset, tmp_path)
     assert val and val == {k: v for k, v in _shard_digests(tiny_dataset).items() if k.startswith("val")}
     counts = [json.loads((d / "manifest.json").read_text())["samples"] for d in (tiny_dataset, grown)]
     assert counts[1]["val"] == counts[0]["val"] and counts[1]["train"] > counts[0]["train"]
+
+
+def test_encode_out_dir_keeps_a_second_set_of_latents_beside_the_first(tiny_latents, tmp_path):
+    """``encode.out_dir``: another VAE's latents in a folder of their own (an SS-VAE A/B on the same chunks); the
+    VAE that wrote ``latents/`` writes the same latents and statistics there."""
+    import shutil
+
+    from safetensors.numpy import load as load_safetensors
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_latents / "shards", root / "shards")
+    shutil.copy(tiny_latents / "manifest.json", root / "manifest.json")
+    vaes = json.loads((tiny_latents / "latents" / "manifest.json").read_text())["latents"]["vaes"]
+    prepare(compose_config("prepare", TINY_DATA_OVERRIDES + [
+        "steps=[encode]", f"dataset.root={root}", f"encode.ss_vae_ckpt={vaes['ss']}", "encode.out_dir=latents_b",
+        "encode.device=cpu"]))
+    assert not (root / "latents").exists()
+    names = lambda folder: sorted(p.name for p in folder.glob("*.tar"))  # noqa: E731
+    assert names(root / "latents_b") == names(tiny_latents / "latents")
+    stats = json.loads((root / "latents_b" / "stats.json").read_text())
+    ref = json.loads((tiny_latents / "latents" / "stats.json").read_text())
+    assert set(stats) == {"ss"}
+    np.testing.assert_allclose(stats["ss"]["mean"], ref["ss"]["mean"], atol=1e-5)
+    np.testing.assert_allclose(stats["ss"]["std"], ref["ss"]["std"], atol=1e-5)
+
+    def first_latent(folder):
+        sample = next(iter(wds.WebDataset(shard_urls(folder, "val"), shardshuffle=False)))
+        return sample["__key__"], load_safetensors(sample["latents.safetensors"])["ss_latent"]
+
+    key, z = first_latent(root / "latents_b")
+    ref_key, ref_z = first_latent(tiny_latents / "latents")
+    assert key == ref_key and z.shape == ref_z.shape
+    np.testing.assert_allclose(z, ref_z, atol=1e-5)
+
+
+@pytest.mark.parametrize("out_dir", ["../latents", "a/b", "shards", ""])
+def test_encode_out_dir_must_be_a_new_folder_inside_the_root(tmp_path, out_dir):
+    from genrecon.data.encode import encode_dataset
+
+    with pytest.raises(ValueError, match="encode.out_dir"):
+        encode_dataset(tmp_path, ss_vae_ckpt="unused.ckpt", out_dir=out_dir)

@@ -285,8 +285,12 @@ class Pipeline:
         # new sequence length (session 15: 2.04 against 0.31 s a step), which sdpa_loop no longer uses.
         self.env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
         self.place = parse_placement(args.place)
-        self.variants = parse_flow_variants(args.flow_variant)
         self.ss_vae_variants = parse_ss_vae_variants(args.ss_vae_variant, args.vae_minutes)
+        # --flow-variant runs, their ss_vae=NAME taken out once: the --ss-vae-variant whose latents each trains on
+        self.variants, self.variant_ss_vae = {}, {}
+        for name, (base, overrides) in parse_flow_variants(args.flow_variant).items():
+            self.variant_ss_vae[name], rest = ss_vae_binding(overrides)
+            self.variants[name] = (base, rest)
         self.scoring_extras = parse_scoring_extras(args.flow_quality_extra)
         self.pending: list[Running] = []  # detached jobs (see run)
         # --resume: a phase whose jobs all ended with 0 leaves phases/<phase>.done, and a later call skips it
@@ -584,9 +588,9 @@ class Pipeline:
                       "tex_flow_pre_patch2": extra["tex_flow_pre"] + [PATCH2],
                       "tex_flow_pre_patch2_b16": extra["tex_flow_pre"] + [PATCH2, BATCH16]})
         for name, (base, overrides) in self.variants.items():
-            bound, rest = ss_vae_binding(overrides)
+            bound = self.variant_ss_vae[name]
             # ss_vae=NAME: after the main SS VAE's overrides, so that the variant's VAE and latents win
-            extra[name] = extra[base] + (self.ss_vae_overrides(bound) if bound else []) + rest
+            extra[name] = extra[base] + (self.ss_vae_overrides(bound) if bound else []) + overrides
         runs = [f for f in FLOWS if f in a.flows] + list(self.variants)
         if a.tex_vae_extend_minutes > 0:
             runs.append("tex_vae_long")
@@ -715,8 +719,7 @@ class Pipeline:
             # The shape VAE only where a shape flow is scored (its round trip meshes every chunk).
             vaes = self.vae_flags("ss_vae", *(["shape_vae"] if "--shape-flow" in ckpts else []), "tex_vae")
             # A flow on an --ss-vae-variant's latents is scored on those latents and decoded by that VAE.
-            bound = next((ss_vae_binding(self.variants[r][1])[0] for r in runs.values() if r in self.variants),
-                         None)
+            bound = next((self.variant_ss_vae[r] for r in runs.values() if self.variant_ss_vae.get(r)), None)
             if bound:
                 vaes = ["--ss-vae", str(self.ckpt(f"ss_vae_{bound}"))]
             scored[name] = ([*vaes, *ckpts], [], self.latents(bound))
@@ -917,15 +920,13 @@ def ss_vae_variant_problem(args: argparse.Namespace) -> str | None:
     """What is wrong with ``--ss-vae-variant`` and the flow variants bound to one (``ss_vae=NAME``), or None."""
     if args.ss_vae_variant and "ss_vae" not in args.vaes:
         return "--vaes: --ss-vae-variant needs ss_vae (it trains beside it)"
-    names = {entry[0] for entry in args.ss_vae_variant}
-    for entry in args.flow_variant:
-        run, _, rest = entry.partition("=")
-        bound, _ = ss_vae_binding(rest.partition(":")[2].split(";"))
+    names = parse_ss_vae_variants(args.ss_vae_variant, args.vae_minutes)
+    for run, (_, overrides) in parse_flow_variants(args.flow_variant).items():
+        bound, _ = ss_vae_binding(overrides)
         if bound is not None and not run.startswith("ss_flow"):
-            return f"--flow-variant {entry!r}: ss_vae=NAME is for SS flows only (their latents are the SS VAE's)"
+            return f"--flow-variant {run}: ss_vae=NAME is for SS flows only (their latents are the SS VAE's)"
         if bound is not None and bound not in names:
-            known = ", ".join(sorted(names))
-            return f"--flow-variant {entry!r}: ss_vae={bound} names no --ss-vae-variant ({known})"
+            return f"--flow-variant {run}: ss_vae={bound} names no --ss-vae-variant ({', '.join(sorted(names))})"
     return None
 
 

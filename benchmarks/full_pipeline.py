@@ -16,7 +16,8 @@ reuse earlier outputs under ``--root``):
    ``latents_ss_vae_NAME`` and on which a ``--flow-variant`` with ``ss_vae=NAME`` trains and is scored (an SS-VAE
    A/B through the flow it feeds). With ``--view-pretrain-minutes`` the view encoder pretrains beside them
    (``stage=view_pretrain``) for the ``*_pre`` flows; it goes on beside the encoding, and the phase after that
-   waits for it.
+   waits for it. ``--view-pretrain-variant NAME`` runs ``view_pretrain_NAME`` beside it, whose encoder a
+   ``--flow-variant`` with ``view_pretrain=NAME`` loads instead (a view-encoder A/B through the flow it feeds).
 3. ``encode``   latent shards + statistics (``prepare.py steps=[encode]``, and once more for each SS-VAE
    variant), beside it the held-out VAE quality (``benchmarks/vae_quality.py``), which the next phase waits for.
 4. ``ddp``      shape-flow DDP scaling over all GPUs, resumed on N and on 1 GPU (``benchmarks/ddp_scaling.py``),
@@ -87,6 +88,9 @@ FROZEN_ENCODER = "preset.image_encoder.frozen=true"
 # The *_cell runs add the sub-patch cell cue (genrecon/models/cell_cue.py) to their *_pre run, its head loaded from
 # the pretraining's dense cells.
 CELL_CUE = "preset.flow.cell_cue={subdivisions:4}"
+# The runs that load the pretrained view encoder (a --flow-variant of one may load a --view-pretrain-variant's).
+ENCODER_RUNS = ("ss_flow_pre", "tex_flow_pre", "ss_flow_pre_noproj", "ss_flow_cell", "tex_flow_cell",
+                "tex_flow_pre_nofloor", "tex_flow_pre_patch2", "tex_flow_pre_patch2_b16")
 # The texture flow normalises its latent with a std floor (FlowStage's latent_std_floor, 0.1 in
 # conf/stage/tex_flow.yaml since session 12): its 27 near-constant channels are not scaled up into unit-
 # variance targets. The *_nofloor runs switch it off (the published per-channel normalisation).
@@ -218,28 +222,38 @@ def variant_family(name: str) -> str:
     return "flow_quality_" + name.removeprefix(flow_stage(name) + "_")
 
 
-def parse_ss_vae_variants(entries: list[list[str]], vae_minutes: float) -> dict[str, tuple[float, list[str]]]:
-    """``[["short", "minutes=1.5", "a=1"]]`` -> ``{"short": (1.5, ["a=1"])}``: SS VAE run ``ss_vae_<NAME>``
-    trained for its own ``minutes=`` (else ``vae_minutes``) with ``--ss-vae-args`` and these overrides."""
+def parse_run_variants(entries: list[list[str]], minutes: float, option: str) -> dict[str, tuple[float, list[str]]]:
+    """``[["short", "minutes=1.5", "a=1"]]`` -> ``{"short": (1.5, ["a=1"])}``: the runs of ``option`` (e.g.
+    ``--ss-vae-variant``), each trained for its own ``minutes=`` (else ``minutes``) with these overrides."""
     parsed: dict[str, tuple[float, list[str]]] = {}
     for name, *overrides in entries:
         if not name.isidentifier() or name in parsed:
-            raise SystemExit(f"--ss-vae-variant {name!r}: NAME must be a new identifier, e.g. --ss-vae-variant "
-                             "short minutes=1.5")
-        minutes = [o for o in overrides if o.startswith("minutes=")]
+            raise SystemExit(f"{option} {name!r}: NAME must be a new identifier, e.g. {option} short minutes=1.5")
+        budgets = [o for o in overrides if o.startswith("minutes=")]
         try:
-            budget = float(minutes[-1].split("=", 1)[1]) if minutes else vae_minutes
+            budget = float(budgets[-1].split("=", 1)[1]) if budgets else minutes
         except ValueError:
-            raise SystemExit(f"--ss-vae-variant {name}: {minutes[-1]!r} is not minutes=NUMBER") from None
+            raise SystemExit(f"{option} {name}: {budgets[-1]!r} is not minutes=NUMBER") from None
         parsed[name] = (budget, [o for o in overrides if not o.startswith("minutes=")])
     return parsed
 
 
-def ss_vae_binding(overrides: list[str]) -> tuple[str | None, list[str]]:
-    """A flow variant's ``ss_vae=NAME`` (it trains on ``--ss-vae-variant NAME``'s latents) and its other
+def parse_ss_vae_variants(entries: list[list[str]], vae_minutes: float) -> dict[str, tuple[float, list[str]]]:
+    """SS VAE runs ``ss_vae_<NAME>``, trained with ``--ss-vae-args`` and their own overrides."""
+    return parse_run_variants(entries, vae_minutes, "--ss-vae-variant")
+
+
+def parse_view_pretrain_variants(entries: list[list[str]], minutes: float) -> dict[str, tuple[float, list[str]]]:
+    """View pretraining runs ``view_pretrain_<NAME>``, trained with ``--view-pretrain-args`` and their own
     overrides."""
-    bound = [o.split("=", 1)[1] for o in overrides if o.startswith("ss_vae=")]
-    return (bound[-1] if bound else None), [o for o in overrides if not o.startswith("ss_vae=")]
+    return parse_run_variants(entries, minutes, "--view-pretrain-variant")
+
+
+def take_binding(overrides: list[str], key: str) -> tuple[str | None, list[str]]:
+    """A flow variant's ``KEY=NAME`` (``ss_vae=NAME``: it trains on ``--ss-vae-variant NAME``'s latents;
+    ``view_pretrain=NAME``: it loads ``--view-pretrain-variant NAME``'s encoder) and its other overrides."""
+    bound = [o.split("=", 1)[1] for o in overrides if o.startswith(f"{key}=")]
+    return (bound[-1] if bound else None), [o for o in overrides if not o.startswith(f"{key}=")]
 
 
 def _max_time(minutes: float) -> str:
@@ -286,10 +300,13 @@ class Pipeline:
         self.env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
         self.place = parse_placement(args.place)
         self.ss_vae_variants = parse_ss_vae_variants(args.ss_vae_variant, args.vae_minutes)
-        # --flow-variant runs, their ss_vae=NAME taken out once: the --ss-vae-variant whose latents each trains on
-        self.variants, self.variant_ss_vae = {}, {}
+        self.view_variants = parse_view_pretrain_variants(args.view_pretrain_variant, args.view_pretrain_minutes)
+        # --flow-variant runs, their ss_vae=NAME and view_pretrain=NAME taken out once: the --ss-vae-variant whose
+        # latents each trains on, the --view-pretrain-variant whose encoder it loads
+        self.variants, self.variant_ss_vae, self.variant_view = {}, {}, {}
         for name, (base, overrides) in parse_flow_variants(args.flow_variant).items():
-            self.variant_ss_vae[name], rest = ss_vae_binding(overrides)
+            self.variant_ss_vae[name], rest = take_binding(overrides, "ss_vae")
+            self.variant_view[name], rest = take_binding(rest, "view_pretrain")
             self.variants[name] = (base, rest)
         self.scoring_extras = parse_scoring_extras(args.flow_quality_extra)
         self.pending: list[Running] = []  # detached jobs (see run)
@@ -390,6 +407,13 @@ class Pipeline:
         """The latent shards: the encode-time VAEs' (``latents``), or ``--ss-vae-variant ss_vae``'s."""
         return self.dataset / ("latents" if ss_vae is None else f"latents_ss_vae_{ss_vae}")
 
+    def view_pretrain_overrides(self, name: str) -> list[str]:
+        """A flow's overrides to load ``--view-pretrain-variant name``'s encoder: its checkpoint, and the
+        variant's ``preset.image_encoder.*`` overrides (the architecture the checkpoint must load into)."""
+        _, overrides = self.view_variants[name]
+        return [f"stage.module.image_encoder_ckpt={self.ckpt(f'view_pretrain_{name}')}",
+                *(o for o in overrides if o.startswith("preset.image_encoder."))]
+
     def ss_vae_overrides(self, name: str) -> list[str]:
         """``train.py`` overrides that put a flow on ``--ss-vae-variant name``: its VAE, latents and their
         statistics."""
@@ -454,9 +478,16 @@ class Pipeline:
                 devices=_count(gpu["view_pretrain"]))
             jobs.append(Job("view_pretrain", argv, gpu=gpu["view_pretrain"],
                             env={"GENRECON_RUN_NAME": "view_pretrain"}))
+        # --view-pretrain-variant runs: the main pretraining's arguments plus their own, on its GPU by default.
+        for name, (minutes, overrides) in self.view_variants.items():
+            run = f"view_pretrain_{name}"
+            where = self.gpu_of(run, gpu["view_pretrain"])
+            jobs.append(Job(run, self.train_args("view_pretrain", minutes, [
+                f"stage.val_every_n_steps={a.val_every}", "stage.val_batches=4", *a.view_pretrain_args, *overrides],
+                devices=_count(where)), gpu=where, env={"GENRECON_RUN_NAME": run}))
         # The pretraining's time budget starts after it has decoded every render, so it ends after the VAEs:
         # the encoding starts without it (session 11: it ended 109 s after them, and the rest waited).
-        self.run(jobs, detach=("view_pretrain",))
+        self.run(jobs, detach=("view_pretrain", *(f"view_pretrain_{n}" for n in self.view_variants)))
         for s in [*a.vaes, *(f"ss_vae_{name}" for name in self.ss_vae_variants)]:
             self.collect_metrics(s)
         self.score_tex_variants()
@@ -588,9 +619,11 @@ class Pipeline:
                       "tex_flow_pre_patch2": extra["tex_flow_pre"] + [PATCH2],
                       "tex_flow_pre_patch2_b16": extra["tex_flow_pre"] + [PATCH2, BATCH16]})
         for name, (base, overrides) in self.variants.items():
-            bound = self.variant_ss_vae[name]
-            # ss_vae=NAME: after the main SS VAE's overrides, so that the variant's VAE and latents win
-            extra[name] = extra[base] + (self.ss_vae_overrides(bound) if bound else []) + overrides
+            bound, view = self.variant_ss_vae[name], self.variant_view[name]
+            # ss_vae=NAME / view_pretrain=NAME: after the base run's overrides, so that the variant's VAE and
+            # latents, or its encoder (and the encoder architecture it was pretrained with), win
+            extra[name] = (extra[base] + (self.ss_vae_overrides(bound) if bound else [])
+                           + (self.view_pretrain_overrides(view) if view else []) + overrides)
         runs = [f for f in FLOWS if f in a.flows] + list(self.variants)
         if a.tex_vae_extend_minutes > 0:
             runs.append("tex_vae_long")
@@ -899,6 +932,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--view-pretrain-minutes", type=float, default=0.0,
                    help="pretrain the view encoder beside the VAEs for this long (needed by the *_pre flows)")
     p.add_argument("--view-pretrain-args", action="append", default=[])
+    p.add_argument("--view-pretrain-variant", nargs="+", action="append", default=[],
+                   metavar="NAME [OVERRIDE ...]",
+                   help="also pretrain view_pretrain_NAME in phase vae (--view-pretrain-args plus these overrides; "
+                        "minutes=M: its own budget; --place view_pretrain_NAME=GPU, default the main one's GPU); a "
+                        "flow variant of a *_pre or *_cell run with view_pretrain=NAME among its overrides loads "
+                        "its encoder, with its preset.image_encoder.* overrides (repeatable)")
     p.add_argument("--infer-args", action="append", default=[])
     p.add_argument("--flow-quality-args", action="append", default=[])
     p.add_argument("--flow-quality-extra", action="append", default=[], metavar="NAME=FAMILY:ARG[;ARG...]",
@@ -909,7 +948,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     problem = missing_vae(args.vaes, [*args.flows, *(v.split("=", 1)[0] for v in args.flow_variant)])
     if "tex_vae" not in args.vaes and (args.tex_vae_extend_minutes > 0 or args.tex_vae_variant):
         problem = "--vaes: --tex-vae-extend-minutes and --tex-vae-variant need tex_vae"
-    problem = problem or ss_vae_variant_problem(args)
+    problem = problem or ss_vae_variant_problem(args) or view_variant_problem(args)
     if problem:
         p.error(problem)
     args.resume_flows = args.resume_flows or args.resume
@@ -922,11 +961,27 @@ def ss_vae_variant_problem(args: argparse.Namespace) -> str | None:
         return "--vaes: --ss-vae-variant needs ss_vae (it trains beside it)"
     names = parse_ss_vae_variants(args.ss_vae_variant, args.vae_minutes)
     for run, (_, overrides) in parse_flow_variants(args.flow_variant).items():
-        bound, _ = ss_vae_binding(overrides)
+        bound, _ = take_binding(overrides, "ss_vae")
         if bound is not None and not run.startswith("ss_flow"):
             return f"--flow-variant {run}: ss_vae=NAME is for SS flows only (their latents are the SS VAE's)"
         if bound is not None and bound not in names:
             return f"--flow-variant {run}: ss_vae={bound} names no --ss-vae-variant ({', '.join(sorted(names))})"
+    return None
+
+
+def view_variant_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with ``--view-pretrain-variant`` and the flow variants bound to one, or None."""
+    if args.view_pretrain_variant and args.view_pretrain_minutes <= 0:
+        return "--view-pretrain-variant needs --view-pretrain-minutes (it trains beside the main pretraining)"
+    names = parse_view_pretrain_variants(args.view_pretrain_variant, args.view_pretrain_minutes)
+    for run, (base, overrides) in parse_flow_variants(args.flow_variant).items():
+        bound, _ = take_binding(overrides, "view_pretrain")
+        if bound is not None and base not in ENCODER_RUNS:
+            return (f"--flow-variant {run}: view_pretrain=NAME needs a base that loads the pretrained encoder "
+                    f"({', '.join(ENCODER_RUNS)}), not {base}")
+        if bound is not None and bound not in names:
+            return (f"--flow-variant {run}: view_pretrain={bound} names no --view-pretrain-variant "
+                    f"({', '.join(sorted(names))})")
     return None
 
 

@@ -10,6 +10,9 @@ and a random permutation of the colour channels, applied to the image and the ba
 lights are white, so a permuted scene renders as the permuted image). Optionally a random square crop resized
 back to the view size (``crop_scale_min`` < 1): that is the view of a camera with a longer focal length at the
 same pose, so depth and camera-frame normals stay exact; it widens the range of fields of view the encoder sees.
+Each item carries its camera as the augmented image was taken (``w2c`` world frame in metres, floor at z = 0,
+and normalised ``intrinsics``): a flip mirrors the intrinsics (``fx → -fx``, ``cx → 1 - cx``), a zoom crops
+them, so an encoder's floor-ray maps (``genrecon.geometry.floor_rays``) match the pixels it sees.
 """
 
 from __future__ import annotations
@@ -60,7 +63,8 @@ class SceneViews(Dataset):
 
     Items: ``image [3, S, S]`` premultiplied, as the flows see views, ``base_colour [3, S, S]``, both uint8 (float
     in [0, 1] after zoom crops), ``normal [3, S, S]`` float16, camera frame (OpenCV: x right, y down, z forward),
-    ``depth [S, S]`` float32 metres, ``valid [S, S]`` bool (a surface was hit). :func:`expand_views` (the
+    ``depth [S, S]`` float32 metres, ``valid [S, S]`` bool (a surface was hit), ``w2c [4, 4]`` and normalised
+    ``intrinsics [3, 3]`` of the (augmented) view, float32. :func:`expand_views` (the
     datamodule's ``on_after_batch_transfer``) turns them into float32 maps with colour in [0, 1].
 
     Args:
@@ -84,7 +88,7 @@ class SceneViews(Dataset):
         folders = sorted(p.parent for p in Path(scenes).glob("*/scene.json"))
         if not folders:
             raise FileNotFoundError(f"no room folders (*/scene.json) under {scenes}: run prepare.py first")
-        jobs, rooms = [], []
+        jobs, rooms, cameras = [], [], []
         for folder in folders:
             meta_path = folder / "scene.json"
             meta = json.loads(meta_path.read_text())
@@ -99,10 +103,17 @@ class SceneViews(Dataset):
             w2c = np.asarray(meta["w2c"], dtype=np.float32)
             if w2c.ndim != 3 or w2c.shape[1:] != (4, 4):
                 raise DataFormatError(meta_path, "w2c", f"expected [N, 4, 4], got shape {w2c.shape}")
+            K = np.asarray(meta.get("intrinsics", []), dtype=np.float32)
+            if K.shape != (len(w2c), 3, 3):
+                raise DataFormatError(meta_path, "intrinsics", f"expected [{len(w2c)}, 3, 3] (one per w2c), got "
+                                      f"shape {K.shape}")
+            cameras += [(w2c, K)]
             jobs += [(folder, i, w2c[i, :3, :3]) for i in range(len(w2c))]
         if not jobs:
             raise DataFormatError(Path(scenes), "split", f"no room of split {split!r}")
         self.rooms = rooms
+        self.w2c = np.concatenate([w for w, _ in cameras])  # [M, 4, 4] world, metres
+        self.intrinsics = np.concatenate([k for _, k in cameras])  # [M, 3, 3] normalised
         size, count = image_size, len(jobs)
         self.rgb = np.empty((count, size, size, 3), np.uint8)  # [M, S, S, 3]
         self.depth = np.empty((count, size, size), np.float32)  # [M, S, S] metres
@@ -135,19 +146,21 @@ class SceneViews(Dataset):
         base = torch.from_numpy(self.base_colour[index]).permute(2, 0, 1)
         normal = torch.from_numpy(self.normal[index]).permute(2, 0, 1)
         depth = torch.from_numpy(self.depth[index])
+        w2c, K = torch.from_numpy(self.w2c[index]), torch.from_numpy(self.intrinsics[index]).clone()
         if self.augment:
             # torch's global generator: seeded per worker by Lightning's seed_everything(workers=True).
             if torch.rand(()) < 0.5:
                 image, base, normal, depth = image.flip(-1), base.flip(-1), normal.flip(-1), depth.flip(-1)
                 normal = normal * torch.tensor([-1.0, 1.0, 1.0], dtype=normal.dtype).view(3, 1, 1)
+                K[0, 0], K[0, 2] = -K[0, 0], 1.0 - K[0, 2]  # u' = 1 - u: the same rays, mirrored columns
             perm = torch.randperm(3)
             image, base = image[perm], base[perm]
             if self.crop_scale_min < 1:
                 # Resampled colour is no longer on the uint8 grid: zoomed items carry float colour.
-                image, base, normal, depth = random_zoom(image.float() / 255.0, base.float() / 255.0,
-                                                         normal.float(), depth, self.crop_scale_min)
+                image, base, normal, depth, K = random_zoom(image.float() / 255.0, base.float() / 255.0,
+                                                            normal.float(), depth, self.crop_scale_min, K)
         return {"image": image.contiguous(), "base_colour": base.contiguous(), "normal": normal.contiguous(),
-                "depth": depth.contiguous(), "valid": depth > 0}
+                "depth": depth.contiguous(), "valid": depth > 0, "w2c": w2c, "intrinsics": K}
 
 
 def expand_views(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -161,20 +174,24 @@ def expand_views(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def random_zoom(image: torch.Tensor, base: torch.Tensor, normal: torch.Tensor, depth: torch.Tensor,
-                scale_min: float) -> tuple[torch.Tensor, ...]:
+                scale_min: float, K: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """A random square crop of side ``U(scale_min, 1) · S`` resized back to ``S``: the view of a longer lens at the
     same pose, so depth and camera-frame normals are unchanged. Colour maps ``[3, S, S]`` are resampled bilinearly,
-    normals ``[3, S, S]`` and depth ``[S, S]`` by nearest neighbour (no mixed surfaces)."""
+    normals ``[3, S, S]`` and depth ``[S, S]`` by nearest neighbour (no mixed surfaces). Returns the maps and the
+    normalised intrinsics ``K [3, 3]`` of that longer lens."""
     size = image.shape[-1]
     side = int(round(size * (scale_min + (1.0 - scale_min) * float(torch.rand(())))))
     if side >= size:
-        return image, base, normal, depth
+        return image, base, normal, depth, K
     y0, x0 = (int(torch.randint(0, size - side + 1, ())) for _ in range(2))
     crop = lambda x: x[..., y0 : y0 + side, x0 : x0 + side]  # noqa: E731
     colour = F.interpolate(torch.stack([crop(image), crop(base)]), size=(size, size), mode="bilinear",
                            align_corners=False, antialias=False)
     geometry = F.interpolate(torch.cat([crop(normal), crop(depth)[None]])[None], size=(size, size), mode="nearest")[0]
-    return colour[0], colour[1], geometry[:3], geometry[3]
+    zoomed = K.clone()  # u' = (u·S - x0) / side
+    zoomed[0, 0], zoomed[0, 2] = K[0, 0] * size / side, (K[0, 2] * size - x0) / side
+    zoomed[1, 1], zoomed[1, 2] = K[1, 1] * size / side, (K[1, 2] * size - y0) / side
+    return colour[0], colour[1], geometry[:3], geometry[3], zoomed
 
 
 class SceneViewDataModule(L.LightningDataModule):

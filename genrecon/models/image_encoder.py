@@ -14,6 +14,10 @@ Implementations:
 - ``DinoV3Encoder``: the Hugging Face ``DINOv3ViTModel`` architecture (``model.safetensors`` +
   ``config.json``); original facebookresearch/dinov3 ``.pth`` checkpoints are converted on load
   the way transformers' ``convert_dinov3_vit_to_hf.py`` does.
+
+The two from-scratch encoders optionally take ``geometry_channels=2`` more input channels after the colour: the
+floor-ray maps of each view's camera (``genrecon.geometry.floor_rays``, a deviation, off by default); callers
+append them with ``append_floor_rays`` when ``encoder.geometry_channels`` asks for them.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+
+from genrecon.geometry.floor_rays import FLOOR_RAY_CHANNELS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -104,15 +110,23 @@ class ImageEncoder(nn.Module):
         # Lightning calls train() on the whole model every epoch; a frozen encoder stays in eval.
         return super().train(mode and not self._frozen)
 
+    @property
+    def geometry_channels(self) -> int:
+        """Input channels after the colour (``genrecon.geometry.floor_rays``); 0: colour only, as published."""
+        return 0
+
     def forward(self, images: Tensor) -> Tensor:
-        """images ``[M, 3, S, S]`` in [0, 1] → tokens ``[M, G + P², C]``.
+        """images ``[M, 3 + geometry_channels, S, S]`` (colour in [0, 1], then any geometry maps) → tokens
+        ``[M, G + P², C]``.
 
         A side that is not a multiple of the patch size is resized (bilinear, antialiased) to
         ``P·patch_size`` so the patch grid still tiles the whole image: normalised (u, v) keep
-        mapping onto the right patch.
+        mapping onto the right patch. Only the colour is normalised.
         """
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected images [M, 3, H, W], got {tuple(images.shape)}")
+        channels = 3 + self.geometry_channels
+        if images.ndim != 4 or images.shape[1] != channels:
+            raise ValueError(f"expected images [M, {channels}, H, W] (colour + {self.geometry_channels} geometry "
+                             f"channels), got {tuple(images.shape)}")
         height, width = images.shape[-2:]
         if height != width:
             raise ValueError(f"expected square images, got {height}x{width}")
@@ -123,12 +137,14 @@ class ImageEncoder(nn.Module):
         with grad:
             if side != height:
                 images = F.interpolate(images, size=(side, side), mode="bilinear", antialias=True)
-            x = (images - self.pixel_mean) / self.pixel_std
+            x = (images[:, :3] - self.pixel_mean) / self.pixel_std
+            if channels > 3:
+                x = torch.cat([x, images[:, 3:]], dim=1)
             tokens = self._encode(x)
             return F.layer_norm(tokens, tokens.shape[-1:])
 
     def _encode(self, x: Tensor) -> Tensor:
-        """Normalised images ``[M, 3, P·p, P·p]`` → pre-norm tokens ``[M, G + P², C]``."""
+        """Normalised images ``[M, 3 + geometry_channels, P·p, P·p]`` → pre-norm tokens ``[M, G + P², C]``."""
         raise NotImplementedError
 
     def _parameters_off_output_path(self) -> list[nn.Parameter]:
@@ -816,6 +832,13 @@ class DinoV2Encoder(ImageEncoder):
         return _unused_checkpoint_params(self.backbone.mask_token, self.backbone.norm)
 
 
+def _check_geometry_channels(count: int) -> int:
+    if count not in (0, FLOOR_RAY_CHANNELS):
+        raise ValueError(f"geometry_channels: 0 (colour only) or {FLOOR_RAY_CHANNELS} (the floor-ray maps of "
+                         f"genrecon.geometry.floor_rays), got {count}")
+    return count
+
+
 class SmallViT(ImageEncoder):
     """A DINOv3-style ViT (2-D RoPE, register tokens, layer scale) trained from scratch.
 
@@ -831,8 +854,10 @@ class SmallViT(ImageEncoder):
         num_registers: int = 4,
         mlp_ratio: float = 4.0,
         frozen: bool = False,
+        geometry_channels: int = 0,
     ) -> None:
         super().__init__()
+        self._geometry_channels = _check_geometry_channels(geometry_channels)
         config = DinoV3Config(
             hidden_size=width,
             intermediate_size=int(width * mlp_ratio),
@@ -840,6 +865,7 @@ class SmallViT(ImageEncoder):
             num_attention_heads=num_heads,
             patch_size=patch_size,
             num_register_tokens=num_registers,
+            num_channels=3 + geometry_channels,
             pos_embed_rescale=None,  # deterministic positions: the tokens are projected spatially
         )
         self.backbone = DinoV3ViT(config, checkpoint_compatible=False)
@@ -859,6 +885,10 @@ class SmallViT(ImageEncoder):
     def patch_size(self) -> int:
         return self.backbone.config.patch_size
 
+    @property
+    def geometry_channels(self) -> int:
+        return self._geometry_channels
+
     def _encode(self, x: Tensor) -> Tensor:
         return self.backbone(x)
 
@@ -867,11 +897,13 @@ class SmallCNN(ImageEncoder):
     """Stride-2 conv stages (patch size 2^stages), a 1×1 head, and one average-pooled global token."""
 
     def __init__(
-        self, channels: tuple[int, ...] = (16, 32, 64, 64), out_channels: int = 64, frozen: bool = False
+        self, channels: tuple[int, ...] = (16, 32, 64, 64), out_channels: int = 64, frozen: bool = False,
+        geometry_channels: int = 0,
     ) -> None:
         super().__init__()
+        self._geometry_channels = _check_geometry_channels(geometry_channels)
         stages: list[nn.Module] = []
-        c_in = 3
+        c_in = 3 + geometry_channels
         for c in channels:
             stages += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), nn.GroupNorm(math.gcd(8, c), c), nn.GELU()]
             c_in = c
@@ -884,6 +916,10 @@ class SmallCNN(ImageEncoder):
     @property
     def out_channels(self) -> int:
         return self._out_channels
+
+    @property
+    def geometry_channels(self) -> int:
+        return self._geometry_channels
 
     @property
     def num_global_tokens(self) -> int:

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from genrecon.geometry.cameras import box_corners_and_centre, projected_box_coverage, w2c_in_chunk_frame
 from genrecon.geometry.chunks import Chunk
+from genrecon.geometry.floor_rays import CHUNK_FLOOR_Z, append_floor_rays
 from genrecon.geometry.ovoxel import ovoxel_to_mesh
 from genrecon.geometry.tiling import ATOMIC_DIVISIONS, SceneTiling
 from genrecon.models.image_encoder import encode_views
@@ -123,11 +124,14 @@ class SceneReconstructor:
         return EulerSampler(**self.settings.samplers.get(name, {}))
 
     # ------------------------------------------------------------------ conditioning
-    def _tokens(self, stage: Any, images: Tensor) -> Tensor:
-        """``[1, N, T, C]`` tokens of all views for one flow stage's encoder (host memory)."""
+    def _tokens(self, stage: Any, images: Tensor, w2c: Tensor, K: Tensor) -> Tensor:
+        """``[1, N, T, C]`` tokens of all views for one flow stage's encoder (host memory); ``w2c [N, 4, 4]`` in
+        the grid frame (the floor at z = -0.5, as the chunks rest on it) for an encoder with floor-ray maps."""
         size = stage.hparams["image_size"]
         imgs = images if images.shape[-1] == size else F.interpolate(images, size=(size, size), mode="bilinear",
                                                                       antialias=True, align_corners=False)
+        if stage.image_encoder.geometry_channels:
+            imgs = append_floor_rays(imgs.to(self.device), w2c, K, CHUNK_FLOOR_Z)
         mask = torch.ones(1, len(imgs), dtype=torch.bool, device=self.device)
         with torch.no_grad():
             return encode_views(stage.image_encoder, imgs[None].to(self.device), mask)
@@ -200,7 +204,7 @@ class SceneReconstructor:
         r = int(stage.model.resolution)
         layout = DenseLayout(tiling.grid_offsets * r // ATOMIC_DIVISIONS, r)
         with self._phase("ss_conditioning"):
-            tokens = self._tokens(stage, images)
+            tokens = self._tokens(stage, images, w2c, K)
             cond_2d = tokens[0, views].cpu()
             points = self._input_points(stage, scene_points, gen)
             depth_logits = self._point_depth_logits(stage, tokens, points, w2c, K)
@@ -310,12 +314,12 @@ class SceneReconstructor:
         r = int(shape_stage.model.resolution)
         layout = SparseLayout.from_global(coarse, tiling.grid_offsets * r // ATOMIC_DIVISIONS, r)
         with self._phase("shape_sampling"):
-            tokens = self._tokens(shape_stage, images)
+            tokens = self._tokens(shape_stage, images, w2c, Kt)
             shape_chunks = self._sample_sparse("shape_flow", layout, tokens, views, w2c, Kt, gen, images)
             shape_norm = merge_sparse(layout, shape_chunks)
             shape_latent = shape_stage.denormalise(shape_norm, 1)
         with self._phase("tex_sampling"):
-            tokens = self._tokens(tex_stage, images)
+            tokens = self._tokens(tex_stage, images, w2c, Kt)
             concat = (shape_latent - tex_stage.shape_mean) / tex_stage.shape_std
             extra = [concat[torch.as_tensor(m, device=concat.device)] for m in layout.members]
             tex_chunks = self._sample_sparse("tex_flow", layout, tokens, views, w2c, Kt, gen, images, extra)

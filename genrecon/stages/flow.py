@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.profiler import record_function
 
 from genrecon.data.augment import augment_chunk_batch, step_generator
+from genrecon.geometry.floor_rays import CHUNK_FLOOR_Z, append_floor_rays
 from genrecon.metrics.occupancy import occupancy_iou
 from genrecon.models.aggregator import ViewAggregator
 from genrecon.models.depth_cue import DepthCue, histogram_logits, patch_depth_targets
@@ -252,12 +253,16 @@ class FlowStage(Stage):
 
         With the collate's host-side ``view_counts`` the real views are gathered by index, without the device
         syncs of boolean-mask indexing (mask gather and scatter, and the scatter's backward); the same images
-        go through the encoder in the same chunks, so the tokens and gradients are identical.
+        go through the encoder in the same chunks, so the tokens and gradients are identical. An encoder with
+        ``geometry_channels`` also gets the views' floor-ray maps (the chunk's floor is z = -0.5).
         """
+        views = batch["views"]
+        if self.image_encoder.geometry_channels:
+            views = append_floor_rays(views, batch["w2c"], batch["intrinsics"], CHUNK_FLOOR_Z)
         counts = batch.get("view_counts")
         if counts is None:
-            return encode_views(self.image_encoder, batch["views"], batch["view_mask"])
-        return encode_counted_views(self.image_encoder, batch["views"], counts)
+            return encode_views(self.image_encoder, views, batch["view_mask"])
+        return encode_counted_views(self.image_encoder, views, counts)
 
     @staticmethod
     def cond_2d(tokens: Tensor) -> Tensor:

@@ -5,7 +5,8 @@ learns little about geometry or materials from the flow loss alone. This stage t
 ``image_encoder``, the same class and size the flows build) to read each view's depth, normals and unshaded base
 colour (:mod:`genrecon.models.view_heads`), from the renders ``prepare.py`` already writes. The flows load it
 with ``stage.module.image_encoder_ckpt`` (:func:`load_pretrained_view_encoder`), and the depth head into their
-depth cue when ``preset.flow.depth_cue`` has the same bins.
+depth cue when ``preset.flow.depth_cue`` has the same bins. An encoder with ``geometry_channels`` gets each view's
+floor-ray maps (:mod:`genrecon.geometry.floor_rays`; the rooms' floor is z = 0, depths in ``depth_unit_m``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import hydra
 from torch import Tensor, nn
 
 from genrecon.data.errors import DataFormatError
+from genrecon.geometry.floor_rays import append_floor_rays
 from genrecon.models.cell_cue import CellCue
 from genrecon.models.depth_cue import DepthCue
 from genrecon.models.image_encoder import CheckpointMismatchError, ImageEncoder, load_strict
@@ -56,7 +58,10 @@ class ViewPretrainStage(Stage):
         self.loss_weights = dict(loss_weights or {})
 
     def _losses(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        tokens = self.image_encoder(batch["image"])
+        images = batch["image"]
+        if self.image_encoder.geometry_channels:
+            images = append_floor_rays(images, batch["w2c"], batch["intrinsics"], 0.0, self.depth_unit_m)
+        tokens = self.image_encoder(images)
         return view_property_losses(self.head, tokens, self.image_encoder.num_global_tokens, batch,
                                     self.image_encoder.patch_size, self.depth_unit_m, self.loss_weights)
 

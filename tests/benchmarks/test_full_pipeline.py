@@ -677,3 +677,61 @@ def test_a_malformed_ss_vae_variant_is_refused_naming_it(entry, problem):
         fp.parse_ss_vae_variants([["a"], ["a", "seed=1"]], 3.0)
     parsed = fp.parse_ss_vae_variants([["a", "minutes=2", "x=1"], ["b"]], 3.0)
     assert parsed == {"a": (2.0, ["x=1"]), "b": (3.0, [])}
+
+
+def test_a_view_pretrain_variant_feeds_a_flow_variant_that_loads_its_encoder(tmp_path, monkeypatch):
+    """``--view-pretrain-variant``: a view-encoder A/B through the flow it feeds. The variant pretrains beside the
+    main pretraining (detached like it) with the main one's arguments plus its own, and a flow variant with
+    ``view_pretrain=NAME`` loads its checkpoint and its encoder architecture after the base run's encoder."""
+    fp = load_script("benchmarks/full_pipeline.py")
+    geometry = "preset.image_encoder.geometry_channels=2"
+    args = fp.parse_args([
+        "--root", str(tmp_path), "--gpus", "1", "--phases", "vae", "flow", "--vaes", "ss_vae",
+        "--view-pretrain-minutes", "3", "--view-pretrain-args", "stage.datamodule.batch_size=256",
+        "--view-pretrain-variant", "floor", "minutes=2", geometry, "seed=5", "--flows", "ss_flow_cell",
+        "--flow-variant", "ss_flow_cell_floor=ss_flow_cell:view_pretrain=floor;a=1"])
+    pipe, batches = flow_phase(fp, args, monkeypatch)
+    flows = {j.name: j.argv for j in batches[0]}
+    main, variant = flows["ss_flow_cell"], flows["ss_flow_cell_floor"]
+    main_encoder = f"stage.module.image_encoder_ckpt={pipe.ckpt('view_pretrain')}"
+    assert main_encoder in main and geometry not in main
+    own = variant.index(f"stage.module.image_encoder_ckpt={pipe.ckpt('view_pretrain_floor')}")
+    assert variant.index(main_encoder) < own and variant[own + 1:own + 3] == [geometry, "a=1"]
+    assert "view_pretrain=floor" not in variant and "seed=5" not in variant
+
+    detached, n = [], len(batches)
+    monkeypatch.setattr(pipe, "run", lambda jobs, detach=(): (batches.append(jobs), detached.extend(detach)) and {})
+    pipe.vae()
+    jobs = {j.name: j for j in batches[n]}
+    assert sorted(jobs) == ["ss_vae", "view_pretrain", "view_pretrain_floor"]
+    assert set(detached) == {"view_pretrain", "view_pretrain_floor"}
+    floor = jobs["view_pretrain_floor"]
+    assert "stage=view_pretrain" in floor.argv and "stage.datamodule.batch_size=256" in floor.argv
+    assert geometry in floor.argv and "seed=5" in floor.argv and "+trainer.max_time=00:00:02:00" in floor.argv
+    main = jobs["view_pretrain"].argv
+    assert geometry not in main and "+trainer.max_time=00:00:03:00" in main
+    assert floor.gpu == jobs["view_pretrain"].gpu and floor.env["GENRECON_RUN_NAME"] == "view_pretrain_floor"
+
+
+def test_every_encoder_run_loads_the_pretrained_encoder(tmp_path, monkeypatch):
+    fp = load_script("benchmarks/full_pipeline.py")
+    args = fp.parse_args(["--root", str(tmp_path), "--gpus", "2", "--phases", "flow",
+                          "--view-pretrain-minutes", "1", "--flows", *fp.ENCODER_RUNS])
+    _, batches = flow_phase(fp, args, monkeypatch)
+    loads = {j.name for j in batches[0] if any(x.startswith("stage.module.image_encoder_ckpt=") for x in j.argv)}
+    assert loads == set(fp.ENCODER_RUNS)
+
+
+@pytest.mark.parametrize("argv, problem", [
+    (["--view-pretrain-variant", "floor"], "--view-pretrain-variant needs --view-pretrain-minutes"),
+    (["--view-pretrain-minutes", "2", "--view-pretrain-variant", "floor", "--flows", "ss_flow_cell",
+      "--flow-variant", "ss_flow_cell_x=ss_flow_cell:view_pretrain=wide"],
+     "view_pretrain=wide names no --view-pretrain-variant (floor)"),
+    (["--view-pretrain-minutes", "2", "--view-pretrain-variant", "floor",
+      "--flow-variant", "ss_flow_x=ss_flow:view_pretrain=floor"], "needs a base that loads the pretrained encoder"),
+])
+def test_a_flow_bound_to_a_missing_or_encoderless_view_pretraining_is_refused(tmp_path, capsys, argv, problem):
+    fp = load_script("benchmarks/full_pipeline.py")
+    with pytest.raises(SystemExit):
+        fp.parse_args(["--root", str(tmp_path), *argv])
+    assert problem in capsys.readouterr().err

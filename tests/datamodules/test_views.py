@@ -64,7 +64,7 @@ def test_random_zoom_is_a_longer_lens_at_the_same_pose():
     normal = torch.stack([depth, -depth, depth * 0.5]) / depth.max()
     image, base = torch.rand(3, size, size), torch.rand(3, size, size)
     for _ in range(10):
-        z_image, z_base, z_normal, z_depth = random_zoom(image, base, normal, depth, 0.5)
+        z_image, z_base, z_normal, z_depth, _ = random_zoom(image, base, normal, depth, 0.5, torch.eye(3))
         assert z_depth.shape == (size, size) and z_normal.shape == (3, size, size) and z_image.shape == (3, size, size)
         values = set(z_depth.flatten().tolist())
         assert values <= set(depth.flatten().tolist())  # no interpolated depths
@@ -74,7 +74,8 @@ def test_random_zoom_is_a_longer_lens_at_the_same_pose():
         assert 0.5 * size - 1 <= np.ptp(rows) + 1 <= size
         # Normals travel with their pixels.
         torch.testing.assert_close(z_normal, torch.stack([z_depth, -z_depth, z_depth * 0.5]) / depth.max())
-    assert all(torch.equal(a, b) for a, b in zip(random_zoom(image, base, normal, depth, 1.0), (image, base, normal, depth)))
+    unzoomed = random_zoom(image, base, normal, depth, 1.0, torch.eye(3))
+    assert all(torch.equal(a, b) for a, b in zip(unzoomed, (image, base, normal, depth, torch.eye(3))))
 
 
 def test_datamodule_batches(tiny_dataset):
@@ -123,3 +124,60 @@ def test_rooms_without_split_or_base_colour_are_named(tiny_dataset, tmp_path):
         SceneViews(tmp_path / "scenes", "train", image_size=32)
     with pytest.raises(FileNotFoundError, match="run prepare.py"):
         SceneViews(tmp_path / "nowhere", "train", image_size=32)
+
+
+
+def test_random_zoom_intrinsics_follow_the_crop():
+    """A ramp image whose colour is each pixel's own normalised (u, v): after the zoom, the returned intrinsics send
+    every output pixel's ray through the original pixel whose colour it now holds."""
+    torch.manual_seed(4)
+    size = 32
+    centres = (torch.arange(size) + 0.5) / size
+    image = torch.stack([centres.expand(size, size), centres[:, None].expand(size, size), torch.zeros(size, size)])
+    K = torch.tensor([[0.9, 0.0, 0.47], [0.0, 0.9, 0.52], [0.0, 0.0, 1.0]])
+    zoomed_any = False
+    for _ in range(8):
+        z_image, *_, z_K = random_zoom(image, image, image, image[0], 0.5, K)
+        if torch.equal(z_K, K):
+            continue
+        zoomed_any = True
+        # the same ray: (u' - cx') / fx' = (u - cx) / fx
+        u = K[0, 2] + K[0, 0] * (centres - z_K[0, 2]) / z_K[0, 0]
+        v = K[1, 2] + K[1, 1] * (centres - z_K[1, 2]) / z_K[1, 1]
+        inner = slice(1, size - 1)  # bilinear reads clamp at the crop's border
+        torch.testing.assert_close(z_image[0][inner, inner], u[None, inner].expand(size - 2, -1), atol=1e-5, rtol=0)
+        torch.testing.assert_close(z_image[1][inner, inner], v[inner, None].expand(-1, size - 2), atol=1e-5, rtol=0)
+    assert zoomed_any
+
+
+def test_items_carry_their_camera_mirrored_with_a_flip(tiny_dataset):
+    from genrecon.geometry.floor_rays import floor_ray_maps
+
+    plain = SceneViews(tiny_dataset / "scenes", "train", image_size=32, max_scenes=1)
+    aug = SceneViews(tiny_dataset / "scenes", "train", image_size=32, max_scenes=1, augment=True)
+    meta = json.loads((tiny_dataset / "scenes" / plain.rooms[0] / "scene.json").read_text())
+    torch.manual_seed(2)
+    flips, floor_shares = 0, []
+    for i in range(len(plain)):
+        p, a = plain[i], aug[i]
+        # the rooms' floor (z = 0) lies where the camera puts it: most up-facing pixels are floor, at its depth
+        item = expand_views(p)
+        up = (item["normal"] * item["w2c"][:3, 2].view(3, 1, 1)).sum(0) > 0.99  # world +z in the camera frame
+        surface = item["valid"] & up
+        if surface.sum() >= 40:
+            ratio = item["depth"] * floor_ray_maps(item["w2c"], item["intrinsics"], 32, floor_z=0.0)[0]
+            floor_shares.append(float(((ratio - 1).abs() < 0.05)[surface].float().mean()))
+        torch.testing.assert_close(p["w2c"], torch.tensor(meta["w2c"][i], dtype=torch.float32))
+        torch.testing.assert_close(p["intrinsics"], torch.tensor(meta["intrinsics"][i], dtype=torch.float32))
+        assert torch.equal(a["w2c"], p["w2c"])
+        if torch.equal(a["depth"], p["depth"]):
+            assert torch.equal(a["intrinsics"], p["intrinsics"])
+            continue
+        flips += 1
+        mirrored = p["intrinsics"].clone()
+        mirrored[0, 0], mirrored[0, 2] = -mirrored[0, 0], 1.0 - mirrored[0, 2]
+        assert torch.equal(a["intrinsics"], mirrored)
+        torch.testing.assert_close(floor_ray_maps(a["w2c"], a["intrinsics"], 32, 0.0),
+                                   floor_ray_maps(p["w2c"], p["intrinsics"], 32, 0.0).flip(-1), atol=1e-5, rtol=0)
+    assert flips > 0
+    assert len(floor_shares) > 4 and np.mean(floor_shares) > 0.5, floor_shares

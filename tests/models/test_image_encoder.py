@@ -180,6 +180,27 @@ def test_cnn_token_layout() -> None:
     assert tokens.shape == (3, 1 + 16, 24)
 
 
+@pytest.mark.parametrize("make", [lambda g: SmallViT(width=32, depth=1, num_heads=2, geometry_channels=g),
+                                  lambda g: SmallCNN(channels=(8, 8), out_channels=16, geometry_channels=g)])
+def test_geometry_channels_are_read_after_the_colour(make) -> None:
+    torch.manual_seed(0)
+    enc = make(2).eval()
+    images = torch.rand(2, 5, 32, 32)
+    tokens = enc(images)
+    assert enc.geometry_channels == 2 and tokens.shape[0] == 2
+    # the extra maps reach the tokens, unnormalised: other maps, other tokens; the same maps, the same tokens
+    other = images.clone()
+    other[:, 3:] += 1.0
+    assert not torch.allclose(enc(other), tokens, atol=1e-4)
+    torch.testing.assert_close(enc(images.clone()), tokens)
+    with pytest.raises(ValueError, match=r"expected images \[M, 5, H, W\] \(colour \+ 2 geometry"):
+        enc(images[:, :3])
+    with pytest.raises(ValueError, match=r"expected images \[M, 3, H, W\]"):
+        make(0)(images)
+    with pytest.raises(ValueError, match="geometry_channels: 0 .* or 2"):
+        make(3)
+
+
 def test_image_side_not_a_patch_multiple_is_resized() -> None:
     enc = DinoV2Encoder.from_config(TINY_V2)
     assert enc.patch_grid(64) == 4

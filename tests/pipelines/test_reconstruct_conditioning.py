@@ -132,3 +132,30 @@ def test_point_grid_of_the_scene_canvas_matches_each_chunks_own() -> None:
         own = cue(cue.counts(local, torch.zeros(len(local), dtype=torch.long), 1, (r, r, r)))[0]
         torch.testing.assert_close(chunk.flatten(1).T, own)
     assert rec._point_grid(SimpleNamespace(model=SimpleNamespace()), points, layout) is None
+
+
+def test_scene_tokens_of_a_floor_ray_encoder_read_the_grid_frame_cameras() -> None:
+    """An encoder with floor-ray channels gets the maps of the views' grid-frame cameras (floor at z = -0.5), the
+    same tokens the flow stage computes for a chunk whose frame is the grid's; a colour-only one ignores them."""
+    from genrecon.geometry.cameras import intrinsics_from_fov, look_at
+    from genrecon.geometry.floor_rays import append_floor_rays
+    from genrecon.models.image_encoder import SmallCNN, encode_views
+
+    torch.manual_seed(0)
+    w2c = torch.tensor(look_at([[0.0, 0.0, 0.1], [0.2, 0.1, 0.2]], [[0.4, 0.3, -0.5], [-0.3, 0.2, -0.4]]),
+                       dtype=torch.float32)
+    K = torch.tensor(intrinsics_from_fov(np.array([1.0, 1.2])), dtype=torch.float32)
+    images = torch.rand(2, 3, 32, 32)
+    names = ("ss_vae", "shape_vae", "tex_vae", "ss_flow", "shape_flow", "tex_flow")
+    encoder = SmallCNN(channels=(8, 8), out_channels=16, geometry_channels=2).eval()
+    stage = SimpleNamespace(hparams={"image_size": 32}, image_encoder=encoder)
+    rec = SceneReconstructor({n: stage for n in names}, ReconstructionSettings(), torch.device("cpu"))
+    tokens = rec._tokens(stage, images, w2c, K)
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    expected = encode_views(encoder, append_floor_rays(images, w2c, K, floor_z=-0.5)[None], mask)
+    torch.testing.assert_close(tokens, expected)
+    raised = w2c.clone()
+    raised[:, :3, 3] -= raised[:, :3, 2] * 0.3  # the cameras 0.3 higher: other floor maps, other tokens
+    assert not torch.allclose(rec._tokens(stage, images, raised, K), tokens, atol=1e-4)
+    plain = SimpleNamespace(hparams={"image_size": 32}, image_encoder=SmallCNN(channels=(8, 8), out_channels=16))
+    torch.testing.assert_close(rec._tokens(plain, images, raised, K), rec._tokens(plain, images, w2c, K))

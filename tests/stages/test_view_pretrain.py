@@ -87,3 +87,31 @@ def test_loading_names_the_mismatch(pretrained, tmp_path):
     torch.save({"genrecon": {"stage": "tex_vae", "module": {}}, "state_dict": {}}, flow_ckpt)
     with pytest.raises(DataFormatError, match="expected 'view_pretrain'"):
         load_pretrained_view_encoder(flow_ckpt)
+
+
+def test_a_floor_ray_encoder_pretrains_and_an_ss_flow_reads_it(tiny_latents, tmp_path):
+    """``preset.image_encoder.geometry_channels=2``: the pretraining and the flow both hand the encoder its views'
+    floor-ray maps (the flow in its chunk frame), so both train; an encoder without them refuses the checkpoint."""
+    from genrecon.models.image_encoder import SmallViT
+
+    geometry = "preset.image_encoder.geometry_channels=2"
+    torch.manual_seed(0)
+    _, series = run_train(TINY_MODEL_OVERRIDES + [
+        "stage=view_pretrain", geometry, "stage.max_steps=30", "stage.val_every_n_steps=30", "stage.val_batches=1",
+        "stage.datamodule.batch_size=8", "stage.module.ema_decay=null", "stage.module.warmup_steps=5", "seed=0",
+        "++trainer.enable_checkpointing=true", "callbacks=default", "callbacks.progress_bar=null",
+        "callbacks.model_summary=null", "stage.checkpoint_every_n_steps=30"], tiny_latents, tmp_path / "pre")
+    assert len(series["train/loss"]) == 30 and head_tail_ratio(series["train/loss"], k=5) < 0.9
+    ckpt = next((tmp_path / "pre" / "checkpoints").glob("last*.ckpt"))
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    assert state["image_encoder.backbone.embeddings.patch_embeddings.weight"].shape[1] == 5  # colour + 2 maps
+    overrides = [o.replace("stage.max_steps=120", "stage.max_steps=10") for o in FLOW_OVERRIDES]
+    _, flow = run_train(["stage=ss_flow", geometry, CELL_CUE, "preset.image_encoder.frozen=true",
+                         f"stage.module.image_encoder_ckpt={ckpt}", *overrides], tiny_latents, tmp_path / "flow")
+    assert len(flow["train/loss"]) == 10 and np.isfinite(flow["train/loss"]).all()
+    encoder = load_pretrained_view_encoder(ckpt)
+    assert encoder.geometry_channels == 2
+    same_but_colour_only = dict(width=encoder.out_channels, depth=2, num_heads=2, patch_size=8, num_registers=0)
+    load_pretrained_view_encoder(ckpt, SmallViT(**same_but_colour_only, geometry_channels=2))  # the same: loads
+    with pytest.raises(DataFormatError, match="image_encoder"):
+        load_pretrained_view_encoder(ckpt, SmallViT(**same_but_colour_only))

@@ -33,6 +33,8 @@ done; wait
 cp /tmp/fr/runs/floor/csv/version_0/metrics.csv $S/cpu_floor_rays/metrics_view_pretrain_floor.csv
 cp /tmp/fr/runs/plain/csv/version_0/metrics.csv $S/cpu_floor_rays/metrics_view_pretrain_plain.csv
 python benchmarks/view_depth_by_surface.py --scenes /tmp/fr/data/synthetic_tiny/scenes --image-size 64 /tmp/fr/runs/plain/checkpoints/last.ckpt /tmp/fr/runs/floor/checkpoints/last.ckpt --names plain floor --out $S/cpu_floor_rays/depth_by_surface.json
+# The same A/B again at seed 1 (run_arm.sh: the train.py line above with seed=$SEED), then:
+python benchmarks/view_depth_by_surface.py --scenes /tmp/fr/data/synthetic_tiny/scenes --image-size 64 /tmp/fr/runs/plain_s1/checkpoints/last.ckpt /tmp/fr/runs/floor_s1/checkpoints/last.ckpt --names plain floor --out $S/cpu_floor_rays/depth_by_surface_seed1.json
 # CPU dry run of the next device run's shape at test size (a view-pretraining variant with the floor-ray channels
 # feeding a flow variant, both flows scored):
 python benchmarks/full_pipeline.py --root /tmp/dry34/gr --cpu --preset tiny --workers 2 --scenes 6 --val-items 3:4 --samples-per-shard 2 --loader-workers 1 --phases prepare vae encode flow flow_quality --vaes ss_vae --vae-minutes 0.7 --view-pretrain-minutes 0.5 --view-pretrain-variant floor preset.image_encoder.geometry_channels=2 --flows ss_flow_cell --flow-variant "ss_flow_cell_floor=ss_flow_cell:view_pretrain=floor" --place ss_flow_cell=0 --place ss_flow_cell_floor=1 --flow-minutes 1 --flow-val-every 100000 --flow-batch none --flow-args stage.module.symmetry_augment=true --flow-args stage.module.warmup_steps=20 --flow-quality-chunks 2 --flow-quality-args=--x0-estimate --flow-quality-args=--x0-average=2

@@ -7,13 +7,22 @@
 # while that happens fails (session 6: a flow died with ModuleNotFoundError 13 s after its start). Issue the next
 # watch call at once: the device releases an idle machine after 30 s and the run dies with it (sessions 8 and 16).
 R=$1; OUT=$2; T=${3:-560}
-end=$(( $(date +%s) + T )); seen=0
+# A run that dies without writing DONE (session 35: an argument error at once) ends the watch, with its own output
+# shown: waiting out SECONDS for it had spent 9 minutes of device time.
+PID_FILE=$R/../run.pid; PIPE_OUT=$R/../pipeline.out
+end=$(( $(date +%s) + T )); seen=0; died=0
 while [ "$(date +%s)" -lt "$end" ] && [ ! -f "$R/DONE" ]; do
   sleep 5
   n=$(wc -l < "$R/progress.log" 2>/dev/null || echo 0)
   if [ "$n" -gt "$seen" ]; then tail -n +"$((seen + 1))" "$R/progress.log"; seen=$n; fi
+  if [ -f "$PID_FILE" ] && ! kill -0 "$(cat "$PID_FILE")" 2>/dev/null && [ ! -f "$R/DONE" ]; then died=1; break; fi
 done
 tail -n +"$((seen + 1))" "$R/progress.log" 2>/dev/null
+if [ "$died" = 1 ]; then
+  echo "watch_run.sh: the run (pid $(cat "$PID_FILE")) ended without $R/DONE; the last of $PIPE_OUT:"
+  tail -n 20 "$PIPE_OUT" 2>/dev/null
+fi
+[ -f "$PIPE_OUT" ] && cp "$PIPE_OUT" "$R/pipeline.out"
 nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv,noheader 2>/dev/null
 for f in "$R"/metrics_*.csv; do [ -f "$f" ] && echo "$(basename "$f"): $(head -1 "$f" | cut -c1-200)" && tail -2 "$f" | cut -c1-300; done
 for f in "$R"/*.log; do case "$f" in *progress.log) continue;; esac

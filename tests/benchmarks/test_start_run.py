@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,3 +61,19 @@ def test_watch_run_splits_an_archive_too_large_to_come_back(tmp_path):
     joined.write_bytes(b"".join(p.read_bytes() for p in parts))
     with tarfile.open(joined) as tar:
         assert tar.extractfile("./big.bin").read() == (results / "big.bin").read_bytes()
+
+
+def test_watch_ends_early_when_the_run_dies_and_shows_its_output(tmp_path):
+    src = tmp_path / "src"
+    (src / "benchmarks").mkdir(parents=True)
+    for name in ("start_run.sh", "watch_run.sh"):
+        shutil.copy(ROOT / "benchmarks" / name, src / "benchmarks" / name)
+    root, out = tmp_path / "run", tmp_path / "out"
+    job = "echo 'error: --vaes: flow run shape_flow needs the latents of shape_vae' >&2; exit 2"
+    started = time.monotonic()
+    died = _start(src, root, 100, "bash", "-c", job, OUT=str(out))
+    # session 35: such a run was watched for its full 9 minutes; now the watch ends within a poll or two
+    assert time.monotonic() - started < 60
+    assert "ended without" in died.stdout and "needs the latents of shape_vae" in died.stdout
+    with tarfile.open(out / "results.tar.gz") as tar:  # its output comes back with the results
+        assert "needs the latents" in tar.extractfile("./pipeline.out").read().decode()

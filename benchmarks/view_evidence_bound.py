@@ -77,7 +77,7 @@ class RoomViews:
     def base_colour(self, i: int) -> np.ndarray:
         """The unshaded base-colour render of view ``i`` ``[H, W, 3]`` (what a perfect de-shader would give)."""
         if self.predictor is not None:
-            return self.predictor(self.rgb(i))
+            return self.predictor(self.rgb(i), self.w2c[i], self.K[i])
         path = self.folder / "views" / f"basecolor_{i:03d}.png"
         if not path.is_file():
             raise SystemExit(f"{path}: missing (prepared before base-colour renders existed; run prepare.py again)")
@@ -96,12 +96,21 @@ class PredictedBaseColour:
         self.torch = torch
         self.encoder = load_pretrained_view_encoder(ckpt).eval()
         self.head = load_pretrained_view_head(ckpt).eval()
+        meta = torch.load(ckpt, map_location="cpu", weights_only=True)["genrecon"]["module"]
+        self.depth_unit_m = float(meta.get("depth_unit_m", 2.85))  # the floor-ray maps' unit
 
-    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+    def __call__(self, rgb: np.ndarray, w2c: np.ndarray, K: np.ndarray) -> np.ndarray:
+        """rgb ``[H, W, 3]`` in [0, 1] with its world camera (``w2c [4, 4]`` metres, normalised ``K [3, 3]``)."""
+        from genrecon.geometry.floor_rays import append_floor_rays
+
         torch = self.torch
         h, w = rgb.shape[:2]
         with torch.no_grad():
-            tokens = self.encoder(torch.from_numpy(rgb).permute(2, 0, 1)[None].float())
+            images = torch.from_numpy(rgb).permute(2, 0, 1)[None].float()
+            if self.encoder.geometry_channels:  # the rooms' floor is z = 0, as in the pretraining
+                cameras = [torch.as_tensor(a, dtype=torch.float32)[None] for a in (w2c, K)]
+                images = append_floor_rays(images, *cameras, 0.0, self.depth_unit_m)
+            tokens = self.encoder(images)
             cells = self.head(tokens, self.encoder.num_global_tokens)[0]["base_colour"]  # [1, 3, Q, Q]
             full = torch.nn.functional.interpolate(cells, size=(h, w), mode="nearest")
         return full[0].permute(1, 2, 0).numpy()

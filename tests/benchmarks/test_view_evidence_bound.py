@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 from tests.conftest import load_script
 
 
@@ -57,6 +59,10 @@ def test_bound_with_a_pretrained_encoder_as_the_de_shader(tiny_dataset, view_pre
     assert learnt["mean"]["tex_visible_share_n"] == exact["mean"]["tex_visible_share_n"]
     assert learnt["mean"]["tex_albedo_visible_psnr_n"] != exact["mean"]["tex_albedo_visible_psnr_n"]
     room = next((tiny_dataset / "scenes").iterdir())
-    rgb = bound.RoomViews(room).rgb(0)
-    pred = bound.PredictedBaseColour(str(ckpt))(rgb)
+    views = bound.RoomViews(room)
+    rgb, predictor = views.rgb(0), bound.PredictedBaseColour(str(ckpt))
+    pred = predictor(rgb, views.w2c[0], views.K[0])
     assert pred.shape == rgb.shape and pred.min() >= 0 and pred.max() <= 1
+    # the tiny preset's encoder reads each view's floor-ray maps: another camera changes what it sees
+    assert predictor.encoder.geometry_channels == 2
+    assert not np.allclose(pred, predictor(rgb, views.w2c[1], views.K[1]))

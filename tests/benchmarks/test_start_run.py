@@ -20,11 +20,17 @@ def _start(src: Path, root: Path, seconds: int, *command: str, **env: str) -> su
                           env=full_env, capture_output=True, text=True, timeout=120)
 
 
-def test_start_run_launches_watches_and_refuses_a_second_start(tmp_path):
+def _source_tree(tmp_path: Path) -> Path:
+    """A checkout holding only the two scripts: what start_run.sh copies and runs from."""
     src = tmp_path / "src"
     (src / "benchmarks").mkdir(parents=True)
     for name in ("start_run.sh", "watch_run.sh"):
         shutil.copy(ROOT / "benchmarks" / name, src / "benchmarks" / name)
+    return src
+
+
+def test_start_run_launches_watches_and_refuses_a_second_start(tmp_path):
+    src = _source_tree(tmp_path)
     root, out = tmp_path / "run", tmp_path / "out"
     results = root / "results"
     job = f"echo ran in $PWD >> {results}/progress.log; sleep 1; echo 1 > {results}/DONE"
@@ -64,10 +70,7 @@ def test_watch_run_splits_an_archive_too_large_to_come_back(tmp_path):
 
 
 def test_watch_ends_early_when_the_run_dies_and_shows_its_output(tmp_path):
-    src = tmp_path / "src"
-    (src / "benchmarks").mkdir(parents=True)
-    for name in ("start_run.sh", "watch_run.sh"):
-        shutil.copy(ROOT / "benchmarks" / name, src / "benchmarks" / name)
+    src = _source_tree(tmp_path)
     root, out = tmp_path / "run", tmp_path / "out"
     job = "echo 'error: --vaes: flow run shape_flow needs the latents of shape_vae' >&2; exit 2"
     started = time.monotonic()

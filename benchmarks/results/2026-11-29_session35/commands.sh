@@ -28,3 +28,16 @@ for a in cell cell_floor; do python benchmarks/occupancy_placement.py $S/call2/f
 # The across-run fit of session 34 with this session's colour-only arm added (14 views-only scorings, 12 chunks):
 T=$R/2026-11-29_session34
 python benchmarks/across_runs.py $R/2026-11-28_session30/one_call_x2/flow_quality_cell.json:batch=8:steps=674 $R/2026-11-28_session31/call1/flow_quality_cell.json:batch=32:steps=951 $R/2026-11-28_session31/call2/flow_quality_cell.json:batch=32:steps=2838 $R/2026-11-28_session31/call3/flow_quality_cell.json:batch=32:steps=4638 $R/2026-11-28_session32/call{1,2,3}/flow_quality_cell.json:batch=16 $R/2026-11-28_session32/call{1,2,3}/flow_quality_cell_sym.json:batch=16 $R/2026-11-28_session33/call2/flow_quality_cell.json:batch=16 $T/call2/flow_quality_cell.json:batch=8 $T/call2/flow_quality_cell_vshort.json:batch=8 $S/call2/flow_quality_cell.json:batch=8 --first 12 --target 0.7 --figure $S/across_runs_x0pavg8.png --out $S/across_runs_x0pavg8.json
+# CPU A/B of the view pretraining's loss weights, on session 34's CPU data (/tmp/fr: 120 rooms at the tiny preset,
+# 64-px views, 420 held-out views of 18 rooms) against session 34's seed-0 floor-ray arm (`floor`, the same command
+# then with preset.image_encoder.geometry_channels=2, now the default); run_arm.sh is session 34's train.py line
+# (4-block width-128 ViT, 8-px patches, 1,200 steps at batch 32, seed $SEED) with the arm's overrides appended;
+# two arms side by side, one core each (the weights' defaults: base_colour 1.0, normal 0.5, log_depth 0.5,
+# depth_bins 0.5):
+SEED=0 bash run_arm.sh depth2 1200 stage.module.loss_weights.log_depth=1.0 stage.module.loss_weights.depth_bins=1.0 &
+SEED=0 bash run_arm.sh depth4 1200 stage.module.loss_weights.log_depth=2.0 stage.module.loss_weights.depth_bins=2.0 &
+wait
+SEED=0 bash run_arm.sh normal2 1200 stage.module.loss_weights.normal=1.0 &
+SEED=0 bash run_arm.sh depth_half 1200 stage.module.loss_weights.log_depth=0.25 stage.module.loss_weights.depth_bins=0.25 &
+wait
+for n in depth2 depth4 normal2 depth_half; do cp /tmp/fr/runs/$n/csv/version_0/metrics.csv $S/cpu_loss_weights/metrics_view_pretrain_$n.csv; done

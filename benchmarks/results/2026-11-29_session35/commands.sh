@@ -41,3 +41,6 @@ SEED=0 bash run_arm.sh normal2 1200 stage.module.loss_weights.normal=1.0 &
 SEED=0 bash run_arm.sh depth_half 1200 stage.module.loss_weights.log_depth=0.25 stage.module.loss_weights.depth_bins=0.25 &
 wait
 for n in depth2 depth4 normal2 depth_half; do cp /tmp/fr/runs/$n/csv/version_0/metrics.csv $S/cpu_loss_weights/metrics_view_pretrain_$n.csv; done
+# The depth x 1/2 arm again at seed 1, alone, against session 34's seed-1 floor-ray arm (`floor_s1`):
+SEED=1 bash run_arm.sh depth_half_s1 1200 stage.module.loss_weights.log_depth=0.25 stage.module.loss_weights.depth_bins=0.25
+cp /tmp/fr/runs/depth_half_s1/csv/version_0/metrics.csv $S/cpu_loss_weights/metrics_view_pretrain_depth_half_s1.csv

@@ -40,8 +40,7 @@ import numpy as np
 import torch
 
 from genrecon.data.batching import collate
-from genrecon.geometry.cameras import real_view_intrinsics
-from genrecon.geometry.floor_rays import CHUNK_FLOOR_Z, append_floor_rays
+from genrecon.geometry.floor_rays import append_chunk_floor_rays
 from genrecon.models.aggregator import ViewAggregator, project_and_aggregate
 from genrecon.models.image_encoder import SmallViT, encode_views
 from genrecon.models.photo_consistency import sample_bilinear
@@ -199,9 +198,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     def predict(batch: dict) -> torch.Tensor:
         active = targets[id(batch)][0]
         views = batch["views"]
-        if encoder.geometry_channels:  # a floor-ray encoder reads its maps too (chunk frame: floor z = -0.5)
-            K = real_view_intrinsics(batch["intrinsics"], batch["view_mask"])
-            views = append_floor_rays(views, batch["w2c"], K, CHUNK_FLOOR_Z)
+        if encoder.geometry_channels:  # a floor-ray encoder reads its maps too, as in the flows
+            views = append_chunk_floor_rays(views, batch["w2c"], batch["intrinsics"], batch["view_mask"])
         tokens = encode_views(encoder, views, batch["view_mask"])
         cameras = (batch["w2c"], batch["intrinsics"], batch["view_mask"])
         cond = project_and_aggregate(projection, aggregator, coords_to_points(active[:, 1:], cells), active[:, 0],

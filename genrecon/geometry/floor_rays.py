@@ -8,7 +8,7 @@ known plane: the rooms' world frame (z = 0, metres) and every chunk frame (z = -
 ``infer.py``'s tiling rest on the floor).
 
 :func:`floor_ray_maps` turns ``(w2c, K)`` into two maps per view, appended to the image as extra input channels
-of an encoder built with ``geometry_channels=2`` (a deviation from GenRecon, off by default):
+of an encoder built with ``geometry_channels=2`` (a deviation from GenRecon, on in the tiny and small presets):
 
 * the inverse camera depth at which the pixel's ray meets the floor, in ``1 / unit`` (0 where it never does:
   rays at or above the horizon, a camera below the floor), clamped to ``max_inverse``;
@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from genrecon.geometry.cameras import real_view_intrinsics
 
 FLOOR_RAY_CHANNELS = 2
 # The floor in a chunk frame: infer.py's tiled chunks rest on it; training chunks sit 2 cm lower (prepare's
@@ -57,3 +59,10 @@ def append_floor_rays(images: Tensor, w2c: Tensor, K: Tensor, floor_z: float, un
     """images ``[..., 3, S, S]`` → ``[..., 3 + 2, S, S]`` with :func:`floor_ray_maps` of their cameras."""
     maps = floor_ray_maps(w2c, K, images.shape[-1], floor_z, unit).to(images.dtype)
     return torch.cat([images, maps], dim=-3)
+
+
+def append_chunk_floor_rays(views: Tensor, w2c: Tensor, K: Tensor, view_mask: Tensor) -> Tensor:
+    """A batch's padded views ``[B, N, 3, S, S]`` with chunk-frame cameras (``w2c [B, N, 4, 4]``, ``K [B, N, 3, 3]``,
+    ``view_mask [B, N]``) → ``[B, N, 5, S, S]`` with their floor-ray maps (the chunk's floor is z = -0.5)."""
+    # padded views' all-zero intrinsics would put NaNs in their (never encoded) maps
+    return append_floor_rays(views, w2c, real_view_intrinsics(K, view_mask), CHUNK_FLOOR_Z)

@@ -19,8 +19,7 @@ from torch import Tensor, nn
 from torch.profiler import record_function
 
 from genrecon.data.augment import augment_chunk_batch, step_generator
-from genrecon.geometry.cameras import real_view_intrinsics
-from genrecon.geometry.floor_rays import CHUNK_FLOOR_Z, append_floor_rays
+from genrecon.geometry.floor_rays import append_chunk_floor_rays
 from genrecon.metrics.occupancy import occupancy_iou
 from genrecon.models.aggregator import ViewAggregator
 from genrecon.models.depth_cue import DepthCue, histogram_logits, patch_depth_targets
@@ -259,9 +258,7 @@ class FlowStage(Stage):
         """
         views = batch["views"]
         if self.image_encoder.geometry_channels:
-            # padded views' all-zero intrinsics would put NaNs in their (never encoded) maps
-            K = real_view_intrinsics(batch["intrinsics"], batch["view_mask"])
-            views = append_floor_rays(views, batch["w2c"], K, CHUNK_FLOOR_Z)
+            views = append_chunk_floor_rays(views, batch["w2c"], batch["intrinsics"], batch["view_mask"])
         counts = batch.get("view_counts")
         if counts is None:
             return encode_views(self.image_encoder, views, batch["view_mask"])

@@ -8,7 +8,9 @@
 # (default ROOT/out). Later calls: `bash /tmp/repo/benchmarks/watch_run.sh ROOT/results $OUT SECONDS`, issued at
 # once (an idle machine is released after 30 s; in sessions 26-30 the next call often came later than that and
 # found a fresh machine; in session 31 three calls of one `--resume` command, each sent as soon as the last
-# returned, all found the same machine. Plan each call to leave a scored result in case the next one does not).
+# returned, all found the same machine; in session 36 two calls of a 1,300-character command found fresh machines:
+# keep the command in a script, benchmarks/next_device_run.sh, so the next call is one short line. Plan each call
+# to leave a scored result in case the next one does not).
 # A second start while the first command still runs is refused (exit status 3). The device tool copies at most
 # 64 MiB of working tree: move benchmarks/results/ (earlier runs' files, not needed there) out of the checkout for
 # the calls and back afterwards.

@@ -1,0 +1,37 @@
+#!/bin/bash
+# The next session's planned device command, kept here so that each `run` call is one short line:
+#   run(command="bash benchmarks/next_device_run.sh", carry=[".whl"], timeout_s=598, kind="nvidia-h200")
+# A machine stays warm only 30 s after a call; session 36 lost it between every pair of its three calls while the
+# ~1,300-character command was being written out, so every call started fresh and no flow trained. Send the same
+# short line again the moment a call replies: full_pipeline.py --resume skips what the warm machine has already
+# done (on a fresh machine it repeats the data phases, about 480 s). Move benchmarks/results out first.
+#
+# Plan (RESULTS.md, session 36): session 34's rooms A/B with the floor rays and the quarter depth weight on (both
+# defaults): ss_flow_cell on all 304 training rooms against ss_flow_cell_r144 on the first 144, one SS VAE and one
+# view pretraining for both. Beside that pretraining, the half depth weight (session 36's GPU arm) checks the
+# quarter on the GPU; no flow reads it. Call 1 (fresh): data phases; call 2 (warm): both flows side by side, scored.
+set -u
+cd "$(dirname "$0")/.."
+ARGS=(--root /tmp/gr --resume
+  --workers 15 --scenes 320 --val-items 144:160 --loader-workers 5
+  --phases prepare vae encode flow flow_quality --vaes ss_vae --vae-minutes 3
+  --view-pretrain-minutes 3 --view-pretrain-args stage.datamodule.batch_size=256
+  --view-pretrain-args stage.datamodule.num_workers=4
+  --view-pretrain-variant dhalf stage.module.loss_weights.log_depth=0.25 stage.module.loss_weights.depth_bins=0.25
+  --flows ss_flow_cell --flow-variant "ss_flow_cell_r144=ss_flow_cell:stage.datamodule.train_shards=54"
+  --flow-minutes 30 --flow-horizon-minutes 13 --deadline-minutes 9.6 --reserve-minutes 2.4
+  --flow-val-every 100000 --flow-batch none
+  --flow-args stage.module.symmetry_augment=true --flow-args stage.module.lr=3e-4
+  --flow-args stage.module.lr_new=1e-3 --flow-args stage.module.compile_blocks=true
+  --flow-args stage.module.warmup_steps=200 --flow-args stage.module.ema_decay=0.995
+  --flow-args stage.module.ema_warmup=true --flow-args stage.module.objective.p_endpoint=0.1
+  --flow-quality-chunks 48 --flow-quality-args=--x0-estimate --flow-quality-args=--x0-average=8
+  --flow-quality-args=--save-occupancy)
+# NEXT_RUN_PRINT_ARGS=1: print full_pipeline.py's arguments, one per line, and stop (a test parses them, so a
+# planned command that full_pipeline.py would refuse is caught here rather than on the machine, as in session 35)
+if [ "${NEXT_RUN_PRINT_ARGS:-0}" = 1 ]; then printf '%s\n' "${ARGS[@]}"; exit 0; fi
+bash benchmarks/start_run.sh /tmp/gr 578 -- python3 benchmarks/full_pipeline.py "${ARGS[@]}"
+rc=$?
+# start_run.sh returns 3 when the run is still going at its limit: watch it to the call's end, then hand back
+# its results ($OUT is the device tool's return folder).
+[ $rc = 3 ] && bash /tmp/repo/benchmarks/watch_run.sh /tmp/gr/results "$OUT" 578

@@ -1,0 +1,32 @@
+"""benchmarks/next_device_run.sh: the planned device command parses and builds the flows it names (session 35 lost a
+device call to arguments full_pipeline.py refused; this catches that on the CPU, whatever the plan)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+from tests.benchmarks.test_full_pipeline import flow_phase
+from tests.conftest import ROOT, load_script
+
+
+def planned_args() -> list[str]:
+    out = subprocess.run(["bash", str(ROOT / "benchmarks/next_device_run.sh")], capture_output=True, text=True,
+                         env={**os.environ, "NEXT_RUN_PRINT_ARGS": "1"}, check=True, timeout=30)
+    return out.stdout.splitlines()
+
+
+def test_the_planned_command_parses_and_trains_every_flow_it_names(tmp_path, monkeypatch):
+    argv = planned_args()
+    script = (ROOT / "benchmarks/next_device_run.sh").read_text()
+    root = argv[argv.index("--root") + 1]
+    assert "--resume" in argv, "a repeated call must continue the run, not restart it"
+    assert f"watch_run.sh {root}/results" in script, "the watch must follow the run's own results folder"
+    argv[argv.index("--root") + 1] = str(tmp_path)
+    fp = load_script("benchmarks/full_pipeline.py")
+    args = fp.parse_args([*argv, "--gpus", "1"])
+    pipe, batches = flow_phase(fp, args, monkeypatch)
+    flows = {j.name: j.argv for j in batches[0]} if "flow" in args.phases else {}
+    assert sorted(flows) == sorted([*args.flows, *fp.parse_flow_variants(args.flow_variant)])
+    for name, job in flows.items():
+        assert all(a in job for a in args.flow_args), name

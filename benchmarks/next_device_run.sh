@@ -12,7 +12,8 @@
 # quarter on the GPU; no flow reads it. Call 1 (fresh): data phases; call 2 (warm): both flows side by side, scored.
 set -u
 cd "$(dirname "$0")/.."
-ARGS=(--root /tmp/gr --resume
+R=/tmp/gr  # the run's root on the device: data, runs, results
+ARGS=(--root "$R" --resume
   --workers 15 --scenes 320 --val-items 144:160 --loader-workers 5
   --phases prepare vae encode flow flow_quality --vaes ss_vae --vae-minutes 3
   --view-pretrain-minutes 3 --view-pretrain-args stage.datamodule.batch_size=256
@@ -30,8 +31,8 @@ ARGS=(--root /tmp/gr --resume
 # NEXT_RUN_PRINT_ARGS=1: print full_pipeline.py's arguments, one per line, and stop (a test parses them, so a
 # planned command that full_pipeline.py would refuse is caught here rather than on the machine, as in session 35)
 if [ "${NEXT_RUN_PRINT_ARGS:-0}" = 1 ]; then printf '%s\n' "${ARGS[@]}"; exit 0; fi
-bash benchmarks/start_run.sh /tmp/gr 578 -- python3 benchmarks/full_pipeline.py "${ARGS[@]}"
+bash benchmarks/start_run.sh "$R" 578 -- python3 benchmarks/full_pipeline.py "${ARGS[@]}"
 rc=$?
 # start_run.sh returns 3 when the run is still going at its limit: watch it to the call's end, then hand back
 # its results ($OUT is the device tool's return folder).
-[ $rc = 3 ] && bash /tmp/repo/benchmarks/watch_run.sh /tmp/gr/results "$OUT" 578
+[ $rc = 3 ] && bash /tmp/repo/benchmarks/watch_run.sh "$R/results" "$OUT" 578

@@ -19,4 +19,8 @@ wait
 SEED=1 bash run_arm.sh depth_quarter_s1 1200 stage.module.loss_weights.log_depth=0.125 stage.module.loss_weights.depth_bins=0.125 &
 SEED=0 bash run_arm.sh depth_eighth 1200 stage.module.loss_weights.log_depth=0.0625 stage.module.loss_weights.depth_bins=0.0625 &
 wait
-for n in depth_quarter uniform_half depth_quarter_s1 depth_eighth; do cp /tmp/fr/runs/$n/csv/version_0/metrics.csv cpu_loss_weights/metrics_view_pretrain_$n.csv; done
+# Seed 2, after the default changed (both arms name their depth weights):
+SEED=2 bash run_arm.sh old_default_s2 1200 stage.module.loss_weights.log_depth=0.5 stage.module.loss_weights.depth_bins=0.5 &
+SEED=2 bash run_arm.sh depth_quarter_s2 1200 stage.module.loss_weights.log_depth=0.125 stage.module.loss_weights.depth_bins=0.125 &
+wait
+for n in depth_quarter uniform_half depth_quarter_s1 depth_eighth old_default_s2 depth_quarter_s2; do cp /tmp/fr/runs/$n/csv/version_0/metrics.csv cpu_loss_weights/metrics_view_pretrain_$n.csv; done

@@ -6,10 +6,11 @@
 # short line again the moment a call replies: full_pipeline.py --resume skips what the warm machine has already
 # done (on a fresh machine it repeats the data phases, about 480 s). Move benchmarks/results out first.
 #
-# Plan (RESULTS.md, session 36): session 34's rooms A/B with the floor rays and the quarter depth weight on (both
-# defaults): ss_flow_cell on all 304 training rooms against ss_flow_cell_r144 on the first 144, one SS VAE and one
-# view pretraining for both. Beside that pretraining, the half depth weight (session 36's GPU arm) checks the
-# quarter on the GPU; no flow reads it. Call 1 (fresh): data phases; call 2 (warm): both flows side by side, scored.
+# Plan (RESULTS.md, session 37): the depth head fine-tuned on the chunks' depths inside the flow
+# (depth_supervision_weight 1.0, session 22's +0.018 at step 1,000 before the floor rays) against the recipe, both
+# on all 304 rooms. The recipe's arm repeats session 37's ss_flow_cell on the same data (prepare is deterministic),
+# so it also measures how far one recipe lands from one session to the next. Call 1 (fresh): data phases; calls 2
+# and 3 (warm): both flows 7.2 minutes side by side, scored after each (session 37: 1,170 and 2,406 steps).
 set -u
 cd "$(dirname "$0")/.."
 R=/tmp/gr  # the run's root on the device: data, runs, results
@@ -18,8 +19,7 @@ ARGS=(--root "$R" --resume
   --phases prepare vae encode flow flow_quality --vaes ss_vae --vae-minutes 3
   --view-pretrain-minutes 3 --view-pretrain-args stage.datamodule.batch_size=256
   --view-pretrain-args stage.datamodule.num_workers=4
-  --view-pretrain-variant dhalf stage.module.loss_weights.log_depth=0.25 stage.module.loss_weights.depth_bins=0.25
-  --flows ss_flow_cell --flow-variant "ss_flow_cell_r144=ss_flow_cell:stage.datamodule.train_shards=54"
+  --flows ss_flow_cell --flow-variant "ss_flow_cell_dsup=ss_flow_cell:stage.module.depth_supervision_weight=1.0"
   --flow-minutes 30 --flow-horizon-minutes 13 --deadline-minutes 9.6 --reserve-minutes 2.4
   --flow-val-every 100000 --flow-batch none
   --flow-args stage.module.symmetry_augment=true --flow-args stage.module.lr=3e-4

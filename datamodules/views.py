@@ -203,24 +203,30 @@ class SceneViewDataModule(L.LightningDataModule):
         batch_size: views per batch.
         batches_per_epoch: training batches per epoch (drawn with replacement when more than one pass); default
             one pass. Validation runs through the held-out views in order (the trainer's ``limit_val_batches``).
-        max_scenes: the first rooms of each split only.
+        max_scenes: the first rooms of each split only (quick runs).
+        train_scenes: the first training rooms only, every held-out room kept (a data-scaling ablation: session
+            37 measured the pretraining's held-out depth against the number of training rooms).
         crop_scale_min: random zoom of the training views (see :class:`SceneViews`); 1 = off.
     """
 
     def __init__(self, scenes: str, image_size: int, batch_size: int = 32, num_workers: int = 0, seed: int = 0,
                  batches_per_epoch: int | None = None, max_scenes: int | None = None,
-                 crop_scale_min: float = 1.0) -> None:
+                 crop_scale_min: float = 1.0, train_scenes: int | None = None) -> None:
         super().__init__()
         self.scenes, self.image_size, self.crop_scale_min = scenes, image_size, crop_scale_min
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        if train_scenes is not None and train_scenes < 1:
+            raise ValueError(f"train_scenes must be at least 1 (or null: all), got {train_scenes}")
         self.batches_per_epoch, self.max_scenes = batches_per_epoch, max_scenes
+        limits = [n for n in (max_scenes, train_scenes) if n is not None]
+        self.train_limit = min(limits) if limits else None  # rooms of the training split
         self.train_set: SceneViews | None = None
         self.val_set: SceneViews | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
             self.train_set = SceneViews(self.scenes, "train", self.image_size, augment=True,
-                                        crop_scale_min=self.crop_scale_min, max_scenes=self.max_scenes)
+                                        crop_scale_min=self.crop_scale_min, max_scenes=self.train_limit)
             self.val_set = SceneViews(self.scenes, "val", self.image_size, max_scenes=self.max_scenes)
 
     def _loader(self, dataset: Dataset, sampler: Any = None, **kwargs: Any) -> DataLoader:

@@ -87,6 +87,26 @@ def test_datamodule_batches(tiny_dataset):
     assert sum(b["image"].shape[0] for b in dm.val_dataloader()) == len(dm.val_set)
 
 
+def test_train_scenes_limits_the_training_rooms_only(tiny_dataset, tmp_path):
+    scenes = tmp_path / "scenes"
+    shutil.copytree(tiny_dataset / "scenes", scenes)
+    # A second held-out room (a copy of a training room), so that a limit wrongly applied to both splits shows.
+    train_rooms = sorted(name for name, m in _rooms(tmp_path).items() if m["split"] == "train")
+    assert len(train_rooms) > 1, "the fixture needs two training rooms for this test"
+    shutil.copytree(scenes / train_rooms[0], scenes / "zz_held_out_copy")
+    meta = json.loads((scenes / "zz_held_out_copy" / "scene.json").read_text())
+    (scenes / "zz_held_out_copy" / "scene.json").write_text(json.dumps({**meta, "split": "val"}))
+    full = SceneViewDataModule(str(scenes), image_size=32)
+    full.setup("fit")
+    assert len(full.val_set.rooms) == 2
+    dm = SceneViewDataModule(str(scenes), image_size=32, train_scenes=1)
+    dm.setup("fit")
+    assert dm.train_set.rooms == train_rooms[:1]
+    assert dm.val_set.rooms == full.val_set.rooms and len(dm.val_set) == len(full.val_set)
+    with pytest.raises(ValueError, match="train_scenes"):
+        SceneViewDataModule(str(scenes), image_size=32, train_scenes=0)
+
+
 def test_compact_items_widen_to_the_float_maps_of_the_stored_views(tiny_dataset):
     """Views cross the loader as uint8 colour and float16 normals; the datamodule's transfer hook gives the
     stage float32 maps with the values of the arrays in memory, the colour in [0, 1]."""

@@ -9,8 +9,10 @@
 # Plan (RESULTS.md, session 37): the depth head fine-tuned on the chunks' depths inside the flow
 # (depth_supervision_weight 1.0, session 22's +0.018 at step 1,000 before the floor rays) against the recipe, both
 # on all 304 rooms. The recipe's arm repeats session 37's ss_flow_cell on the same data (prepare is deterministic),
-# so it also measures how far one recipe lands from one session to the next. Call 1 (fresh): data phases; calls 2
-# and 3 (warm): both flows 7.2 minutes side by side, scored after each (session 37: 1,170 and 2,406 steps).
+# so it also measures how far one recipe lands from one session to the next. Beside the view pretraining, the same
+# on the first 144 training rooms (no flow loads it): how the encoder's held-out depth scales with rooms on the GPU
+# (session 37, CPU: 26 / 51 / 102 rooms gave 0.289 / 0.252 / 0.234). Call 1 (fresh): data phases; calls 2 and 3
+# (warm): both flows 7.2 minutes side by side, scored after each (session 37: 1,170 and 2,406 steps).
 set -u
 cd "$(dirname "$0")/.."
 R=/tmp/gr  # the run's root on the device: data, runs, results
@@ -19,6 +21,7 @@ ARGS=(--root "$R" --resume
   --phases prepare vae encode flow flow_quality --vaes ss_vae --vae-minutes 3
   --view-pretrain-minutes 3 --view-pretrain-args stage.datamodule.batch_size=256
   --view-pretrain-args stage.datamodule.num_workers=4
+  --view-pretrain-variant r144 stage.datamodule.train_scenes=144
   --flows ss_flow_cell --flow-variant "ss_flow_cell_dsup=ss_flow_cell:stage.module.depth_supervision_weight=1.0"
   --flow-minutes 30 --flow-horizon-minutes 13 --deadline-minutes 9.6 --reserve-minutes 2.4
   --flow-val-every 100000 --flow-batch none

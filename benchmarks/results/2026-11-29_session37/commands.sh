@@ -27,3 +27,17 @@ for a in cell cell_r144; do
   done
 done
 # The pretrainings: the last validation row of call1/metrics_view_pretrain{,_dhalf}.csv (16 unseen rooms' views).
+# CPU: the view pretraining against the number of training rooms, on session 34's CPU data (/tmp/fr: 120 rooms at
+# the tiny preset, 64-px views, 102 training rooms, 420 held-out views of 18 rooms); run_arm.sh is session 34's
+# train.py line (4-block width-128 ViT, 8-px patches, 1,200 steps at batch 32, seed $SEED) with the arm's overrides
+# appended (the key was added to the config after these runs, hence the '+'; it limited both splits then, and the
+# 18 held-out rooms all stayed since 26 and 51 exceed 18; the config's train_scenes now limits the training split
+# only). Two arms side by side, one core each; the 102-room arms are session 36's depth_quarter{,_s1,_s2}
+# (cpu_loss_weights/ there), at the same defaults:
+SEED=0 bash run_arm.sh rooms_half 1200 +stage.datamodule.max_scenes=51 &
+SEED=0 bash run_arm.sh rooms_quarter 1200 +stage.datamodule.max_scenes=26 &
+wait
+SEED=0 bash run_arm.sh rooms_quarter_crop 1200 +stage.datamodule.max_scenes=26 stage.datamodule.crop_scale_min=0.6 &
+SEED=0 bash run_arm.sh rooms_half_crop 1200 +stage.datamodule.max_scenes=51 stage.datamodule.crop_scale_min=0.6 &
+wait
+for n in rooms_half rooms_quarter rooms_half_crop rooms_quarter_crop; do cp /tmp/fr/runs/$n/csv/version_0/metrics.csv $S/cpu_pretrain_rooms/metrics_view_pretrain_$n.csv; done

@@ -10,7 +10,7 @@
 # (depth_supervision_weight 1.0, session 22's +0.018 at step 1,000 before the floor rays) against the recipe, both
 # on all 304 rooms. The recipe's arm repeats session 37's ss_flow_cell on the same data (prepare is deterministic),
 # so it also measures how far one recipe lands from one session to the next. Beside the view pretraining, the same
-# on the first 144 training rooms (no flow loads it): how the encoder's held-out depth scales with rooms on the GPU
+# on 144 of the 304 training rooms (no flow loads it): how the encoder's held-out depth scales with rooms on the GPU
 # (session 37, CPU: 26 / 51 / 102 rooms gave 0.289 / 0.252 / 0.234). Call 1 (fresh): data phases; calls 2 and 3
 # (warm): both flows 7.2 minutes side by side, scored after each (session 37: 1,170 and 2,406 steps).
 set -u

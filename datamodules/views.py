@@ -204,8 +204,8 @@ class SceneViewDataModule(L.LightningDataModule):
         batches_per_epoch: training batches per epoch (drawn with replacement when more than one pass); default
             one pass. Validation runs through the held-out views in order (the trainer's ``limit_val_batches``).
         max_scenes: the first rooms of each split only (quick runs).
-        train_scenes: the first training rooms only, every held-out room kept (a data-scaling ablation: session
-            37 measured the pretraining's held-out depth against the number of training rooms).
+        train_scenes: the first training rooms (in folder-name order) only, every held-out room kept (a
+            data-scaling ablation: session 37 measured the pretraining's held-out depth against the training rooms).
         crop_scale_min: random zoom of the training views (see :class:`SceneViews`); 1 = off.
     """
 

@@ -41,3 +41,22 @@ SEED=0 bash run_arm.sh rooms_quarter_crop 1200 +stage.datamodule.max_scenes=26 s
 SEED=0 bash run_arm.sh rooms_half_crop 1200 +stage.datamodule.max_scenes=51 stage.datamodule.crop_scale_min=0.6 &
 wait
 for n in rooms_half rooms_quarter rooms_half_crop rooms_quarter_crop; do cp /tmp/fr/runs/$n/csv/version_0/metrics.csv $S/cpu_pretrain_rooms/metrics_view_pretrain_$n.csv; done
+# The estimate's thickness and thinning (call 3, @x0pavg8; reads the committed grids): the share of voxels with all
+# six neighbours occupied, and the IoU after cutting slabs to their 6- or 26-neighbour erosion core plus the voxels
+# farther than one voxel from any core. (The threshold sweep 0.3-0.8 read the '.prob' grids before they were
+# stripped: the same loop over `z[key + ".prob"] / 255 >= t`.)
+python - <<'PY'
+import numpy as np
+from scipy import ndimage
+z = np.load("benchmarks/results/2026-11-29_session37/call3/flow_quality_cell_occupancy.npz")
+grid = lambda k: np.unpackbits(z[k], axis=1)[:, :64**3].reshape(-1, 64, 64, 64).astype(bool)
+truth, pred = grid("truth"), grid("ss_flow@x0pavg8.pred")
+iou = lambda m: ((m & truth).sum((1, 2, 3)) / np.maximum((m | truth).sum((1, 2, 3)), 1)).mean()
+s6, s26 = ndimage.generate_binary_structure(3, 1), ndimage.generate_binary_structure(3, 3)
+erode = lambda g, s: np.stack([ndimage.binary_erosion(x, s, border_value=1) for x in g])
+near = lambda g: np.stack([ndimage.binary_dilation(x, s26) for x in g])
+print("interior share: truth", erode(truth, s6).sum() / truth.sum(), "estimate", erode(pred, s6).sum() / pred.sum())
+for s in (s6, s26):
+    core = erode(pred, s)
+    print("IoU", iou(pred), "->", iou(core | (pred & ~near(core))))
+PY

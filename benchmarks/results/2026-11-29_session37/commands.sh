@@ -40,7 +40,11 @@ wait
 SEED=0 bash run_arm.sh rooms_quarter_crop 1200 +stage.datamodule.max_scenes=26 stage.datamodule.crop_scale_min=0.6 &
 SEED=0 bash run_arm.sh rooms_half_crop 1200 +stage.datamodule.max_scenes=51 stage.datamodule.crop_scale_min=0.6 &
 wait
-for n in rooms_half rooms_quarter rooms_half_crop rooms_quarter_crop; do cp /tmp/fr/runs/$n/csv/version_0/metrics.csv $S/cpu_pretrain_rooms/metrics_view_pretrain_$n.csv; done
+# Seed 1 of the two plain arms, with the config's train_scenes (the same training rooms; held-out rooms all kept):
+SEED=1 bash run_arm.sh rooms_half_s1 1200 stage.datamodule.train_scenes=51 &
+SEED=1 bash run_arm.sh rooms_quarter_s1 1200 stage.datamodule.train_scenes=26 &
+wait
+for n in rooms_half rooms_quarter rooms_half_crop rooms_quarter_crop rooms_half_s1 rooms_quarter_s1; do cp /tmp/fr/runs/$n/csv/version_0/metrics.csv $S/cpu_pretrain_rooms/metrics_view_pretrain_$n.csv; done
 # The estimate's thickness and thinning (call 3, @x0pavg8; reads the committed grids): the share of voxels with all
 # six neighbours occupied, and the IoU after cutting slabs to their 6- or 26-neighbour erosion core plus the voxels
 # farther than one voxel from any core. (The threshold sweep 0.3-0.8 read the '.prob' grids before they were

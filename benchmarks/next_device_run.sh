@@ -11,8 +11,8 @@
 # on all 304 rooms. The recipe's arm repeats session 37's ss_flow_cell on the same data (prepare is deterministic),
 # so it also measures how far one recipe lands from one session to the next. Beside the view pretraining, the same
 # on 144 of the 304 training rooms (no flow loads it): how the encoder's held-out depth scales with rooms on the GPU
-# (session 37, CPU: 26 / 51 / 102 rooms gave 0.286 / 0.252 / 0.234, seed means). Call 1 (fresh): data phases; calls 2 and 3
-# (warm): both flows 7.2 minutes side by side, scored after each (session 37: 1,170 and 2,406 steps).
+# (session 37, CPU: 26 / 51 / 102 rooms gave 0.286 / 0.252 / 0.234, seed means). Call 1 (fresh): data phases;
+# calls 2 and 3 (warm): both flows 7.2 minutes side by side, scored after each (session 37: 1,170 and 2,406 steps).
 set -u
 cd "$(dirname "$0")/.."
 R=/tmp/gr  # the run's root on the device: data, runs, results

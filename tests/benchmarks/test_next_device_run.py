@@ -16,13 +16,18 @@ def planned_args() -> list[str]:
     return out.stdout.splitlines()
 
 
-def test_the_planned_command_parses_and_trains_every_flow_it_names(tmp_path, monkeypatch):
+def planned_flow_phase(tmp_path, monkeypatch):
+    """The script, the planned arguments (device root moved under ``tmp_path``) and :func:`flow_phase` of them."""
     argv = planned_args()
-    assert "--resume" in argv, "a repeated call must continue the run, not restart it"
     argv[argv.index("--root") + 1] = str(tmp_path)
     fp = load_script("benchmarks/full_pipeline.py")
     args = fp.parse_args([*argv, "--gpus", "1"])
-    _, batches = flow_phase(fp, args, monkeypatch)
+    return (fp, args, *flow_phase(fp, args, monkeypatch))
+
+
+def test_the_planned_command_parses_and_trains_every_flow_it_names(tmp_path, monkeypatch):
+    assert "--resume" in planned_args(), "a repeated call must continue the run, not restart it"
+    fp, args, _, batches = planned_flow_phase(tmp_path, monkeypatch)
     flows = {j.name: j.argv for j in batches[0]} if "flow" in args.phases else {}
     assert sorted(flows) == sorted([*args.flows, *fp.parse_flow_variants(args.flow_variant)])
     for name, job in flows.items():
@@ -32,11 +37,7 @@ def test_the_planned_command_parses_and_trains_every_flow_it_names(tmp_path, mon
 def test_every_planned_training_job_composes_its_config(tmp_path, monkeypatch):
     """Each train.py job of the planned VAE and flow phases composes with Hydra as the device would: an override
     of a key the config lacks (written without '+') fails here, not a minute into a device call."""
-    argv = planned_args()
-    argv[argv.index("--root") + 1] = str(tmp_path)
-    fp = load_script("benchmarks/full_pipeline.py")
-    args = fp.parse_args([*argv, "--gpus", "1"])
-    pipe, batches = flow_phase(fp, args, monkeypatch)
+    _, args, pipe, batches = planned_flow_phase(tmp_path, monkeypatch)
     pipe.vae()  # the same fake runner: appends the VAE phase's jobs to batches
     jobs = [j for batch in batches for j in batch if "train.py" in j.argv]
     names = {j.name for j in jobs}

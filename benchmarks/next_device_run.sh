@@ -6,13 +6,15 @@
 # short line again the moment a call replies: full_pipeline.py --resume skips what the warm machine has already
 # done (on a fresh machine it repeats the data phases, about 480 s). Move benchmarks/results out first.
 #
-# Plan (RESULTS.md, session 37): the depth head fine-tuned on the chunks' depths inside the flow
-# (depth_supervision_weight 1.0, session 22's +0.018 at step 1,000 before the floor rays) against the recipe, both
-# on all 304 rooms. The recipe's arm repeats session 37's ss_flow_cell on the same data (prepare is deterministic),
-# so it also measures how far one recipe lands from one session to the next. Beside the view pretraining, the same
-# on 144 of the 304 training rooms (no flow loads it): how the encoder's held-out depth scales with rooms on the GPU
-# (session 37, CPU: 26 / 51 / 102 rooms gave 0.286 / 0.252 / 0.234, seed means). Call 1 (fresh): data phases;
-# calls 2 and 3 (warm): both flows 7.2 minutes side by side, scored after each (session 37: 1,170 and 2,406 steps).
+# Plan (RESULTS.md, session 38): the flow's capacity, never varied so far. Session 38 repeated session 37's recipe
+# to within 0.001 IoU (paired s.e. 0.006) at both lengths, so both arms are new and are compared with those two
+# sessions' ss_flow_cell scorings (same rooms: prepare is deterministic): `w768` (width 768, 12 heads: 111 M
+# trainable weights against 51 M) and `w384` (width 384, 6 heads), both batch 8, side by side as the recipe ran;
+# equal wall-clock is the budget's comparison, equal steps (on the recipe's +0.024 per doubling) the per-step one.
+# Beside the view pretraining, the same with twice its learning rate (`lr2`; no flow loads it): whether the
+# 3-minute pretraining is short of learning rate as well as of steps. Call 1 (fresh): data phases; calls 2 and 3
+# (warm): both flows 6.2 minutes side by side, scored after each. Scoring is kept 3.4 minutes, not 2.4: session 38's
+# call 2 ended 4 s before its second 51 M flow was scored (81 s), and the 111 M one will take longer.
 set -u
 cd "$(dirname "$0")/.."
 R=/tmp/gr  # the run's root on the device: data, runs, results
@@ -21,9 +23,10 @@ ARGS=(--root "$R" --resume
   --phases prepare vae encode flow flow_quality --vaes ss_vae --vae-minutes 3
   --view-pretrain-minutes 3 --view-pretrain-args stage.datamodule.batch_size=256
   --view-pretrain-args stage.datamodule.num_workers=4
-  --view-pretrain-variant r144 stage.datamodule.train_scenes=144
-  --flows ss_flow_cell --flow-variant "ss_flow_cell_dsup=ss_flow_cell:stage.module.depth_supervision_weight=1.0"
-  --flow-minutes 30 --flow-horizon-minutes 13 --deadline-minutes 9.6 --reserve-minutes 2.4
+  --view-pretrain-variant lr2 stage.module.lr=2e-3
+  --flows --flow-variant "ss_flow_cell_w768=ss_flow_cell:preset.flow.width=768;preset.flow.num_heads=12"
+  --flow-variant "ss_flow_cell_w384=ss_flow_cell:preset.flow.width=384;preset.flow.num_heads=6"
+  --flow-minutes 30 --flow-horizon-minutes 13 --deadline-minutes 9.6 --reserve-minutes 3.4
   --flow-val-every 100000 --flow-batch none
   --flow-args stage.module.symmetry_augment=true --flow-args stage.module.lr=3e-4
   --flow-args stage.module.lr_new=1e-3 --flow-args stage.module.compile_blocks=true

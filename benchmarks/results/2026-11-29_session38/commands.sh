@@ -65,3 +65,9 @@ SEED=0 bash run_arm.sh steps2x 2400 &
 SEED=1 bash run_arm.sh steps2x_s1 2400 &
 wait
 for n in steps2x steps2x_s1; do cp /tmp/fr/runs/$n/csv/version_0/metrics.csv $S/cpu_pretrain_steps/metrics_view_pretrain_$n.csv; done
+# CPU: the same at 1,200 steps with twice the learning rate (2e-3; the GPU plan's `lr2`), two seeds side by side:
+SEED=0 bash run_arm.sh lr2 1200 stage.module.lr=2e-3 &
+SEED=1 bash run_arm.sh lr2_s1 1200 stage.module.lr=2e-3 &
+wait
+mkdir -p $S/cpu_pretrain_lr
+for n in lr2 lr2_s1; do cp /tmp/fr/runs/$n/csv/version_0/metrics.csv $S/cpu_pretrain_lr/metrics_view_pretrain_$n.csv; done

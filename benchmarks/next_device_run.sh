@@ -11,11 +11,12 @@
 # sessions' ss_flow_cell scorings (same rooms: prepare is deterministic): `w768` (width 768, 12 heads: 111 M
 # trainable weights against 51 M) and `w384` (width 384, 6 heads), both batch 8, side by side as the recipe ran;
 # equal wall-clock is the budget's comparison, equal steps (on the recipe's +0.024 per doubling) the per-step one.
-# Beside the view pretraining, the same with twice its learning rate (`lr2`; no flow loads it): whether the
-# 3-minute pretraining is short of learning rate as well as of steps. Call 1 (fresh): data phases; calls 2 and 3
-# (warm): both flows 6.2 minutes side by side, scored after each. Scoring is kept 3.4 minutes, not 2.4: session 38's
-# call 2 ended 4 s before its second 51 M flow was scored (81 s), and the 111 M one will take longer. The learning
-# rate's horizon shrinks with the training (13 of 14.4 minutes before, 11.2 of 12.4 now).
+# Beside the view pretraining, the same at four times its learning rate (`lr4`; no flow loads it): on the CPU that
+# bought most of what twice the steps did (session 38), and the 3-minute pretraining is short of steps. Call 1
+# (fresh): data phases; calls 2 and 3 (warm): both flows 6.2 minutes side by side, scored after each. Scoring is
+# kept 3.4 minutes, not 2.4: session 38's call 2 ended 4 s before its second 51 M flow was scored (81 s), and the
+# 111 M one will take longer. The learning rate's horizon shrinks with the training (13 of 14.4 minutes before,
+# 11.2 of 12.4 now).
 set -u
 cd "$(dirname "$0")/.."
 R=/tmp/gr  # the run's root on the device: data, runs, results
@@ -24,7 +25,7 @@ ARGS=(--root "$R" --resume
   --phases prepare vae encode flow flow_quality --vaes ss_vae --vae-minutes 3
   --view-pretrain-minutes 3 --view-pretrain-args stage.datamodule.batch_size=256
   --view-pretrain-args stage.datamodule.num_workers=4
-  --view-pretrain-variant lr2 stage.module.lr=2e-3
+  --view-pretrain-variant lr4 stage.module.lr=4e-3
   --flows --flow-variant "ss_flow_cell_w768=ss_flow_cell:preset.flow.width=768;preset.flow.num_heads=12"
   --flow-variant "ss_flow_cell_w384=ss_flow_cell:preset.flow.width=384;preset.flow.num_heads=6"
   --flow-minutes 30 --flow-horizon-minutes 11.2 --deadline-minutes 9.6 --reserve-minutes 3.4

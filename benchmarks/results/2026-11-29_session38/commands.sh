@@ -71,3 +71,8 @@ SEED=1 bash run_arm.sh lr2_s1 1200 stage.module.lr=2e-3 &
 wait
 mkdir -p $S/cpu_pretrain_lr
 for n in lr2 lr2_s1; do cp /tmp/fr/runs/$n/csv/version_0/metrics.csv $S/cpu_pretrain_lr/metrics_view_pretrain_$n.csv; done
+# ... and at four times the learning rate (4e-3), after the final CI; the plan's variant became `lr4`:
+SEED=0 bash run_arm.sh lr4 1200 stage.module.lr=4e-3 &
+SEED=1 bash run_arm.sh lr4_s1 1200 stage.module.lr=4e-3 &
+wait
+for n in lr4 lr4_s1; do cp /tmp/fr/runs/$n/csv/version_0/metrics.csv $S/cpu_pretrain_lr/metrics_view_pretrain_$n.csv; done

@@ -29,25 +29,22 @@ for e in ss_flow ss_flow@x0pavg8; do n=$(echo $e | tr '@' '_')
 done
 # Both sessions' four scorings of the same recipe on the same chunks, one line:
 python benchmarks/learning_curve.py $B/call2/flow_quality_cell.json $B/call3/flow_quality_cell.json $S/call2/flow_quality_cell.json $S/call3/flow_quality_cell.json --entry ss_flow@x0pavg8 --global-batch 8 --target 0.7 --figure $S/learning_curve_s37_s38_x0pavg8.png --out $S/learning_curve_s37_s38_x0pavg8.json
-# Call 2's dsup arm from its saved grids (its JSON was not packed in time): paired IoU per chunk against the cell arm
+# Call 2's dsup arm from its saved grids (its JSON was not packed in time): paired IoU per chunk against the cell
+# arm, from the per-chunk IoU occupancy_placement.py wrote above
 python - <<'PY' > $S/compare_dsup_vs_cell_call2_from_grids.json
 # Call 2's dsup scoring wrote its grids but not its JSON before the call's results were packed: the paired IoU
-# differences from the saved grids (the same IoU as flow_quality.py's: checked against the cell arm's JSON).
+# differences from occupancy_placement.py's per-chunk IoU of those grids (above; the cell arm's mean checked
+# against its flow_quality.py JSON).
 import json
 import numpy as np
 S = "benchmarks/results/2026-11-29_session38/call2"
-def ious(path, key):
-    z = np.load(path)
-    g = lambda k: np.unpackbits(z[k], axis=1)[:, :64**3].astype(bool)
-    t, p = g("truth"), g(key)
-    return (p & t).sum(1) / np.maximum((p | t).sum(1), 1), [str(c) for c in z["chunks"]]
-out = {"new": f"{S}/flow_quality_cell_dsup_occupancy.npz", "base": f"{S}/flow_quality_cell_occupancy.npz",
-       "metric": "iou", "comparisons": {}}
+new, base = (json.load(open(f"{S}/occupancy_placement_{a}.json")) for a in ("cell_dsup", "cell"))
 headline = json.load(open(f"{S}/flow_quality_cell.json"))["headline"]
+assert new["chunks"] == base["chunks"]
+out = {"new": new["file"], "base": base["file"], "metric": "iou", "comparisons": {}}
 for entry in ("ss_flow", "ss_flow@x0", "ss_flow@x0pavg8"):
-    a, ca = ious(out["new"], entry + ".pred")
-    b, cb = ious(out["base"], entry + ".pred")
-    assert ca == cb and abs(b.mean() - headline[f"{entry}/iou_mean"]) < 1e-4, entry
+    a, b = (np.array(r["results"][entry]["per_chunk"]["iou"]) for r in (new, base))
+    assert abs(b.mean() - headline[f"{entry}/iou_mean"]) < 1e-4, entry
     for first in (None, 12):
         d = (a - b)[:first]
         out["comparisons"][entry + ("" if first is None else "_first12")] = {

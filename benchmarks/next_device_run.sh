@@ -6,15 +6,15 @@
 # short line again the moment a call replies: full_pipeline.py --resume skips what the warm machine has already
 # done (on a fresh machine it repeats the data phases, about 480 s). Move benchmarks/results out first.
 #
-# Plan (RESULTS.md, session 39): the view encoder's dose through the flow. Session 39 found the flow's width no lever
-# (384 and 768 both land on the recipe's line at equal steps), and the pretraining at four times the learning rate
-# better than three sessions of the old default on every held-out measure; lr 4e-3 is now the default. So the recipe
-# `ss_flow_cell` now loads a better encoder: scored against sessions 37 and 38's scorings of the same recipe with the
-# old encoder (same rooms; the recipe repeated to 0.001 between them), that is the encoder's effect through the flow.
-# Beside it `ss_flow_cell_lr8pre` loads the pretraining at 8e-3 (`lr8`, trained beside the default in call 1; on the
-# CPU 8e-3 beat 4e-3 on depth, colour and loss, 2 seeds): a second dose, paired against the first in this session.
-# Call 1 (fresh): data phases; calls 2 and 3 (warm): both flows 6.2 minutes side by side, scored after each, the
-# timing session 39 ran (scoring kept 3.4 minutes; the learning rate's horizon 11.2 of the 12.4 minutes).
+# Plan (RESULTS.md, session 39): the view encoder's dose through the flow. Session 39 found the flow's width no
+# lever (384 and 768 both land on the recipe's line at equal steps), and the pretraining at four times the learning
+# rate better than three sessions of the old default on every held-out measure; lr 4e-3 is now the default. So the
+# recipe `ss_flow_cell` now loads a better encoder: scored against sessions 37 and 38's scorings of the same recipe
+# with the old encoder (same rooms; the recipe repeated to 0.001 between them), that is the encoder's effect through
+# the flow. Beside it `ss_flow_cell_lr8pre` loads the pretraining at 8e-3 (`lr8`, trained beside the default in
+# call 1; on the CPU 8e-3 beat 4e-3 on depth, colour and loss, 2 seeds): a second dose, paired against the first in
+# this session. Call 1 (fresh): data phases; calls 2 and 3 (warm): both flows 6.2 minutes side by side, scored after
+# each, the timing session 39 ran (scoring kept 3.4 minutes; the learning rate's horizon 11.2 of the 12.4 minutes).
 set -u
 cd "$(dirname "$0")/.."
 R=/tmp/gr  # the run's root on the device: data, runs, results

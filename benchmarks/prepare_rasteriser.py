@@ -59,32 +59,35 @@ def run_prepare(backend: str, root: Path, args: argparse.Namespace, env: dict[st
 
 
 def samples(dataset: str) -> dict:
-    """Every chunk sample of a built dataset (train and val shards), by key."""
+    """Every chunk sample of a built dataset (train and val shards), by key; views kept as PNG bytes until read."""
     import webdataset as wds
 
     from genrecon.data.shards import decode_chunk_sample
 
-    urls = sorted(str(p) for p in (Path(dataset) / "shards").glob("*.tar"))  # both splits; a small build may lack val
+    # both splits, whatever exists: a build of one or two rooms may have no held-out shard
+    urls = sorted(str(p) for p in (Path(dataset) / "shards").glob("*.tar"))
     pipe = wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples())
-    return {s["__key__"]: decode_chunk_sample(s, parts=("occupancy",)) for s in pipe}
+    return {s["__key__"]: decode_chunk_sample(s, views="lazy", parts=("occupancy",)) for s in pipe}
 
 
 def compare(base: str, other: str) -> dict:
     """How ``other``'s chunks differ from ``base``'s: same keys and cameras, view pixels, occupancy."""
     a, b = samples(base), samples(other)
     common = sorted(set(a) & set(b))
-    rgb_diff, alpha_agree, same_views, occ_equal = [], [], 0, 0
+    rgb_diff, alpha_agree, same_views, occ_equal, same_cameras = [], [], 0, 0, 0
     for key in common:
         sa, sb = a[key], b[key]
         occ_equal += int(np.array_equal(sa.occupancy, sb.occupancy))
-        if sa.views.shape != sb.views.shape:
+        if len(sa.views) != len(sb.views):
             continue
+        same_cameras += int(np.allclose(sa.w2c, sb.w2c) and np.allclose(sa.intrinsics, sb.intrinsics))
         same_views += 1
         va, vb = np.asarray(sa.views, np.float32), np.asarray(sb.views, np.float32)
         alpha_agree.append(float(((va[..., 3] > 127) == (vb[..., 3] > 127)).mean()))
         rgb_diff.append(float(np.abs(va[..., :3] - vb[..., :3]).mean()))
     return {"chunks_base": len(a), "chunks_other": len(b), "common": len(common), "same_view_count": same_views,
-            "occupancy_equal": occ_equal, "alpha_agreement": float(np.mean(alpha_agree)) if alpha_agree else None,
+            "same_cameras": same_cameras, "occupancy_equal": occ_equal,
+            "alpha_agreement": float(np.mean(alpha_agree)) if alpha_agree else None,
             "rgb_mean_abs_diff_0_255": float(np.mean(rgb_diff)) if rgb_diff else None}
 
 

@@ -68,3 +68,8 @@ for n in lr8 lr8_s1 lr16 lr16_s1; do cp /tmp/fr/runs/$n/csv/version_0/metrics.cs
 # at the task's default render.scale=2 (its defaults have since become full_pipeline.py's scale 1, 32 cameras);
 # the Embree baseline finished (prepare_rasteriser_try1.json), the nvdiffrast build did not before the limit:
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/gpu/*.whl && export PYTHONPATH=/tmp/site && nproc && python3 benchmarks/prepare_rasteriser.py --rooms 32 --workers 15 --out $OUT/prepare_rasteriser.json > $OUT/prepare_rasteriser.log 2>&1; tail -c 3000 $OUT/prepare_rasteriser.log
+# CPU, after the first CI: 8e-3 at twice the steps (2,400; cosine decay over the run), two seeds side by side:
+SEED=0 bash run_arm.sh lr8_steps2x 2400 stage.module.lr=8e-3 &
+SEED=1 bash run_arm.sh lr8_steps2x_s1 2400 stage.module.lr=8e-3 &
+wait
+for n in lr8_steps2x lr8_steps2x_s1; do cp /tmp/fr/runs/$n/csv/version_0/metrics.csv $S/cpu_pretrain_steps/metrics_view_pretrain_$n.csv; done

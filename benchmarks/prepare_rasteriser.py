@@ -52,10 +52,11 @@ def run_prepare(backend: str, root: Path, args: argparse.Namespace, env: dict[st
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         return {"backend": backend, "rc": proc.returncode, "wall_s": round(wall, 1), "tail": proc.stderr[-2000:]}
-    manifest = json.loads(next(root.glob("*/manifest.json")).read_text())
+    path = next(root.glob("*/manifest.json"))  # the dataset folder prepare.py names after the preset
+    manifest = json.loads(path.read_text())
     return {"backend": backend, "rc": 0, "wall_s": round(wall, 1), "timings_s": manifest["timings_s"],
             "chunks": manifest["chunks"], "samples": manifest["samples"], "cameras": manifest["scenes"]["cameras"],
-            "dataset": str(next(root.glob("*/manifest.json")).parent)}
+            "dataset": str(path.parent)}
 
 
 def samples(dataset: str) -> dict:
